@@ -1,0 +1,137 @@
+//! Building and running the server: open storage, bind, serve, shut down cleanly.
+//!
+//! Three steps kept apart so tests can bind port 0, learn the real port, and then serve:
+//! [`Application::build`] opens everything and binds, [`Application::local_addr`] reports the
+//! address, [`Application::run_until`] serves until a shutdown signal and then drains requests
+//! and commits pending writes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::http::{self, AppState, HttpSettings, SharedState};
+use crate::server::{self, ServeOptions};
+use crate::storage::Storage;
+use crate::storage::sqlite::{SqliteOptions, SqliteStorage};
+use crate::workers::BlockingPool;
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: SharedState,
+    config: Config,
+}
+
+impl Application {
+    /// Opens the storage and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        Self::build_with(config, Router::new()).await
+    }
+
+    /// Like [`Application::build`], with extra routes merged in (tests add slow routes).
+    pub async fn build_with(
+        config: Config,
+        extra: Router<SharedState>,
+    ) -> anyhow::Result<Application> {
+        let storage = open_storage(&config).await?;
+        let state: SharedState = Arc::new(AppState {
+            storage,
+            summarizer: BlockingPool::new(config.summarize_workers, config.summarize_queue),
+            settings: HttpSettings {
+                body_limit: config.body_limit,
+                summarize_max_bytes: config.summarize_max_bytes,
+            },
+            started: Instant::now(),
+        });
+        let router = http::router_with(state.clone(), extra);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {} (setting `listen`)", config.listen))?;
+        Ok(Application {
+            listener,
+            router,
+            state,
+            config,
+        })
+    }
+
+    /// The address actually bound (the real port when `listen` asked for port 0).
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .context("reading the listening address")
+    }
+
+    /// The storage this server uses.
+    pub fn storage(&self) -> Arc<dyn Storage> {
+        self.state.storage.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+    /// (up to `shutdown_timeout`), and commits every write already accepted.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let options = ServeOptions {
+            header_read_timeout: self.config.header_read_timeout,
+            max_header_bytes: 64 * 1024,
+            drain_timeout: self.config.shutdown_timeout,
+        };
+        let drained = server::serve(self.listener, self.router, options, shutdown).await;
+        if !drained {
+            tracing::warn!(
+                timeout = ?self.config.shutdown_timeout,
+                "some requests were still running at the end of the drain timeout"
+            );
+        }
+        self.state.storage.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
+    let options = SqliteOptions {
+        data_dir: config.data_dir.clone(),
+        read_connections: config.read_connections,
+        writer_queue: config.writer_queue,
+        max_batch: config.write_batch,
+        on_commit: None,
+    };
+    let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(options))
+        .await
+        .context("opening the database")??;
+    Ok(Arc::new(storage))
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received; shutting down"),
+        () = terminate => tracing::info!("SIGTERM received; shutting down"),
+    }
+}

@@ -1,0 +1,150 @@
+//! The command line: `sessiond serve` and `sessiond seed`.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::{Application, shutdown_signal};
+use crate::config::{Config, ServeArgs};
+use crate::seed::{SeedOptions, seed};
+use crate::storage::Storage;
+use crate::storage::sqlite::{SqliteOptions, SqliteStorage};
+use crate::telemetry;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sessiond",
+    version,
+    about = "Stores, searches and streams AI-agent and chat sessions."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTP API server.
+    Serve(Box<ServeArgs>),
+    /// Fill a data dir with realistic generated sessions and messages.
+    Seed(SeedArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SeedArgs {
+    /// Data dir to fill (created when missing) [env: SESSIOND_DATA_DIR]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Sessions to create
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+    /// Messages in each session
+    #[arg(long, default_value_t = 10)]
+    pub messages_per_session: usize,
+    /// Distinct session directories
+    #[arg(long, default_value_t = 50)]
+    pub directories: usize,
+    /// Random seed: the same seed makes the same data
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => serve(*args).await,
+        Command::Seed(args) => seed_command(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let config = match Config::resolve(&args, &|name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("sessiond: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&config.log_level, config.log_format);
+    let app = match Application::build(config).await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "cannot start");
+            eprintln!("sessiond: cannot start: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.local_addr() {
+        Ok(addr) => {
+            let mut stdout = std::io::stdout();
+            let _ = writeln!(stdout, "sessiond listening on http://{addr}");
+            let _ = stdout.flush();
+        }
+        Err(error) => {
+            eprintln!("sessiond: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match app.run_until(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sessiond: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn seed_command(args: SeedArgs) -> ExitCode {
+    telemetry::init("warn", crate::config::LogFormat::Pretty);
+    let data_dir = args
+        .data_dir
+        .or_else(|| std::env::var_os("SESSIOND_DATA_DIR").map(Into::into))
+        .unwrap_or_else(|| "./data".into());
+    let options = SqliteOptions::new(&data_dir);
+    let storage: Arc<dyn Storage> =
+        match tokio::task::spawn_blocking(move || SqliteStorage::open(options)).await {
+            Ok(Ok(storage)) => Arc::new(storage),
+            Ok(Err(error)) => {
+                eprintln!("sessiond seed: {error:#}");
+                return ExitCode::FAILURE;
+            }
+            Err(error) => {
+                eprintln!("sessiond seed: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let options = SeedOptions {
+        sessions: args.sessions,
+        messages_per_session: args.messages_per_session,
+        directories: args.directories,
+        seed: args.seed,
+        ..SeedOptions::default()
+    };
+    let total = options.sessions;
+    let result = seed(storage.clone(), &options, |done| {
+        eprint!("\rseeding: {done}/{total} sessions");
+    })
+    .await;
+    eprintln!();
+    storage.close().await;
+    match result {
+        Ok(report) => {
+            let secs = report.elapsed.as_secs_f64();
+            println!(
+                "seeded {} sessions and {} messages into {} in {:.1}s ({:.0} messages/s)",
+                report.sessions,
+                report.messages,
+                data_dir.display(),
+                secs,
+                report.messages as f64 / secs.max(1e-9)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sessiond seed: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

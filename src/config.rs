@@ -1,0 +1,428 @@
+//! Configuration: every setting comes from a flag, else an environment variable, else the TOML
+//! file given by `--config`, else its default. A bad value stops the server with a message that
+//! names the setting and where the value came from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Flags of `sessiond serve`. Every one also has an environment variable and a key in the
+/// configuration file (the flag name without `--`, with `_` for `-`).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML configuration file [env: SESSIOND_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port [env: SESSIOND_LISTEN] [default: 127.0.0.1:4096]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Directory holding the database [env: SESSIOND_DATA_DIR] [default: ./data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<String>,
+    /// Log filter, e.g. `info` or `warn,sessiond=debug` [env: SESSIOND_LOG_LEVEL] [default: info]
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// `pretty` or `json` [env: SESSIOND_LOG_FORMAT] [default: pretty]
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Read-only database connections [env: SESSIOND_READ_CONNECTIONS] [default: 2 × CPUs, at least 4]
+    #[arg(long, value_name = "N")]
+    pub read_connections: Option<String>,
+    /// Writes that may queue for the writer before callers wait [env: SESSIOND_WRITER_QUEUE] [default: 4096]
+    #[arg(long, value_name = "N")]
+    pub writer_queue: Option<String>,
+    /// Most writes committed in one transaction [env: SESSIOND_WRITE_BATCH] [default: 512]
+    #[arg(long, value_name = "N")]
+    pub write_batch: Option<String>,
+    /// Summaries computed at once [env: SESSIOND_SUMMARIZE_WORKERS] [default: CPUs / 2, at least 1]
+    #[arg(long, value_name = "N")]
+    pub summarize_workers: Option<String>,
+    /// Summaries that may wait for a worker before more are refused with 503 [env: SESSIOND_SUMMARIZE_QUEUE] [default: 64]
+    #[arg(long, value_name = "N")]
+    pub summarize_queue: Option<String>,
+    /// Most session text one summary reads [env: SESSIOND_SUMMARIZE_MAX_BYTES] [default: 4MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub summarize_max_bytes: Option<String>,
+    /// Largest request body [env: SESSIOND_BODY_LIMIT] [default: 10MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub body_limit: Option<String>,
+    /// Time a client has to send its request headers [env: SESSIOND_HEADER_READ_TIMEOUT] [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub header_read_timeout: Option<String>,
+    /// Time in-flight requests get to finish at shutdown [env: SESSIOND_SHUTDOWN_TIMEOUT] [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub shutdown_timeout: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The resolved configuration of a server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub read_connections: usize,
+    pub writer_queue: usize,
+    pub write_batch: usize,
+    pub summarize_workers: usize,
+    pub summarize_queue: usize,
+    pub summarize_max_bytes: usize,
+    pub body_limit: usize,
+    pub header_read_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for a server on `data_dir` listening on a free loopback port (tests, benches).
+    pub fn ephemeral(data_dir: impl Into<PathBuf>) -> Config {
+        let mut config = Config::resolve(&ServeArgs::default(), &|_| None)
+            .unwrap_or_else(|e| unreachable!("the defaults are valid: {e}"));
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.data_dir = data_dir.into();
+        config
+    }
+
+    /// Resolves flags, then the environment (`env`), then the file, then defaults.
+    pub fn resolve(
+        args: &ServeArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let config_path = args
+            .config
+            .clone()
+            .or_else(|| env("SESSIOND_CONFIG").map(PathBuf::from));
+        let file = match &config_path {
+            Some(path) => Some(FileSettings::load(path)?),
+            None => None,
+        };
+        let r = Resolver {
+            env,
+            file: file.as_ref(),
+        };
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let config = Config {
+            listen: r.get("listen", &args.listen, "127.0.0.1:4096", parse_listen)?,
+            data_dir: r.get("data_dir", &args.data_dir, "./data", parse_path)?,
+            log_level: r.get("log_level", &args.log_level, "info", parse_log_level)?,
+            log_format: r.get("log_format", &args.log_format, "pretty", parse_log_format)?,
+            read_connections: r.get(
+                "read_connections",
+                &args.read_connections,
+                &(cpus * 2).max(4).to_string(),
+                |v| parse_count(v, 1, 1024),
+            )?,
+            writer_queue: r.get("writer_queue", &args.writer_queue, "4096", |v| {
+                parse_count(v, 1, 1 << 20)
+            })?,
+            write_batch: r.get("write_batch", &args.write_batch, "512", |v| {
+                parse_count(v, 1, 1 << 16)
+            })?,
+            summarize_workers: r.get(
+                "summarize_workers",
+                &args.summarize_workers,
+                &(cpus / 2).max(1).to_string(),
+                |v| parse_count(v, 1, 1024),
+            )?,
+            summarize_queue: r.get("summarize_queue", &args.summarize_queue, "64", |v| {
+                parse_count(v, 0, 1 << 20)
+            })?,
+            summarize_max_bytes: r.get(
+                "summarize_max_bytes",
+                &args.summarize_max_bytes,
+                "4MiB",
+                parse_size,
+            )?,
+            body_limit: r.get("body_limit", &args.body_limit, "10MiB", parse_size)?,
+            header_read_timeout: r.get(
+                "header_read_timeout",
+                &args.header_read_timeout,
+                "10s",
+                parse_duration,
+            )?,
+            shutdown_timeout: r.get(
+                "shutdown_timeout",
+                &args.shutdown_timeout,
+                "10s",
+                parse_duration,
+            )?,
+        };
+        Ok(config)
+    }
+}
+
+/// A setting with a bad value, or an unreadable configuration file.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {setting} (from {origin}): {message}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub origin: String,
+    pub message: String,
+}
+
+/// Every key the configuration file may hold.
+const FILE_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "log_level",
+    "log_format",
+    "read_connections",
+    "writer_queue",
+    "write_batch",
+    "summarize_workers",
+    "summarize_queue",
+    "summarize_max_bytes",
+    "body_limit",
+    "header_read_timeout",
+    "shutdown_timeout",
+];
+
+struct FileSettings {
+    path: PathBuf,
+    table: toml::Table,
+}
+
+impl FileSettings {
+    fn load(path: &Path) -> Result<FileSettings, ConfigError> {
+        let fail = |message: String| ConfigError {
+            setting: "config".to_owned(),
+            origin: format!("--config / SESSIOND_CONFIG = {}", path.display()),
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(format!("cannot read the file: {e}")))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| fail(format!("not valid TOML: {e}")))?;
+        if let Some(unknown) = table.keys().find(|k| !FILE_KEYS.contains(&k.as_str())) {
+            return Err(ConfigError {
+                setting: unknown.clone(),
+                origin: format!("config file {}", path.display()),
+                message: format!("unknown setting; known settings: {}", FILE_KEYS.join(", ")),
+            });
+        }
+        Ok(FileSettings {
+            path: path.to_owned(),
+            table,
+        })
+    }
+}
+
+struct Resolver<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    file: Option<&'a FileSettings>,
+}
+
+impl Resolver<'_> {
+    fn get<T>(
+        &self,
+        key: &str,
+        flag: &Option<String>,
+        default: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let env_name = format!("SESSIOND_{}", key.to_ascii_uppercase());
+        let (value, origin) = if let Some(value) = flag {
+            (value.clone(), format!("--{}", key.replace('_', "-")))
+        } else if let Some(value) = (self.env)(&env_name) {
+            (value, env_name)
+        } else if let Some((value, file)) = self
+            .file
+            .and_then(|f| f.table.get(key).map(|v| (v, &f.path)))
+        {
+            let origin = format!("config file {}", file.display());
+            let text = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(ConfigError {
+                        setting: key.to_owned(),
+                        origin,
+                        message: format!(
+                            "expected a string or a number, found {}",
+                            other.type_str()
+                        ),
+                    });
+                }
+            };
+            (text, origin)
+        } else {
+            (default.to_owned(), "the default".to_owned())
+        };
+        parse(value.trim()).map_err(|message| ConfigError {
+            setting: key.to_owned(),
+            origin,
+            message: format!("{message} (got {value:?})"),
+        })
+    }
+}
+
+fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+    value
+        .parse()
+        .map_err(|_| "expected an IP address and port such as 127.0.0.1:4096 or [::1]:0".to_owned())
+}
+
+fn parse_path(value: &str) -> Result<PathBuf, String> {
+    if value.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    Ok(PathBuf::from(value))
+}
+
+fn parse_log_level(value: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(value)
+        .map(|_| value.to_owned())
+        .map_err(|e| format!("not a log filter: {e}"))
+}
+
+fn parse_log_format(value: &str) -> Result<LogFormat, String> {
+    match value {
+        "pretty" => Ok(LogFormat::Pretty),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected `pretty` or `json`".to_owned()),
+    }
+}
+
+fn parse_count(value: &str, min: usize, max: usize) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from {min} to {max}")),
+    }
+}
+
+/// Sizes: a number of bytes, optionally with a unit: B, KiB/K/KB, MiB/M/MB, GiB/G/GB (all
+/// powers of 1024).
+pub fn parse_size(value: &str) -> Result<usize, String> {
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| "expected a size such as 10MiB, 512KiB or 1048576".to_owned())?;
+    let multiplier: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err("unknown unit; use B, KiB, MiB or GiB".to_owned()),
+    };
+    number
+        .checked_mul(multiplier)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| "must be above zero and fit in memory".to_owned())
+}
+
+/// Durations: a number with `ms`, `s`, `m` or `h` (a bare number is seconds).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| "expected a duration such as 500ms, 10s or 2m".to_owned())?;
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(number),
+        "" | "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        "h" => Duration::from_secs(number * 3600),
+        _ => return Err("unknown unit; use ms, s, m or h".to_owned()),
+    };
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn resolve(args: ServeArgs, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::resolve(&args, &move |k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn flags_override_env_which_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sessiond.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1111\"\ndata_dir = \"/from/file\"\nbody_limit = 2048\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            listen: Some("127.0.0.1:3333".into()),
+            ..ServeArgs::default()
+        };
+        let config = resolve(
+            args,
+            &[
+                ("SESSIOND_LISTEN", "127.0.0.1:2222"),
+                ("SESSIOND_DATA_DIR", "/from/env"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 3333);
+        assert_eq!(config.data_dir, PathBuf::from("/from/env"));
+        assert_eq!(config.body_limit, 2048);
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_its_origin() {
+        let error = resolve(ServeArgs::default(), &[("SESSIOND_LISTEN", "nowhere")]).unwrap_err();
+        assert_eq!(error.setting, "listen");
+        assert_eq!(error.origin, "SESSIOND_LISTEN");
+        let error = resolve(
+            ServeArgs {
+                body_limit: Some("ten".into()),
+                ..ServeArgs::default()
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("body_limit (from --body-limit)"),
+            "{error}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "listne = \"x\"\n").unwrap();
+        let error = resolve(
+            ServeArgs {
+                config: Some(file),
+                ..ServeArgs::default()
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(error.setting, "listne");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1TB").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

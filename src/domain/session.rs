@@ -1,0 +1,178 @@
+//! Sessions: the stored shape, the create and patch requests, and their validation.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{Invalid, SessionId, non_null};
+
+pub const MAX_DIRECTORY_CHARS: usize = 4096;
+pub const MAX_TITLE_CHARS: usize = 1024;
+pub const DEFAULT_TITLE: &str = "New session";
+
+/// A session as stored and returned.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct Session {
+    #[schema(value_type = String, example = "ses_01kaq3m0d8g7w2e5r1t9y3v6h0")]
+    pub id: SessionId,
+    #[schema(example = "/home/ana/project")]
+    pub directory: String,
+    #[schema(example = "Fix the login bug")]
+    pub title: String,
+    #[schema(value_type = Option<String>)]
+    pub parent_id: Option<SessionId>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// Milliseconds since the Unix epoch; bumped by every change and every new message.
+    pub updated_at: i64,
+    pub archived_at: Option<i64>,
+    pub message_count: i64,
+}
+
+/// Body of `POST /v1/sessions`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// 1..=4096 characters.
+    pub directory: String,
+    /// At most 1024 characters; default "New session".
+    #[serde(default, deserialize_with = "non_null")]
+    pub title: Option<String>,
+    /// An existing session; unknown ids are 404.
+    #[serde(default, deserialize_with = "non_null")]
+    pub parent_id: Option<String>,
+}
+
+/// A validated session to create. The parent is only known to be well-formed; storage checks
+/// that it exists inside the same transaction as the insert.
+#[derive(Clone, Debug)]
+pub struct NewSession {
+    pub directory: String,
+    pub title: String,
+    pub parent_id: Option<ParentRef>,
+}
+
+/// A parent id as the client sent it: either the form of a session id, or something that can
+/// name nothing (still reported as 404, as the contract asks).
+#[derive(Clone, Debug)]
+pub enum ParentRef {
+    Id(SessionId),
+    Unknown(String),
+}
+
+impl TryFrom<CreateSession> for NewSession {
+    type Error = Invalid;
+
+    fn try_from(body: CreateSession) -> Result<Self, Invalid> {
+        let directory = validate_directory(body.directory)?;
+        let title = match body.title {
+            Some(title) => validate_title(title)?,
+            None => DEFAULT_TITLE.to_owned(),
+        };
+        let parent_id = body.parent_id.map(|raw| match SessionId::parse(&raw) {
+            Some(id) => ParentRef::Id(id),
+            None => ParentRef::Unknown(raw),
+        });
+        Ok(NewSession {
+            directory,
+            title,
+            parent_id,
+        })
+    }
+}
+
+fn validate_directory(directory: String) -> Result<String, Invalid> {
+    let chars = directory.chars().count();
+    if chars == 0 {
+        return Err(Invalid::new("directory must not be empty"));
+    }
+    if chars > MAX_DIRECTORY_CHARS {
+        return Err(Invalid::new(format!(
+            "directory is {chars} characters long; the maximum is {MAX_DIRECTORY_CHARS}"
+        )));
+    }
+    Ok(directory)
+}
+
+fn validate_title(title: String) -> Result<String, Invalid> {
+    let chars = title.chars().count();
+    if chars > MAX_TITLE_CHARS {
+        return Err(Invalid::new(format!(
+            "title is {chars} characters long; the maximum is {MAX_TITLE_CHARS}"
+        )));
+    }
+    Ok(title)
+}
+
+/// Body of `PATCH /v1/sessions/{id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSession {
+    /// At most 1024 characters.
+    #[serde(default, deserialize_with = "non_null")]
+    pub title: Option<String>,
+    /// `true` archives (keeping the first archive time), `false` unarchives.
+    #[serde(default, deserialize_with = "non_null")]
+    pub archived: Option<bool>,
+}
+
+/// A validated patch. An empty patch is allowed: it only bumps `updated_at` ("touch").
+#[derive(Clone, Debug, Default)]
+pub struct SessionPatch {
+    pub title: Option<String>,
+    pub archived: Option<bool>,
+}
+
+impl TryFrom<UpdateSession> for SessionPatch {
+    type Error = Invalid;
+
+    fn try_from(body: UpdateSession) -> Result<Self, Invalid> {
+        Ok(SessionPatch {
+            title: body.title.map(validate_title).transpose()?,
+            archived: body.archived,
+        })
+    }
+}
+
+impl SessionPatch {
+    /// Applies the patch to `session` as of `now`.
+    pub fn apply(&self, session: &mut Session, now: i64) {
+        if let Some(title) = &self.title {
+            session.title.clone_from(title);
+        }
+        match self.archived {
+            Some(true) if session.archived_at.is_none() => session.archived_at = Some(now),
+            Some(false) => session.archived_at = None,
+            _ => {}
+        }
+        session.updated_at = now;
+    }
+}
+
+/// Which sessions a list shows with respect to archiving.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ArchivedFilter {
+    #[default]
+    Hide,
+    Only,
+    All,
+}
+
+impl ArchivedFilter {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        match raw {
+            "false" => Ok(ArchivedFilter::Hide),
+            "true" => Ok(ArchivedFilter::Only),
+            "all" => Ok(ArchivedFilter::All),
+            other => Err(Invalid::new(format!(
+                "archived must be `false`, `true` or `all`, not `{}`",
+                super::clip(other)
+            ))),
+        }
+    }
+}
+
+/// Lower-cases a title or title query the same way for storage and lookup, so the substring
+/// filter is case-insensitive beyond ASCII.
+pub fn fold_title(title: &str) -> String {
+    title.to_lowercase()
+}

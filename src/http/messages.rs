@@ -1,0 +1,104 @@
+//! Messages: append to a session, page through a session's messages, read one.
+
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
+
+use super::SharedState;
+use super::extract::{JsonBody, MessagePath, QueryParams, SessionPath};
+use super::response::{PageBody, created, ok};
+use crate::domain::{CreateMessage, Invalid, Message, MessageCursor, NewMessage, Order};
+use crate::error::{ApiResult, Problem};
+use crate::storage::MessageListQuery;
+
+/// Append a message to a session.
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/messages", tag = "messages",
+    params(("id" = String, Path, description = "Session id")),
+    request_body = CreateMessage,
+    responses(
+        (status = 201, description = "The new message; the session's `updated_at` is now its `created_at`", body = Message,
+            headers(("Location" = String, description = "URL of the new message"))),
+        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create(
+    State(state): State<SharedState>,
+    SessionPath(session): SessionPath,
+    JsonBody(body): JsonBody<CreateMessage>,
+) -> ApiResult<Response> {
+    let new = NewMessage::try_from(body)?;
+    let message = state.storage.append_message(session, new).await?;
+    created(&format!("/v1/messages/{}", message.id), &message)
+}
+
+/// Page through a session's messages.
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}/messages", tag = "messages",
+    params(
+        ("id" = String, Path, description = "Session id"),
+        ("order" = Option<String>, Query, description = "`asc` (default, oldest first) or `desc`; with a cursor, defaults to the cursor's order"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1..=1000, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of messages", body = PageBody<Message>),
+        (status = 400, description = "Invalid parameter or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list(
+    State(state): State<SharedState>,
+    SessionPath(session): SessionPath,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let params = QueryParams::parse(query.as_deref(), &["order", "limit", "cursor"])?;
+    let query = message_list_query(&params)?;
+    let page = state.storage.list_messages(&session, query).await?;
+    ok(&PageBody {
+        items: page.items,
+        next_cursor: page.next.map(|c| c.encode()),
+    })
+}
+
+fn message_list_query(params: &QueryParams) -> Result<MessageListQuery, Invalid> {
+    let after = params
+        .get("cursor")
+        .map(MessageCursor::decode)
+        .transpose()?;
+    let order = match (params.get("order").map(Order::parse).transpose()?, &after) {
+        (Some(order), Some(cursor)) if order != cursor.order => {
+            return Err(Invalid::new(format!(
+                "this cursor continues an order={} list; it cannot be used with order={}",
+                cursor.order.as_str(),
+                order.as_str()
+            )));
+        }
+        (Some(order), _) => order,
+        (None, Some(cursor)) => cursor.order,
+        (None, None) => Order::Asc,
+    };
+    Ok(MessageListQuery {
+        order,
+        limit: params.limit()?,
+        after,
+    })
+}
+
+/// Get one message.
+#[utoipa::path(
+    get, path = "/v1/messages/{id}", tag = "messages",
+    params(("id" = String, Path, description = "Message id")),
+    responses(
+        (status = 200, description = "The message", body = Message),
+        (status = 404, description = "No such message", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get(
+    State(state): State<SharedState>,
+    MessagePath(id): MessagePath,
+) -> ApiResult<Response> {
+    ok(&state.storage.get_message(&id).await?)
+}

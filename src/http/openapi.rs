@@ -1,0 +1,41 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the domain types.
+
+use utoipa::OpenApi;
+
+use super::{messages, ops, search, sessions};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sessiond",
+        description = "Stores AI-agent and chat sessions and their messages, searches them, and \
+            streams every change. Errors are RFC 9457 problem details \
+            (`application/problem+json`) with a stable `code`. Lists are paginated by cursor: \
+            pass a page's `next_cursor` as `cursor` to get the next one. Every response carries \
+            `X-Request-Id`.",
+        license(name = "MIT OR Apache-2.0"),
+    ),
+    paths(
+        ops::health,
+        ops::ready,
+        ops::openapi_json,
+        ops::docs,
+        sessions::create,
+        sessions::list,
+        sessions::get,
+        sessions::update,
+        sessions::delete,
+        sessions::summarize,
+        messages::create,
+        messages::list,
+        messages::get,
+        search::search,
+    ),
+    tags(
+        (name = "sessions", description = "Sessions: a conversation in a directory"),
+        (name = "messages", description = "Messages of a session"),
+        (name = "search", description = "Full-text search over message text"),
+        (name = "operations", description = "Health, readiness and documentation"),
+    )
+)]
+pub struct ApiDoc;

@@ -1,0 +1,246 @@
+//! `/v1/sessions`: create, list, read, update, delete and summarize sessions.
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::SharedState;
+use super::extract::{JsonBody, QueryParams, SessionPath};
+use super::response::{PageBody, created, ok};
+use crate::domain::{
+    ArchivedFilter, CreateSession, Invalid, MAX_TITLE_CHARS, NewSession, Session, SessionCursor,
+    SessionId, SessionPatch, UpdateSession, fold_title, summary,
+};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::storage::{SessionFilter, SessionListQuery};
+
+const LIST_PARAMS: &[&str] = &[
+    "directory",
+    "roots",
+    "updated_after",
+    "q",
+    "archived",
+    "limit",
+    "cursor",
+];
+
+/// Create a session.
+#[utoipa::path(
+    post, path = "/v1/sessions", tag = "sessions",
+    request_body = CreateSession,
+    responses(
+        (status = 201, description = "The new session", body = Session,
+            headers(("Location" = String, description = "URL of the new session"))),
+        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`parent_id` names no session", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create(
+    State(state): State<SharedState>,
+    JsonBody(body): JsonBody<CreateSession>,
+) -> ApiResult<Response> {
+    let new = NewSession::try_from(body)?;
+    let session = state.storage.create_session(new).await?;
+    created(&format!("/v1/sessions/{}", session.id), &session)
+}
+
+/// List sessions, most recently updated first.
+#[utoipa::path(
+    get, path = "/v1/sessions", tag = "sessions",
+    params(
+        ("directory" = Option<String>, Query, description = "Only sessions of exactly this directory"),
+        ("roots" = Option<bool>, Query, description = "`true`: only sessions without a parent"),
+        ("updated_after" = Option<i64>, Query, description = "Only sessions with `updated_at` at or after this time (ms)"),
+        ("q" = Option<String>, Query, description = "Case-insensitive substring of the title"),
+        ("archived" = Option<String>, Query, description = "`false` (default) hides archived sessions, `true` shows only them, `all` shows both"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1..=1000, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of sessions, ordered by `updated_at` then `id`, descending", body = PageBody<Session>),
+        (status = 400, description = "Invalid parameter or cursor", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list(
+    State(state): State<SharedState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let params = QueryParams::parse(query.as_deref(), LIST_PARAMS)?;
+    let query = session_list_query(&params)?;
+    let page = state.storage.list_sessions(query).await?;
+    ok(&PageBody {
+        items: page.items,
+        next_cursor: page.next.map(|c| c.encode()),
+    })
+}
+
+fn session_list_query(params: &QueryParams) -> Result<SessionListQuery, Invalid> {
+    let directory = match params.get("directory") {
+        Some("") => return Err(Invalid::new("directory must not be empty")),
+        other => other.map(str::to_owned),
+    };
+    let title_contains = match params.get("q") {
+        None | Some("") => None,
+        Some(q) if q.chars().count() > MAX_TITLE_CHARS => {
+            return Err(Invalid::new(format!(
+                "q is longer than the longest title ({MAX_TITLE_CHARS} characters)"
+            )));
+        }
+        Some(q) => Some(fold_title(q)),
+    };
+    Ok(SessionListQuery {
+        filter: SessionFilter {
+            directory,
+            roots_only: params.bool("roots")?.unwrap_or(false),
+            updated_after: params.millis("updated_after")?,
+            title_contains,
+            archived: params
+                .get("archived")
+                .map_or(Ok(ArchivedFilter::Hide), ArchivedFilter::parse)?,
+        },
+        limit: params.limit()?,
+        after: params
+            .get("cursor")
+            .map(SessionCursor::decode)
+            .transpose()?,
+    })
+}
+
+/// Get one session.
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "The session", body = Session),
+        (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get(
+    State(state): State<SharedState>,
+    SessionPath(id): SessionPath,
+) -> ApiResult<Response> {
+    ok(&state.storage.get_session(&id).await?)
+}
+
+/// Rename, archive or unarchive a session; always bumps `updated_at`.
+#[utoipa::path(
+    patch, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "Session id")),
+    request_body = UpdateSession,
+    responses(
+        (status = 200, description = "The updated session", body = Session),
+        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn update(
+    State(state): State<SharedState>,
+    SessionPath(id): SessionPath,
+    JsonBody(body): JsonBody<UpdateSession>,
+) -> ApiResult<Response> {
+    let patch = SessionPatch::try_from(body)?;
+    ok(&state.storage.update_session(id, patch).await?)
+}
+
+/// Delete a session and its messages; its children stay, without a parent.
+#[utoipa::path(
+    delete, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete(
+    State(state): State<SharedState>,
+    SessionPath(id): SessionPath,
+) -> ApiResult<Response> {
+    state.storage.delete_session(id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// An extractive summary of a session.
+#[derive(Serialize, ToSchema)]
+pub struct Summary {
+    #[schema(value_type = String)]
+    pub session_id: SessionId,
+    /// The extracted sentences joined by spaces.
+    pub summary: String,
+    /// The most representative sentences of the session, in their original order.
+    pub sentences: Vec<String>,
+    pub message_count: i64,
+}
+
+/// Summarize a session (CPU-heavy; runs on a bounded worker pool).
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/summarize", tag = "sessions",
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "The summary", body = Summary),
+        (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many summaries in progress; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn summarize(
+    State(state): State<SharedState>,
+    SessionPath(id): SessionPath,
+) -> ApiResult<Response> {
+    // The turn is taken before reading the text, so waiting summaries hold no session text.
+    let turn = state
+        .summarizer
+        .turn()
+        .await
+        .map_err(|_| ApiError::Overloaded {
+            reason: "too many summaries are in progress; retry shortly",
+            retry_after_secs: 1,
+        })?;
+    let text = state
+        .storage
+        .session_text(&id, state.settings.summarize_max_bytes)
+        .await?;
+    let sentences = turn
+        .run(move || summary::summarize(&text.texts, summary::MAX_SENTENCES))
+        .await?;
+    ok(&Summary {
+        session_id: id,
+        summary: sentences.join(" "),
+        sentences,
+        message_count: text.message_count,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_parameters_are_validated() {
+        let parse = |q: &str| {
+            QueryParams::parse(Some(q), LIST_PARAMS)
+                .map_err(|e| e.to_string())
+                .and_then(|p| session_list_query(&p).map_err(|e| e.to_string()))
+        };
+        assert!(parse("directory=/a&roots=true&archived=all&limit=10&q=Fix").is_ok());
+        assert_eq!(
+            parse("q=FiX").unwrap().filter.title_contains.as_deref(),
+            Some("fix")
+        );
+        for bad in [
+            "directory=",
+            "roots=yes",
+            "archived=maybe",
+            "limit=0",
+            "updated_after=-5",
+            "cursor=xyz",
+            "directroy=/a",
+            "limit=5&limit=6",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The connection loop: accepts TCP connections and serves HTTP/1.1 on each with hyper, with a
+//! header read timeout (a slowloris client cannot hold a slot), a bounded header buffer, and a
+//! graceful shutdown that stops accepting, lets in-flight requests finish within a drain
+//! timeout, and then returns.
+//!
+//! We drive hyper directly rather than through `axum::serve` because these limits are settings
+//! of hyper's connection builder that `axum::serve` does not expose.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tower::ServiceExt;
+
+/// Connection-level limits.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// A client must send its complete request head within this time.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) accepted.
+    pub max_header_bytes: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then drains. Returns `true` when
+/// every connection finished within the drain timeout.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> bool {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Each connection task holds a clone; `recv` returns `None` once all of them are gone.
+    let (alive_tx, mut alive_rx) = mpsc::channel::<Infallible>(1);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(options.max_header_bytes.max(8192))
+        .keep_alive(true);
+
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+        let service =
+            router
+                .clone()
+                .map_request(move |mut request: axum::http::Request<Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request
+                });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+            .with_upgrades();
+        let mut stop = stop_rx.clone();
+        let alive = alive_tx.clone();
+        tokio::spawn(async move {
+            let _alive = alive;
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => log_connection_end(result, peer),
+                _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    log_connection_end(connection.await, peer);
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(alive_tx);
+    tokio::time::timeout(options.drain_timeout, alive_rx.recv())
+        .await
+        .is_ok()
+}
+
+fn log_connection_end(result: Result<(), hyper::Error>, peer: SocketAddr) {
+    if let Err(error) = result {
+        // Timeouts, resets and malformed requests: routine on the open internet.
+        tracing::debug!(%error, %peer, "connection ended with an error");
+    }
+}

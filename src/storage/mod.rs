@@ -1,0 +1,145 @@
+//! Storage: the [`Storage`] trait every backend implements, and the query types it takes.
+//!
+//! Handlers only ever see this trait, so a backend (embedded SQLite today, PostgreSQL next) can
+//! be swapped by configuration without touching HTTP code. The contract every backend keeps:
+//! a write returns only once it is durable; a read started after a write returned sees it; ids
+//! and timestamps are assigned by the backend in commit order, so keyset pages never skip or
+//! repeat; every change is recorded in the event log in the same transaction.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    ArchivedFilter, Limit, Message, MessageCursor, MessageId, NewMessage, NewSession, Order, Page,
+    SearchCursor, SearchHit, SearchTerms, Session, SessionCursor, SessionId, SessionPatch,
+};
+
+/// Why a storage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The named thing does not exist (the message is safe to show to clients).
+    #[error("{what} {id} does not exist")]
+    NotFound { what: &'static str, id: String },
+    /// The backend is closing or its writer is gone; the caller may retry elsewhere.
+    #[error("storage is not accepting requests: {0}")]
+    Unavailable(&'static str),
+    /// Anything else; carries context for the logs, never shown to clients.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl StorageError {
+    pub fn session_not_found(id: impl Into<String>) -> Self {
+        StorageError::NotFound {
+            what: "session",
+            id: crate::domain::clip(&id.into()),
+        }
+    }
+
+    pub fn message_not_found(id: impl Into<String>) -> Self {
+        StorageError::NotFound {
+            what: "message",
+            id: crate::domain::clip(&id.into()),
+        }
+    }
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// Filters of `GET /v1/sessions`.
+#[derive(Clone, Debug, Default)]
+pub struct SessionFilter {
+    pub directory: Option<String>,
+    /// Only sessions without a parent.
+    pub roots_only: bool,
+    /// Only sessions with `updated_at >= updated_after`.
+    pub updated_after: Option<i64>,
+    /// Case-folded (see [`crate::domain::fold_title`]) substring of the title.
+    pub title_contains: Option<String>,
+    pub archived: ArchivedFilter,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SessionListQuery {
+    pub filter: SessionFilter,
+    pub limit: Limit,
+    pub after: Option<SessionCursor>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct MessageListQuery {
+    pub order: Order,
+    pub limit: Limit,
+    pub after: Option<MessageCursor>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SearchQuery {
+    pub terms: SearchTerms,
+    pub session_id: Option<SessionId>,
+    pub directory: Option<String>,
+    pub limit: Limit,
+    pub after: Option<SearchCursor>,
+}
+
+/// The text of a session, for summaries.
+#[derive(Clone, Debug, Default)]
+pub struct SessionText {
+    pub message_count: i64,
+    /// Text of the messages in chronological order (the most recent ones, within the budget).
+    pub texts: Vec<String>,
+}
+
+/// A complete session with its messages, ids and timestamps already assigned: bulk loads
+/// (`sessiond seed`, migrations between backends) write these as they are, without events.
+#[derive(Clone, Debug)]
+pub struct ImportSession {
+    pub session: Session,
+    pub messages: Vec<ImportMessage>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ImportMessage {
+    pub message: Message,
+    pub text: String,
+}
+
+/// A storage backend.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Creates a session; `NotFound` when the parent does not exist.
+    async fn create_session(&self, new: NewSession) -> StorageResult<Session>;
+    async fn get_session(&self, id: &SessionId) -> StorageResult<Session>;
+    async fn list_sessions(
+        &self,
+        query: SessionListQuery,
+    ) -> StorageResult<Page<Session, SessionCursor>>;
+    async fn update_session(&self, id: SessionId, patch: SessionPatch) -> StorageResult<Session>;
+    /// Deletes a session and its messages; its children lose their parent.
+    async fn delete_session(&self, id: SessionId) -> StorageResult<()>;
+
+    /// Appends a message, bumping the session's `updated_at` and `message_count`.
+    async fn append_message(&self, session: SessionId, new: NewMessage) -> StorageResult<Message>;
+    async fn get_message(&self, id: &MessageId) -> StorageResult<Message>;
+    /// `NotFound` when the session does not exist.
+    async fn list_messages(
+        &self,
+        session: &SessionId,
+        query: MessageListQuery,
+    ) -> StorageResult<Page<Message, MessageCursor>>;
+
+    async fn search(&self, query: SearchQuery) -> StorageResult<Page<SearchHit, SearchCursor>>;
+
+    /// The session's text, at most `max_bytes` of it (most recent messages first to go in).
+    async fn session_text(&self, id: &SessionId, max_bytes: usize) -> StorageResult<SessionText>;
+
+    /// Writes complete sessions in bulk (seeding, copying between backends).
+    async fn import(&self, sessions: Vec<ImportSession>) -> StorageResult<()>;
+
+    /// A cheap round trip proving the backend can serve reads.
+    async fn check(&self) -> StorageResult<()>;
+
+    /// Stops taking writes, commits everything already accepted, and releases the backend.
+    async fn close(&self);
+}

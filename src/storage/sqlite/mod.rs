@@ -1,0 +1,294 @@
+//! The embedded SQLite backend: the default, needing no set-up.
+//!
+//! One file in the data dir (`sessiond.db`, WAL mode), one writer thread that group-commits
+//! (see [`writer`]), and a pool of read-only connections (see [`pool`]). The data dir is locked
+//! for the life of the process so two servers never write one database.
+
+mod fts;
+pub mod migrations;
+mod pool;
+mod reads;
+mod rows;
+mod writer;
+mod writes;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags};
+
+pub use writer::CommitHook;
+
+use self::pool::ReadPool;
+use self::writer::{WriterHandle, WriterOptions};
+use super::{
+    ImportSession, MessageListQuery, SearchQuery, SessionListQuery, SessionText, Storage,
+    StorageResult,
+};
+use crate::domain::{
+    IdGenerator, Message, MessageCursor, MessageId, NewMessage, NewSession, Page, SearchCursor,
+    SearchHit, Session, SessionCursor, SessionId, SessionPatch,
+};
+
+/// The database file inside the data dir.
+pub const DATABASE_FILE: &str = "sessiond.db";
+const LOCK_FILE: &str = "sessiond.lock";
+
+/// How to open the SQLite backend.
+#[derive(Clone)]
+pub struct SqliteOptions {
+    pub data_dir: PathBuf,
+    /// Read-only connections in the pool.
+    pub read_connections: usize,
+    /// Writes that may wait for the writer before callers are made to wait.
+    pub writer_queue: usize,
+    /// Most writes committed in one transaction.
+    pub max_batch: usize,
+    /// Called with the events of each committed batch.
+    pub on_commit: Option<CommitHook>,
+}
+
+impl SqliteOptions {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        SqliteOptions {
+            data_dir: data_dir.into(),
+            read_connections: 8,
+            writer_queue: 4096,
+            max_batch: 512,
+            on_commit: None,
+        }
+    }
+}
+
+pub struct SqliteStorage {
+    writer: WriterHandle,
+    readers: ReadPool,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Held (locked) until the storage is dropped.
+    _lock: File,
+}
+
+impl SqliteStorage {
+    /// Opens (creating and migrating when needed) the database in `options.data_dir`. Blocking.
+    pub fn open(options: SqliteOptions) -> anyhow::Result<SqliteStorage> {
+        let dir = &options.data_dir;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the data dir {}", dir.display()))?;
+        let lock = lock_data_dir(dir)?;
+        let path = dir.join(DATABASE_FILE);
+
+        let mut conn = open_writer(&path)?;
+        migrations::migrate(&mut conn)
+            .with_context(|| format!("migrating the database {}", path.display()))?;
+        let ids = IdGenerator::starting_after(newest_timestamp(&conn)?);
+
+        let readers = (0..options.read_connections.max(1))
+            .map(|_| open_reader(&path))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (writer, thread) = writer::spawn(
+            conn,
+            ids,
+            WriterOptions {
+                queue_capacity: options.writer_queue,
+                max_batch: options.max_batch.max(1),
+                on_commit: options.on_commit.clone(),
+            },
+        )?;
+        Ok(SqliteStorage {
+            writer,
+            readers: ReadPool::new(readers),
+            writer_thread: Mutex::new(Some(thread)),
+            _lock: lock,
+        })
+    }
+
+    /// Writes waiting for the writer.
+    pub fn writer_queue_depth(&self) -> usize {
+        self.writer.queue_depth()
+    }
+}
+
+fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "the data dir {} is in use by another sessiond process",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("locking the data dir {}", dir.display()))
+        }
+    }
+}
+
+fn open_writer(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening the database {}", path.display()))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .context("switching the database to WAL mode")?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        bail!("the database refused WAL mode (it stayed in {mode} mode)");
+    }
+    // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power loss.
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA busy_timeout = 5000;
+         PRAGMA cache_size = -65536;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA journal_size_limit = 67108864;",
+    )
+    .context("configuring the write connection")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening a read connection to {}", path.display()))?;
+    conn.execute_batch(
+        "PRAGMA busy_timeout = 5000;
+         PRAGMA query_only = ON;
+         PRAGMA cache_size = -16384;
+         PRAGMA mmap_size = 268435456;
+         PRAGMA temp_store = MEMORY;",
+    )
+    .context("configuring a read connection")?;
+    // Enough for every list, search and filter variant to stay prepared.
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(conn)
+}
+
+/// The newest timestamp stored, so ids keep increasing across restarts.
+fn newest_timestamp(conn: &Connection) -> anyhow::Result<i64> {
+    conn.query_row(
+        "SELECT max(
+            coalesce((SELECT max(updated_at) FROM sessions WHERE archived = 0), 0),
+            coalesce((SELECT max(updated_at) FROM sessions WHERE archived = 1), 0),
+            coalesce((SELECT created_at FROM messages ORDER BY seq DESC LIMIT 1), 0),
+            coalesce((SELECT at FROM events ORDER BY seq DESC LIMIT 1), 0))",
+        [],
+        |row| row.get(0),
+    )
+    .context("reading the newest stored timestamp")
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    async fn create_session(&self, new: NewSession) -> StorageResult<Session> {
+        self.writer
+            .write(move |ctx| writes::create_session(ctx, new))
+            .await
+    }
+
+    async fn get_session(&self, id: &SessionId) -> StorageResult<Session> {
+        let id = id.clone();
+        self.readers
+            .read(move |conn| reads::get_session(conn, &id))
+            .await
+    }
+
+    async fn list_sessions(
+        &self,
+        query: SessionListQuery,
+    ) -> StorageResult<Page<Session, SessionCursor>> {
+        self.readers
+            .read(move |conn| reads::list_sessions(conn, &query))
+            .await
+    }
+
+    async fn update_session(&self, id: SessionId, patch: SessionPatch) -> StorageResult<Session> {
+        self.writer
+            .write(move |ctx| writes::update_session(ctx, id, patch))
+            .await
+    }
+
+    async fn delete_session(&self, id: SessionId) -> StorageResult<()> {
+        self.writer
+            .write(move |ctx| writes::delete_session(ctx, id))
+            .await
+    }
+
+    async fn append_message(&self, session: SessionId, new: NewMessage) -> StorageResult<Message> {
+        self.writer
+            .write(move |ctx| writes::append_message(ctx, session, new))
+            .await
+    }
+
+    async fn get_message(&self, id: &MessageId) -> StorageResult<Message> {
+        let id = id.clone();
+        self.readers
+            .read(move |conn| reads::get_message(conn, &id))
+            .await
+    }
+
+    async fn list_messages(
+        &self,
+        session: &SessionId,
+        query: MessageListQuery,
+    ) -> StorageResult<Page<Message, MessageCursor>> {
+        let session = session.clone();
+        self.readers
+            .read(move |conn| reads::list_messages(conn, &session, &query))
+            .await
+    }
+
+    async fn search(&self, query: SearchQuery) -> StorageResult<Page<SearchHit, SearchCursor>> {
+        self.readers
+            .read(move |conn| reads::search(conn, &query))
+            .await
+    }
+
+    async fn session_text(&self, id: &SessionId, max_bytes: usize) -> StorageResult<SessionText> {
+        let id = id.clone();
+        self.readers
+            .read(move |conn| reads::session_text(conn, &id, max_bytes))
+            .await
+    }
+
+    async fn import(&self, sessions: Vec<ImportSession>) -> StorageResult<()> {
+        self.writer
+            .write(move |ctx| writes::import(ctx, sessions))
+            .await
+    }
+
+    async fn check(&self) -> StorageResult<()> {
+        self.readers.read(reads::check).await
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.readers.close();
+        let thread = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            // The writer has already answered `close`; joining only reaps the thread.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod query_plans;

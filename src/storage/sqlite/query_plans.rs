@@ -1,0 +1,167 @@
+//! Every list and search query must be served by an index: this runs `EXPLAIN QUERY PLAN` on
+//! each variant the HTTP API can produce and fails on a full scan of sessions or messages, or on
+//! a sort of a whole list.
+
+use rusqlite::Connection;
+
+use super::{migrations, reads};
+use crate::domain::{
+    ArchivedFilter, IdGenerator, Limit, MessageCursor, MessageId, Order, SearchCursor, SearchTerms,
+    SessionCursor, SessionId,
+};
+use crate::storage::{MessageListQuery, SearchQuery, SessionFilter, SessionListQuery};
+
+fn plan(conn: &Connection, sql: &str, params: usize) -> Vec<String> {
+    let out = plan_inner(conn, sql, params);
+    if std::env::var_os("PRINT_PLANS").is_some() {
+        eprintln!("{sql}\n  {out:?}");
+    }
+    out
+}
+fn plan_inner(conn: &Connection, sql: &str, params: usize) -> Vec<String> {
+    let mut statement = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let values: Vec<rusqlite::types::Value> = (0..params)
+        .map(|_| rusqlite::types::Value::Integer(1))
+        .collect();
+    statement
+        .query_map(rusqlite::params_from_iter(values), |row| {
+            row.get::<_, String>(3)
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// A plan line that reads a whole table (`SCAN t` without an index), or sorts the whole result.
+fn violations(lines: &[String], allow_sort: bool) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|line| {
+            let full_scan = line.starts_with("SCAN ")
+                && !line.contains("VIRTUAL TABLE")
+                && !line.contains("USING INDEX")
+                && !line.contains("USING COVERING INDEX")
+                && !line.contains("USING INTEGER PRIMARY KEY");
+            let index_walk_without_key = line.starts_with("SCAN ") && line.contains("USING");
+            let sort = line.contains("TEMP B-TREE");
+            full_scan || index_walk_without_key || (sort && !allow_sort)
+        })
+        .cloned()
+        .collect()
+}
+
+fn database() -> Connection {
+    let mut conn = Connection::open_in_memory().unwrap();
+    migrations::migrate(&mut conn).unwrap();
+    conn
+}
+
+fn ids() -> (SessionId, MessageId) {
+    let mut generator = IdGenerator::default();
+    let (_, a) = generator.next(1);
+    let (_, b) = generator.next(2);
+    (SessionId::from_value(a), MessageId::from_value(b))
+}
+
+#[test]
+fn every_session_list_variant_uses_an_index() {
+    let conn = database();
+    let (session_id, _) = ids();
+    let mut checked = 0;
+    for archived in [
+        ArchivedFilter::Hide,
+        ArchivedFilter::Only,
+        ArchivedFilter::All,
+    ] {
+        for mask in 0..32u8 {
+            let query = SessionListQuery {
+                filter: SessionFilter {
+                    directory: (mask & 1 != 0).then(|| "/d".to_owned()),
+                    roots_only: mask & 2 != 0,
+                    updated_after: (mask & 4 != 0).then_some(5),
+                    title_contains: (mask & 8 != 0).then(|| "x".to_owned()),
+                    archived,
+                },
+                limit: Limit::DEFAULT,
+                after: (mask & 16 != 0).then(|| SessionCursor {
+                    updated_at: 9,
+                    id: session_id.clone(),
+                }),
+            };
+            let (sql, params) = reads::session_list_sql(&query);
+            let lines = plan(&conn, &sql, params.len());
+            let bad = violations(&lines, false);
+            assert!(bad.is_empty(), "{query:?}\n{sql}\n{lines:#?}");
+            assert!(
+                lines.iter().any(|l| l.contains("USING INDEX sessions_")),
+                "{sql}\n{lines:#?}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 96);
+}
+
+#[test]
+fn every_message_list_variant_uses_an_index() {
+    let conn = database();
+    let (_, message_id) = ids();
+    for order in [Order::Asc, Order::Desc] {
+        for with_cursor in [false, true] {
+            let query = MessageListQuery {
+                order,
+                limit: Limit::DEFAULT,
+                after: with_cursor.then(|| MessageCursor {
+                    order,
+                    created_at: 1,
+                    id: message_id.clone(),
+                }),
+            };
+            let sql = reads::message_list_sql(&query);
+            let lines = plan(&conn, &sql, if with_cursor { 4 } else { 2 });
+            let bad = violations(&lines, false);
+            assert!(bad.is_empty(), "{sql}\n{lines:#?}");
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.contains("USING INDEX messages_session")),
+                "{sql}\n{lines:#?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_search_variant_uses_the_full_text_index() {
+    let conn = database();
+    let (session_id, _) = ids();
+    for mask in 0..8u8 {
+        let query = SearchQuery {
+            terms: SearchTerms::parse("login").unwrap(),
+            session_id: (mask & 1 != 0).then(|| session_id.clone()),
+            directory: (mask & 2 != 0).then(|| "/d".to_owned()),
+            limit: Limit::DEFAULT,
+            after: (mask & 4 != 0).then_some(SearchCursor {
+                rank: -1.0,
+                seq: 1,
+                cap: 10,
+            }),
+        };
+        let sql = reads::search_sql(&query);
+        let params = 3
+            + usize::from(mask & 1 != 0)
+            + usize::from(mask & 2 != 0)
+            + if mask & 4 != 0 { 2 } else { 0 };
+        let lines = plan(&conn, &sql, params);
+        // Ranking sorts the matches (never the table): allowed.
+        let bad = violations(&lines, true);
+        assert!(bad.is_empty(), "{sql}\n{lines:#?}");
+        assert!(
+            lines.iter().any(|l| l.contains("VIRTUAL TABLE INDEX"))
+                || lines.iter().any(|l| l.contains("messages_fts")),
+            "{sql}\n{lines:#?}"
+        );
+    }
+}

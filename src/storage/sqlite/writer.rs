@@ -1,0 +1,291 @@
+//! The single writer: one thread owns the only read-write connection and commits writes in
+//! groups.
+//!
+//! Writes arrive as jobs on a bounded channel. The thread takes every job waiting (up to a batch
+//! limit), runs them all in one `BEGIN IMMEDIATE` transaction, commits once (`synchronous=FULL`:
+//! the WAL is fsynced before `COMMIT` returns) and only then answers each caller. While one batch
+//! is being synced the next one queues up, so 32 concurrent clients cost a handful of fsyncs,
+//! not 32. The writer also assigns ids and timestamps, so they increase in commit order.
+//!
+//! Jobs get no savepoint of their own: FTS5 flushes its pending index at every savepoint, which
+//! measured 1.7x slower on bulk writes. Instead every operation checks its preconditions before
+//! it writes, so a refused job (`NotFound`) has written nothing and its batch commits normally;
+//! a job that fails after writing (an internal error, a panic) rolls back its whole batch and
+//! every caller in it gets an error. Either way nothing unacknowledged is kept and nothing
+//! acknowledged is lost.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::{IdGenerator, SessionId, wall_clock_ms};
+use crate::events::{Event, EventKind};
+use crate::storage::{StorageError, StorageResult};
+
+/// What a write job sees: the connection inside the batch transaction, the id generator and the
+/// events the batch has recorded so far.
+pub struct WriteCtx<'a> {
+    pub conn: &'a Connection,
+    ids: &'a mut IdGenerator,
+    events: &'a mut Vec<Event>,
+}
+
+impl WriteCtx<'_> {
+    /// A timestamp for a change happening now, never below any handed out before.
+    pub fn now(&mut self) -> i64 {
+        self.ids.now(wall_clock_ms())
+    }
+
+    /// The next id value and its timestamp.
+    pub fn next_id(&mut self) -> (i64, u128) {
+        self.ids.next(wall_clock_ms())
+    }
+
+    /// Records `kind` for a session in the event log; returns its `seq`.
+    pub fn emit(
+        &mut self,
+        kind: EventKind,
+        session_id: &SessionId,
+        directory: &str,
+        at: i64,
+        data: String,
+    ) -> anyhow::Result<i64> {
+        // No RETURNING: it would open a statement transaction, and FTS5 flushes at each one.
+        self.conn
+            .prepare_cached(
+                "INSERT INTO events (type, session_id, directory, at, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute((kind.as_str(), session_id.as_str(), directory, at, &data))
+            .context("appending to the event log")?;
+        let seq = self.conn.last_insert_rowid();
+        self.events.push(Event {
+            seq,
+            kind,
+            session_id: session_id.clone(),
+            directory: directory.to_owned(),
+            at,
+            data,
+        });
+        Ok(seq)
+    }
+}
+
+/// Called with the events of every committed batch, in `seq` order.
+pub type CommitHook = Arc<dyn Fn(&[Event]) + Send + Sync>;
+
+#[derive(Clone, Debug)]
+struct CommitFailed(String);
+
+type Reply = Box<dyn FnOnce(Result<(), CommitFailed>) + Send>;
+type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> (JobStatus, Reply) + Send>;
+
+/// How a job ended, which decides the fate of its batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum JobStatus {
+    Done,
+    /// Refused before writing anything (e.g. not found): the batch is unaffected.
+    Refused,
+    /// Failed after it may have written: the batch must be rolled back.
+    Poisoned,
+}
+
+enum Command {
+    Write(Job),
+    /// Finish everything queued before this, then stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// The async side of the writer: cheap to clone, one per storage handle.
+#[derive(Clone)]
+pub struct WriterHandle {
+    sender: mpsc::Sender<Command>,
+}
+
+pub struct WriterOptions {
+    pub queue_capacity: usize,
+    pub max_batch: usize,
+    pub on_commit: Option<CommitHook>,
+}
+
+/// Starts the writer thread on `conn` (already migrated and configured).
+pub fn spawn(
+    conn: Connection,
+    ids: IdGenerator,
+    options: WriterOptions,
+) -> anyhow::Result<(WriterHandle, JoinHandle<()>)> {
+    let (sender, receiver) = mpsc::channel(options.queue_capacity.max(1));
+    let thread = std::thread::Builder::new()
+        .name("sessiond-writer".into())
+        .spawn(move || run(conn, ids, receiver, options))
+        .context("starting the writer thread")?;
+    Ok((WriterHandle { sender }, thread))
+}
+
+impl WriterHandle {
+    /// Runs `op` in the next batch and returns its result once the batch is durable.
+    pub async fn write<T, F>(&self, op: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> StorageResult<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |ctx| {
+            let result = op(ctx);
+            let status = match &result {
+                Ok(_) => JobStatus::Done,
+                Err(StorageError::NotFound { .. } | StorageError::Unavailable(_)) => {
+                    JobStatus::Refused
+                }
+                Err(StorageError::Internal(_)) => JobStatus::Poisoned,
+            };
+            let reply: Reply = Box::new(move |commit| {
+                let outcome = match commit {
+                    Ok(()) => result,
+                    Err(_) if result.is_err() => result,
+                    Err(CommitFailed(why)) => Err(StorageError::Internal(anyhow::anyhow!(
+                        "the write batch was not committed: {why}"
+                    ))),
+                };
+                // The caller may have gone (client disconnected); the write stands regardless.
+                let _ = tx.send(outcome);
+            });
+            (status, reply)
+        });
+        self.sender
+            .send(Command::Write(job))
+            .await
+            .map_err(|_| StorageError::Unavailable("the writer has stopped"))?;
+        rx.await.map_err(|_| {
+            StorageError::Internal(anyhow::anyhow!(
+                "the writer dropped the write without committing it (see the writer's log)"
+            ))
+        })?
+    }
+
+    /// Writes queued so far (for metrics and readiness).
+    pub fn queue_depth(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
+    }
+
+    /// Commits everything queued, then stops the thread. Idempotent.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.sender.send(Command::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn run(
+    conn: Connection,
+    mut ids: IdGenerator,
+    mut receiver: mpsc::Receiver<Command>,
+    options: WriterOptions,
+) {
+    let mut events = Vec::new();
+    let mut jobs = Vec::with_capacity(options.max_batch);
+    let mut closing = None;
+    while closing.is_none() {
+        let Some(first) = receiver.blocking_recv() else {
+            break;
+        };
+        match first {
+            Command::Write(job) => jobs.push(job),
+            Command::Close(done) => closing = Some(done),
+        }
+        while closing.is_none() && jobs.len() < options.max_batch {
+            match receiver.try_recv() {
+                Ok(Command::Write(job)) => jobs.push(job),
+                Ok(Command::Close(done)) => closing = Some(done),
+                Err(_) => break,
+            }
+        }
+        if !jobs.is_empty() {
+            run_batch(&conn, &mut ids, &mut events, &mut jobs);
+            if let Some(hook) = &options.on_commit
+                && !events.is_empty()
+            {
+                hook(&events);
+            }
+            events.clear();
+        }
+    }
+    receiver.close();
+    // Anything that raced in after the close request still gets an answer (an error).
+    while let Ok(command) = receiver.try_recv() {
+        if let Command::Close(done) = command {
+            let _ = done.send(());
+        }
+    }
+    if let Err(error) = conn.execute_batch("PRAGMA optimize") {
+        tracing::warn!(%error, "PRAGMA optimize failed at shutdown");
+    }
+    if let Err((_, error)) = conn.close() {
+        tracing::error!(%error, "closing the database failed");
+    }
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+fn run_batch(
+    conn: &Connection,
+    ids: &mut IdGenerator,
+    events: &mut Vec<Event>,
+    jobs: &mut Vec<Job>,
+) {
+    if let Err(error) = exec(conn, "BEGIN IMMEDIATE") {
+        // Dropping a job drops its reply channel: each caller gets an error, nothing is acked.
+        tracing::error!(%error, jobs = jobs.len(), "could not start a write transaction");
+        jobs.clear();
+        return;
+    }
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut poisoned = false;
+    for job in jobs.drain(..) {
+        let mut ctx = WriteCtx {
+            conn,
+            ids: &mut *ids,
+            events: &mut *events,
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut ctx))) {
+            Ok((status, reply)) => {
+                poisoned |= status == JobStatus::Poisoned;
+                replies.push(reply);
+            }
+            // The job's reply sender was dropped in the unwind: its caller gets an error.
+            Err(_) => {
+                tracing::error!("a write job panicked; rolling back its batch");
+                poisoned = true;
+            }
+        }
+    }
+    let commit = if poisoned {
+        Err(CommitFailed(
+            "another write in the same batch failed, so the batch was rolled back".to_owned(),
+        ))
+    } else {
+        exec(conn, "COMMIT").map_err(|error| {
+            tracing::error!(%error, "commit failed; rolling back the batch");
+            CommitFailed(error.to_string())
+        })
+    };
+    if commit.is_err() {
+        if let Err(error) = exec(conn, "ROLLBACK") {
+            tracing::error!(%error, "rolling back a failed batch failed");
+        }
+        events.clear();
+    }
+    for reply in replies {
+        reply(commit.clone());
+    }
+}
+
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}

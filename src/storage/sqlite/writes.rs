@@ -1,0 +1,287 @@
+//! The write operations, each run by the writer inside its own savepoint of a batch.
+
+use anyhow::Context;
+use rusqlite::{OptionalExtension, params};
+use serde_json::value::RawValue;
+
+use super::rows::{self, SESSION_COLUMNS};
+use super::writer::WriteCtx;
+use crate::domain::{
+    Message, MessageId, NewMessage, NewSession, ParentRef, Role, Session, SessionId, SessionPatch,
+    fold_title,
+};
+use crate::events::EventKind;
+use crate::storage::{ImportSession, StorageError, StorageResult};
+
+fn load_session(ctx: &WriteCtx<'_>, id: &SessionId) -> StorageResult<Session> {
+    ctx.conn
+        .prepare_cached(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"
+        ))
+        .context("preparing a session lookup")?
+        .query_row([id.as_str()], rows::session)
+        .optional()
+        .context("loading a session")?
+        .ok_or_else(|| StorageError::session_not_found(id.as_str()))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
+    serde_json::to_string(value).context("encoding an event")
+}
+
+fn insert_session(ctx: &WriteCtx<'_>, session: &Session) -> anyhow::Result<()> {
+    ctx.conn
+        .prepare_cached(
+            "INSERT INTO sessions (id, directory, title, title_fold, parent_id, created_at, \
+             updated_at, archived_at, message_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            session.id.as_str(),
+            session.directory,
+            session.title,
+            fold_title(&session.title),
+            session.parent_id.as_ref().map(SessionId::as_str),
+            session.created_at,
+            session.updated_at,
+            session.archived_at,
+            session.message_count,
+        ])
+        .context("inserting a session")?;
+    Ok(())
+}
+
+pub fn create_session(ctx: &mut WriteCtx<'_>, new: NewSession) -> StorageResult<Session> {
+    let parent_id = match new.parent_id {
+        None => None,
+        Some(ParentRef::Unknown(raw)) => return Err(StorageError::session_not_found(raw)),
+        Some(ParentRef::Id(id)) => {
+            let exists = ctx
+                .conn
+                .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")
+                .context("preparing a parent lookup")?
+                .exists([id.as_str()])
+                .context("looking up the parent session")?;
+            if !exists {
+                return Err(StorageError::session_not_found(id.into_string()));
+            }
+            Some(id)
+        }
+    };
+    let (now, value) = ctx.next_id();
+    let session = Session {
+        id: SessionId::from_value(value),
+        directory: new.directory,
+        title: new.title,
+        parent_id,
+        created_at: now,
+        updated_at: now,
+        archived_at: None,
+        message_count: 0,
+    };
+    insert_session(ctx, &session)?;
+    let data = to_json(&session)?;
+    ctx.emit(
+        EventKind::SessionCreated,
+        &session.id,
+        &session.directory,
+        now,
+        data,
+    )?;
+    Ok(session)
+}
+
+pub fn update_session(
+    ctx: &mut WriteCtx<'_>,
+    id: SessionId,
+    patch: SessionPatch,
+) -> StorageResult<Session> {
+    let mut session = load_session(ctx, &id)?;
+    let now = ctx.now();
+    patch.apply(&mut session, now);
+    ctx.conn
+        .prepare_cached(
+            "UPDATE sessions SET title = ?2, title_fold = ?3, updated_at = ?4, archived_at = ?5 \
+             WHERE id = ?1",
+        )
+        .context("preparing a session update")?
+        .execute(params![
+            session.id.as_str(),
+            session.title,
+            fold_title(&session.title),
+            session.updated_at,
+            session.archived_at,
+        ])
+        .context("updating a session")?;
+    let data = to_json(&session)?;
+    ctx.emit(
+        EventKind::SessionUpdated,
+        &session.id,
+        &session.directory,
+        now,
+        data,
+    )?;
+    Ok(session)
+}
+
+pub fn delete_session(ctx: &mut WriteCtx<'_>, id: SessionId) -> StorageResult<()> {
+    let session = load_session(ctx, &id)?;
+    let now = ctx.now();
+    ctx.conn
+        .prepare_cached(
+            "INSERT INTO messages_fts (messages_fts, rowid, text) \
+             SELECT 'delete', seq, text FROM messages WHERE session_id = ?1 AND text <> ''",
+        )
+        .context("preparing a search index delete")?
+        .execute([id.as_str()])
+        .context("removing a session's messages from the search index")?;
+    ctx.conn
+        .prepare_cached("DELETE FROM messages WHERE session_id = ?1")
+        .context("preparing a message delete")?
+        .execute([id.as_str()])
+        .context("deleting a session's messages")?;
+    let children: Vec<Session> = ctx
+        .conn
+        .prepare_cached(&format!(
+            "UPDATE sessions SET parent_id = NULL, updated_at = ?2 WHERE parent_id = ?1 \
+             RETURNING {SESSION_COLUMNS}"
+        ))
+        .context("preparing the detach of children")?
+        .query_map(params![id.as_str(), now], rows::session)
+        .context("detaching child sessions")?
+        .collect::<Result<_, _>>()
+        .context("reading detached child sessions")?;
+    for child in &children {
+        let data = to_json(child)?;
+        ctx.emit(
+            EventKind::SessionUpdated,
+            &child.id,
+            &child.directory,
+            now,
+            data,
+        )?;
+    }
+    ctx.conn
+        .prepare_cached("DELETE FROM sessions WHERE id = ?1")
+        .context("preparing a session delete")?
+        .execute([id.as_str()])
+        .context("deleting a session")?;
+    let data = to_json(&session)?;
+    ctx.emit(
+        EventKind::SessionDeleted,
+        &session.id,
+        &session.directory,
+        now,
+        data,
+    )?;
+    Ok(())
+}
+
+pub fn append_message(
+    ctx: &mut WriteCtx<'_>,
+    session_id: SessionId,
+    new: NewMessage,
+) -> StorageResult<Message> {
+    let directory: String = ctx
+        .conn
+        .prepare_cached("SELECT directory FROM sessions WHERE id = ?1")
+        .context("preparing a session lookup")?
+        .query_row([session_id.as_str()], |row| row.get(0))
+        .optional()
+        .context("looking up the session of a new message")?
+        .ok_or_else(|| StorageError::session_not_found(session_id.as_str()))?;
+    let (now, value) = ctx.next_id();
+    ctx.conn
+        .prepare_cached(
+            "UPDATE sessions SET updated_at = ?2, message_count = message_count + 1 WHERE id = ?1",
+        )
+        .context("preparing a session bump")?
+        .execute(params![session_id.as_str(), now])
+        .context("bumping the session of a new message")?;
+    let id = MessageId::from_value(value);
+    insert_message(
+        ctx,
+        &id,
+        &session_id,
+        new.role,
+        &new.parts,
+        &new.metadata,
+        &new.text,
+        now,
+    )?;
+    let message = Message {
+        id,
+        session_id,
+        role: new.role,
+        parts: RawValue::from_string(new.parts).context("re-reading validated parts")?,
+        metadata: RawValue::from_string(new.metadata).context("re-reading validated metadata")?,
+        created_at: now,
+    };
+    let data = to_json(&message)?;
+    ctx.emit(
+        EventKind::MessageCreated,
+        &message.session_id,
+        &directory,
+        now,
+        data,
+    )?;
+    Ok(message)
+}
+
+/// Inserts a message and indexes its text.
+#[allow(clippy::too_many_arguments)]
+fn insert_message(
+    ctx: &WriteCtx<'_>,
+    id: &MessageId,
+    session_id: &SessionId,
+    role: Role,
+    parts: &str,
+    metadata: &str,
+    text: &str,
+    created_at: i64,
+) -> anyhow::Result<()> {
+    // No RETURNING (see the writer): the new seq is the last inserted rowid.
+    ctx.conn
+        .prepare_cached(
+            "INSERT INTO messages (id, session_id, role, parts, metadata, text, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            id.as_str(),
+            session_id.as_str(),
+            role.as_str(),
+            parts,
+            metadata,
+            text,
+            created_at,
+        ])
+        .context("inserting a message")?;
+    let seq = ctx.conn.last_insert_rowid();
+    if !text.is_empty() {
+        ctx.conn
+            .prepare_cached("INSERT INTO messages_fts (rowid, text) VALUES (?1, ?2)")?
+            .execute(params![seq, text])
+            .context("indexing a message")?;
+    }
+    Ok(())
+}
+
+/// Bulk load: complete sessions and messages as given, without events.
+pub fn import(ctx: &mut WriteCtx<'_>, sessions: Vec<ImportSession>) -> StorageResult<()> {
+    for item in sessions {
+        insert_session(ctx, &item.session)?;
+        for m in item.messages {
+            let message = &m.message;
+            insert_message(
+                ctx,
+                &message.id,
+                &message.session_id,
+                message.role,
+                message.parts.get(),
+                message.metadata.get(),
+                &m.text,
+                message.created_at,
+            )?;
+        }
+    }
+    Ok(())
+}

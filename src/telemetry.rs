@@ -1,0 +1,16 @@
+//! Logging set-up: structured `tracing` output to stderr, human-readable or JSON lines.
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. Later calls (tests building several apps) are no-ops.
+pub fn init(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

@@ -1,0 +1,209 @@
+use axum::Router;
+use axum::routing::get;
+use reqwest::StatusCode;
+use serde_json::json;
+use sessiond::error::ApiError;
+
+use crate::helpers::{TestApp, assert_problem, raw_request};
+
+#[tokio::test]
+async fn unknown_fields_are_named() {
+    let app = TestApp::spawn().await;
+    let problem = assert_problem(
+        app.post_json("/v1/sessions", &json!({"directory": "/d", "colour": "red"}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("colour"),
+        "{problem}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_types_name_the_field() {
+    let app = TestApp::spawn().await;
+    for (body, field) in [
+        (json!({"directory": 5}), "directory"),
+        (json!({"directory": "/d", "title": ["x"]}), "title"),
+        (json!({"directory": "/d", "parent_id": 7}), "parent_id"),
+        (json!(["/d"]), "object"),
+        (json!("just a string"), "object"),
+    ] {
+        let problem = assert_problem(
+            app.post_json("/v1/sessions", &body).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains(field),
+            "{body}: {problem}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_json_empty_bodies_and_trailing_garbage_are_400() {
+    let app = TestApp::spawn().await;
+    for body in [
+        &b"{\"directory\": "[..],
+        b"{'directory': '/d'}",
+        b"",
+        b"   ",
+        b"{\"directory\": \"/d\"} trailing",
+        b"{\"directory\": \"/d\"}{}",
+    ] {
+        let problem = assert_problem(
+            app.post_raw("/v1/sessions", Some("application/json"), body.to_vec())
+                .await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("JSON") || detail.contains("empty"),
+            "{detail}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_400_with_the_offset() {
+    let app = TestApp::spawn().await;
+    let mut body = b"{\"directory\": \"/d".to_vec();
+    body.extend_from_slice(&[0xff, 0xfe]);
+    body.extend_from_slice(b"\"}");
+    let problem = assert_problem(
+        app.post_raw("/v1/sessions", Some("application/json"), body)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("UTF-8") && detail.contains("17"),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn non_json_content_types_are_415() {
+    let app = TestApp::spawn().await;
+    let body = br#"{"directory": "/d"}"#.to_vec();
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("application/json; charset=latin1"),
+        Some("multipart/form-data; boundary=x"),
+    ] {
+        let problem = assert_problem(
+            app.post_raw("/v1/sessions", content_type, body.clone())
+                .await,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+        )
+        .await;
+        assert!(!problem["detail"].as_str().unwrap().is_empty());
+    }
+    for accepted in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON;charset=\"UTF-8\"",
+        "application/merge-patch+json",
+    ] {
+        let response = app
+            .post_raw("/v1/sessions", Some(accepted), body.clone())
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{accepted}");
+    }
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413() {
+    let app = TestApp::spawn_configured(|config| config.body_limit = 1024).await;
+    let big = json!({"directory": "/d", "title": "x".repeat(2000)});
+    assert_problem(
+        app.post_json("/v1/sessions", &big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+    // Also when the length is not announced up front (chunked).
+    let body = big.to_string();
+    let mut request = String::from(
+        "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    );
+    for chunk in body.as_bytes().chunks(100) {
+        request.push_str(&format!(
+            "{:x}\r\n{}\r\n",
+            chunk.len(),
+            std::str::from_utf8(chunk).unwrap()
+        ));
+    }
+    request.push_str("0\r\n\r\n");
+    let response = raw_request(app.addr, request.as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("payload_too_large"), "{response}");
+    assert_eq!(
+        app.post_json("/v1/sessions", &json!({"directory": "/d"}))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404_and_wrong_methods_405() {
+    let app = TestApp::spawn().await;
+    assert_problem(
+        app.get("/v2/sessions").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_problem(app.get("/").await, StatusCode::NOT_FOUND, "not_found").await;
+    let response = app
+        .client
+        .put(app.url("/v1/sessions"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::METHOD_NOT_ALLOWED, "invalid_request").await;
+    let response = app.delete("/v1/search").await;
+    assert_problem(response, StatusCode::METHOD_NOT_ALLOWED, "invalid_request").await;
+}
+
+#[tokio::test]
+async fn internal_errors_leak_nothing_and_carry_the_request_id() {
+    let routes = Router::new().route(
+        "/test/explode",
+        get(|| async {
+            Err::<(), _>(ApiError::Internal(anyhow::anyhow!(
+                "SELECT secret FROM users WHERE path = '/var/lib/sessiond/sessiond.db'"
+            )))
+        }),
+    );
+    let app = TestApp::spawn_with(|_| {}, routes).await;
+    let response = app
+        .client
+        .get(app.url("/test/explode"))
+        .header("x-request-id", "req-500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "req-500");
+    let raw = response.text().await.unwrap();
+    let problem: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(problem["status"], 500);
+    assert_eq!(problem["code"], "internal");
+    for secret in ["SELECT", "secret", "/var/lib", "sessiond.db"] {
+        assert!(!raw.contains(secret), "{raw}");
+    }
+}

@@ -1,0 +1,12 @@
+//! HTTP API tests: each test runs its own server on a random port with a fresh data dir.
+
+mod helpers;
+
+mod errors;
+mod messages;
+mod ops;
+mod pagination;
+mod process;
+mod search;
+mod sessions;
+mod summarize;
