@@ -19,7 +19,7 @@ use crate::http::{self, AppState, HttpSettings, SharedState};
 use crate::server::{self, ServeOptions};
 use crate::storage::Storage;
 use crate::storage::sqlite::{SqliteOptions, SqliteStorage};
-use crate::workers::BlockingPool;
+use crate::workers::WorkPool;
 
 pub struct Application {
     listener: TcpListener,
@@ -42,10 +42,12 @@ impl Application {
         let storage = open_storage(&config).await?;
         let state: SharedState = Arc::new(AppState {
             storage,
-            summarizer: BlockingPool::new(config.summarize_workers, config.summarize_queue),
+            summarizer: WorkPool::new(config.summarize_workers, config.summarize_queue),
+            searches: WorkPool::new(config.search_concurrency, config.search_queue),
             settings: HttpSettings {
                 body_limit: config.body_limit,
                 summarize_max_bytes: config.summarize_max_bytes,
+                search_window: config.search_window,
             },
             started: Instant::now(),
         });

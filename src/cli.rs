@@ -30,6 +30,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Fill a data dir with realistic generated sessions and messages.
     Seed(SeedArgs),
+    /// Load-test a server that speaks the sessiond API.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -51,11 +53,28 @@ pub struct SeedArgs {
     pub seed: u64,
 }
 
-/// Runs a parsed command line; returns the process exit code.
-pub async fn run(cli: Cli) -> ExitCode {
+/// Parses the command line and runs the command; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(*args).await,
-        Command::Seed(args) => seed_command(args).await,
+        // The load generator sizes its own runtime (`--threads`).
+        Command::Bench(args) => crate::bench::main(*args),
+        Command::Serve(args) => with_runtime(serve(*args)),
+        Command::Seed(args) => with_runtime(seed_command(args)),
+    }
+}
+
+fn with_runtime(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sessiond-worker")
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(command),
+        Err(error) => {
+            eprintln!("sessiond: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -25,7 +25,7 @@ pub struct ServeArgs {
     /// `pretty` or `json` [env: SESSIOND_LOG_FORMAT] [default: pretty]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
-    /// Read-only database connections [env: SESSIOND_READ_CONNECTIONS] [default: 2 × CPUs, at least 4]
+    /// Read-only database connections [env: SESSIOND_READ_CONNECTIONS] [default: 2 × CPUs, at least 8]
     #[arg(long, value_name = "N")]
     pub read_connections: Option<String>,
     /// Writes that may queue for the writer before callers wait [env: SESSIOND_WRITER_QUEUE] [default: 4096]
@@ -43,6 +43,15 @@ pub struct ServeArgs {
     /// Most session text one summary reads [env: SESSIOND_SUMMARIZE_MAX_BYTES] [default: 4MiB]
     #[arg(long, value_name = "SIZE")]
     pub summarize_max_bytes: Option<String>,
+    /// Searches run at once [env: SESSIOND_SEARCH_CONCURRENCY] [default: CPUs]
+    #[arg(long, value_name = "N")]
+    pub search_concurrency: Option<String>,
+    /// Searches that may wait before more are refused with 503 [env: SESSIOND_SEARCH_QUEUE] [default: 256]
+    #[arg(long, value_name = "N")]
+    pub search_queue: Option<String>,
+    /// Searches rank the newest this-many matches; 0 ranks all [env: SESSIOND_SEARCH_WINDOW] [default: 20000]
+    #[arg(long, value_name = "N")]
+    pub search_window: Option<String>,
     /// Largest request body [env: SESSIOND_BODY_LIMIT] [default: 10MiB]
     #[arg(long, value_name = "SIZE")]
     pub body_limit: Option<String>,
@@ -73,6 +82,9 @@ pub struct Config {
     pub summarize_workers: usize,
     pub summarize_queue: usize,
     pub summarize_max_bytes: usize,
+    pub search_concurrency: usize,
+    pub search_queue: usize,
+    pub search_window: u32,
     pub body_limit: usize,
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -114,7 +126,7 @@ impl Config {
             read_connections: r.get(
                 "read_connections",
                 &args.read_connections,
-                &(cpus * 2).max(4).to_string(),
+                &(cpus * 2).max(8).to_string(),
                 |v| parse_count(v, 1, 1024),
             )?,
             writer_queue: r.get("writer_queue", &args.writer_queue, "4096", |v| {
@@ -138,6 +150,18 @@ impl Config {
                 "4MiB",
                 parse_size,
             )?,
+            search_concurrency: r.get(
+                "search_concurrency",
+                &args.search_concurrency,
+                &cpus.to_string(),
+                |v| parse_count(v, 1, 1024),
+            )?,
+            search_queue: r.get("search_queue", &args.search_queue, "256", |v| {
+                parse_count(v, 0, 1 << 20)
+            })?,
+            search_window: r.get("search_window", &args.search_window, "20000", |v| {
+                parse_count(v, 0, u32::MAX as usize).map(|n| n as u32)
+            })?,
             body_limit: r.get("body_limit", &args.body_limit, "10MiB", parse_size)?,
             header_read_timeout: r.get(
                 "header_read_timeout",
@@ -177,6 +201,9 @@ const FILE_KEYS: &[&str] = &[
     "summarize_workers",
     "summarize_queue",
     "summarize_max_bytes",
+    "search_concurrency",
+    "search_queue",
+    "search_window",
     "body_limit",
     "header_read_timeout",
     "shutdown_timeout",

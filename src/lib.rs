@@ -5,6 +5,7 @@
 //! [`config::Config`], so the tests, the benchmarks and `sessiond bench` run the same code.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -1,16 +1,17 @@
-//! A bounded pool for CPU-heavy jobs (summaries).
+//! A bounded pool for expensive work (summaries, full-text searches).
 //!
-//! At most `workers` jobs run at once, each on tokio's blocking threads, so the async workers
-//! that serve every other request are never occupied by them; at most `max_waiting` more wait
-//! for a turn, and past that callers are refused at once (the HTTP layer answers 503 with
-//! `Retry-After`) instead of queueing without bound.
+//! At most `workers` jobs run at once (CPU-heavy ones on tokio's blocking threads, so the async
+//! workers that serve every other request are never occupied by them); at most `max_waiting`
+//! more wait for a turn, and past that callers are refused at once (the HTTP layer answers 503
+//! with `Retry-After`) instead of queueing without bound. Cheap requests never wait behind
+//! expensive ones: the expensive ones wait here, holding no database connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub struct BlockingPool {
+pub struct WorkPool {
     permits: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
@@ -24,8 +25,8 @@ pub struct PoolFull {
     pub waiting: usize,
 }
 
-/// A turn on a worker; the job it runs holds it until done.
-pub struct Turn(OwnedSemaphorePermit);
+/// A turn on a worker: held until dropped (or until the job given to [`Turn::run`] is done).
+pub struct Turn(#[allow(dead_code)] OwnedSemaphorePermit);
 
 /// Decrements the waiting count however the wait ends (turn granted, or caller gone).
 struct Waiting(Arc<AtomicUsize>);
@@ -36,9 +37,9 @@ impl Drop for Waiting {
     }
 }
 
-impl BlockingPool {
+impl WorkPool {
     pub fn new(workers: usize, max_waiting: usize) -> Self {
-        BlockingPool {
+        WorkPool {
             permits: Arc::new(Semaphore::new(workers.max(1))),
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting,
@@ -91,7 +92,7 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_past_the_waiting_bound_and_recovers() {
-        let pool = Arc::new(BlockingPool::new(1, 1));
+        let pool = Arc::new(WorkPool::new(1, 1));
         let running = pool.turn().await.unwrap();
         let waiter = {
             let pool = pool.clone();

@@ -94,11 +94,22 @@ fn encode(value: u128, prefix: &str) -> String {
     out
 }
 
+/// `IS_DIGIT[b]`: whether byte `b` is one of the 32 digits (a table: parsing is per request).
+const IS_DIGIT: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        table[ALPHABET[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 fn is_encoded(body: &str) -> bool {
     body.len() == ENCODED_LEN
         // The first digit carries only 3 bits (128 = 25*5 + 3).
         && body.as_bytes()[0] <= b'7'
-        && body.bytes().all(|b| ALPHABET.contains(&b))
+        && body.bytes().all(|b| IS_DIGIT[b as usize])
 }
 
 macro_rules! id_type {

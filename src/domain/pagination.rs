@@ -89,12 +89,14 @@ pub struct MessageCursor {
 
 /// Position after the last hit of a search page. `cap` is the newest message the first page
 /// could see: later pages ignore messages written after it, so new matches cannot push older
-/// ones across page boundaries.
+/// ones across page boundaries. `floor` is the oldest message in the ranking window (0 when
+/// every match is ranked).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SearchCursor {
     pub rank: f64,
     pub seq: i64,
     pub cap: i64,
+    pub floor: i64,
 }
 
 const VERSION: u8 = 1;
@@ -200,6 +202,7 @@ impl SearchCursor {
             b.extend_from_slice(&self.rank.to_bits().to_be_bytes());
             b.extend_from_slice(&self.seq.to_be_bytes());
             b.extend_from_slice(&self.cap.to_be_bytes());
+            b.extend_from_slice(&self.floor.to_be_bytes());
         })
     }
 
@@ -209,10 +212,16 @@ impl SearchCursor {
         let rank = f64::from_bits(reader.i64()? as u64);
         let seq = reader.i64()?;
         let cap = reader.i64()?;
+        let floor = reader.i64()?;
         if !rank.is_finite() || !reader.0.is_empty() {
             return Err(invalid_cursor());
         }
-        Ok(SearchCursor { rank, seq, cap })
+        Ok(SearchCursor {
+            rank,
+            seq,
+            cap,
+            floor,
+        })
     }
 }
 
@@ -253,6 +262,7 @@ mod tests {
             rank: -3.25,
             seq: 42,
             cap: 99,
+            floor: 7,
         };
         assert_eq!(SearchCursor::decode(&search.encode()).unwrap(), search);
     }

@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 
 use crate::error::ApiError;
 use crate::storage::Storage;
-use crate::workers::BlockingPool;
+use crate::workers::WorkPool;
 
 /// Limits and knobs the handlers need.
 #[derive(Clone, Debug)]
@@ -28,12 +28,16 @@ pub struct HttpSettings {
     pub body_limit: usize,
     /// Most bytes of session text a summary reads (the most recent messages win).
     pub summarize_max_bytes: usize,
+    /// Searches rank the newest this-many matches (0: all of them).
+    pub search_window: u32,
 }
 
 /// What every handler can reach.
 pub struct AppState {
     pub storage: Arc<dyn Storage>,
-    pub summarizer: BlockingPool,
+    pub summarizer: WorkPool,
+    /// Full-text searches in progress (bm25 ranks every match: CPU-heavy on common words).
+    pub searches: WorkPool,
     pub settings: HttpSettings,
     pub started: Instant,
 }

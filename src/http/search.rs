@@ -7,7 +7,7 @@ use super::SharedState;
 use super::extract::QueryParams;
 use super::response::{PageBody, ok};
 use crate::domain::{Invalid, SearchCursor, SearchHit, SearchTerms, SessionId};
-use crate::error::{ApiResult, Problem};
+use crate::error::{ApiError, ApiResult, Problem};
 use crate::storage::SearchQuery;
 
 /// Search messages.
@@ -27,6 +27,7 @@ use crate::storage::SearchQuery;
     responses(
         (status = 200, description = "A page of hits, best first", body = PageBody<SearchHit>),
         (status = 400, description = "Missing or invalid parameter or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many searches in progress; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn search(
@@ -37,12 +38,21 @@ pub async fn search(
         query.as_deref(),
         &["q", "session_id", "directory", "limit", "cursor"],
     )?;
-    let Some(query) = search_query(&params)? else {
+    let Some(query) = search_query(&params, state.settings.search_window)? else {
         return ok(&PageBody::<SearchHit> {
             items: Vec::new(),
             next_cursor: None,
         });
     };
+    // Searches wait for a turn here, not on a database connection cheap reads need.
+    let _turn = state
+        .searches
+        .turn()
+        .await
+        .map_err(|_| ApiError::Overloaded {
+            reason: "too many searches are in progress; retry shortly",
+            retry_after_secs: 1,
+        })?;
     let page = state.storage.search(query).await?;
     ok(&PageBody {
         items: page.items,
@@ -51,7 +61,7 @@ pub async fn search(
 }
 
 /// The storage query, or `None` when the filters can match nothing.
-fn search_query(params: &QueryParams) -> Result<Option<SearchQuery>, Invalid> {
+fn search_query(params: &QueryParams, window: u32) -> Result<Option<SearchQuery>, Invalid> {
     let q = params
         .get("q")
         .ok_or_else(|| Invalid::new("q is required: the text to search for"))?;
@@ -76,5 +86,6 @@ fn search_query(params: &QueryParams) -> Result<Option<SearchQuery>, Invalid> {
         directory,
         limit,
         after,
+        window: Some(window),
     }))
 }

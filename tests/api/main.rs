@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod bench;
 mod errors;
 mod messages;
 mod ops;

@@ -4,7 +4,7 @@
 //! (see [`writer`]), and a pool of read-only connections (see [`pool`]). The data dir is locked
 //! for the life of the process so two servers never write one database.
 
-mod fts;
+pub mod fts;
 pub mod migrations;
 mod pool;
 mod reads;

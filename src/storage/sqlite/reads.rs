@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, Statement, params, params_from_iter};
 
 use super::fts;
 use super::rows::{self, MESSAGE_COLUMNS, SESSION_COLUMNS};
@@ -188,34 +188,79 @@ pub fn list_messages(
     })
 }
 
-/// The SQL of a search page; parameters: ?1 match, ?2 cap, ?3 limit, then filters and cursor.
-pub fn search_sql(query: &SearchQuery) -> String {
-    let mut sql = String::from(
-        "SELECT m.seq, m.id, m.session_id, m.role, m.created_at, \
-         snippet(messages_fts, 0, '<mark>', '</mark>', '…', 24), messages_fts.rank \
-         FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid \
-         WHERE messages_fts MATCH ?1 AND messages_fts.rowid <= ?2",
+/// The SQL pieces every search statement shares: the FTS table (joined to messages when a
+/// directory filter needs it) and the filter conditions, with named parameters
+/// (`:match`, `:cap`, `:floor`, `:session`, `:directory`).
+fn search_scope(query: &SearchQuery) -> (String, String) {
+    let mut from = String::from("messages_fts");
+    let mut filters = String::from(
+        "messages_fts MATCH :match AND messages_fts.rowid <= :cap AND messages_fts.rowid >= :floor",
     );
-    let mut next = 4;
     if query.session_id.is_some() {
-        sql.push_str(&format!(" AND m.session_id = ?{next}"));
-        next += 1;
+        // A session has few messages: look each of them up in the index, not every match.
+        filters.push_str(
+            " AND messages_fts.rowid IN (SELECT seq FROM messages WHERE session_id = :session)",
+        );
     }
     if query.directory.is_some() {
-        sql.push_str(&format!(
-            " AND m.session_id IN (SELECT id FROM sessions WHERE directory = ?{next})"
-        ));
-        next += 1;
+        from.push_str(" JOIN messages f ON f.seq = messages_fts.rowid");
+        filters.push_str(
+            " AND f.session_id IN (SELECT id FROM sessions WHERE directory = :directory)",
+        );
     }
+    (from, filters)
+}
+
+/// The oldest message of the ranking window: the `:offset`-th newest match (see
+/// [`SearchQuery::window`]).
+pub fn search_floor_sql(query: &SearchQuery) -> String {
+    let (from, filters) = search_scope(query);
+    format!(
+        "SELECT messages_fts.rowid FROM {from} WHERE {filters} \
+         ORDER BY messages_fts.rowid DESC LIMIT 1 OFFSET :offset"
+    )
+}
+
+/// The SQL of a search page.
+///
+/// Two phases: rank the matches by bm25 but keep only the page (`hits`), then fetch rows and
+/// build snippets for that page alone. Computing snippets inside the ranking would build one
+/// for every match before sorting (measured: 1.4 s instead of 0.1 s for a word in 80,000
+/// messages).
+pub fn search_sql(query: &SearchQuery) -> String {
+    let (from, mut filters) = search_scope(query);
     if query.after.is_some() {
-        sql.push_str(&format!(
-            " AND (messages_fts.rank > ?{next} OR (messages_fts.rank = ?{next} \
-             AND messages_fts.rowid > ?{}))",
-            next + 1
-        ));
+        filters.push_str(
+            " AND (messages_fts.rank > :rank OR (messages_fts.rank = :rank \
+             AND messages_fts.rowid > :seq))",
+        );
     }
-    sql.push_str(" ORDER BY messages_fts.rank, messages_fts.rowid LIMIT ?3");
-    sql
+    format!(
+        "WITH hits AS MATERIALIZED (\
+           SELECT messages_fts.rowid AS seq, messages_fts.rank AS rank FROM {from} \
+           WHERE {filters} ORDER BY messages_fts.rank, messages_fts.rowid LIMIT :limit) \
+         SELECT m.seq, m.id, m.session_id, m.role, m.created_at, \
+           snippet(messages_fts, 0, '<mark>', '</mark>', '…', 24), hits.rank \
+         FROM hits JOIN messages m ON m.seq = hits.seq \
+           JOIN messages_fts ON messages_fts.rowid = hits.seq \
+         WHERE messages_fts MATCH :match \
+         ORDER BY hits.rank, hits.seq"
+    )
+}
+
+/// Binds the named parameters a statement actually has (the rest are for other variants).
+fn bind_named(statement: &mut Statement<'_>, values: &[(&str, Value)]) -> anyhow::Result<()> {
+    for (name, value) in values {
+        if let Some(index) = statement
+            .parameter_index(name)
+            .with_context(|| format!("looking up parameter {name}"))?
+        {
+            statement
+                .raw_bind_parameter(index, value)
+                .with_context(|| format!("binding parameter {name}"))?;
+        }
+    }
+    Ok(())
 }
 
 pub fn search(
@@ -229,25 +274,27 @@ pub fn search(
         });
     };
     snapshot(conn, |conn| {
-        let cap = match &query.after {
-            Some(cursor) => cursor.cap,
-            None => conn
-                .prepare_cached("SELECT coalesce(max(seq), 0) FROM messages")
-                .context("preparing the search cap")?
-                .query_row([], |row| row.get(0))
-                .context("reading the search cap")?,
-        };
-        let mut params: Vec<Value> = vec![
-            Value::Text(expression.clone()),
-            Value::Integer(cap),
-            Value::Integer(i64::from(query.limit.get()) + 1),
-        ];
+        let mut values: Vec<(&str, Value)> = vec![(":match", Value::Text(expression.clone()))];
         if let Some(session) = &query.session_id {
-            params.push(Value::Text(session.as_str().to_owned()));
+            values.push((":session", Value::Text(session.as_str().to_owned())));
         }
         if let Some(directory) = &query.directory {
-            params.push(Value::Text(directory.clone()));
+            values.push((":directory", Value::Text(directory.clone())));
         }
+        let (cap, floor) = match &query.after {
+            Some(cursor) => (cursor.cap, cursor.floor),
+            None => {
+                let cap: i64 = conn
+                    .prepare_cached("SELECT coalesce(max(seq), 0) FROM messages")
+                    .context("preparing the search cap")?
+                    .query_row([], |row| row.get(0))
+                    .context("reading the search cap")?;
+                (cap, window_floor(conn, query, &values, cap)?)
+            }
+        };
+        values.push((":cap", Value::Integer(cap)));
+        values.push((":floor", Value::Integer(floor)));
+        values.push((":limit", Value::Integer(i64::from(query.limit.get()) + 1)));
         if let Some(cursor) = &query.after {
             // bm25 depends on corpus statistics, which move as messages are written: rank the
             // page boundary under today's statistics, or the next page would be cut at a stale
@@ -260,39 +307,73 @@ pub fn search(
                 .query_row(params![expression, cursor.seq], |row| row.get(0))
                 .optional()
                 .context("ranking the page boundary")?;
-            params.push(Value::Real(rank.unwrap_or(cursor.rank)));
-            params.push(Value::Integer(cursor.seq));
+            values.push((":rank", Value::Real(rank.unwrap_or(cursor.rank))));
+            values.push((":seq", Value::Integer(cursor.seq)));
         }
-        let rows = conn
+        let mut statement = conn
             .prepare_cached(&search_sql(query))
-            .context("preparing a search")?
-            .query_map(params_from_iter(params), |row| {
-                let role: String = row.get(3)?;
-                let rank: f64 = row.get(6)?;
-                let hit = SearchHit {
-                    message_id: MessageId::from_trusted(row.get(1)?),
-                    session_id: SessionId::from_trusted(row.get(2)?),
-                    role: Role::parse(&role)
-                        .ok_or_else(|| rows::conversion(3, format!("unknown role {role:?}")))?,
-                    created_at: row.get(4)?,
-                    snippet: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
-                    score: -rank,
-                };
-                Ok((row.get::<_, i64>(0)?, rank, hit))
-            })
-            .context("searching")?
-            .collect::<Result<Vec<_>, _>>()
-            .context("reading search results")?;
-        let page = paginate(rows, query.limit.get(), |(seq, rank, _)| SearchCursor {
+            .context("preparing a search")?;
+        bind_named(&mut statement, &values)?;
+        let mut rows = statement.raw_query();
+        let mut found = Vec::new();
+        while let Some(row) = rows.next().context("searching")? {
+            let role: String = row.get(3).context("reading a hit")?;
+            let rank: f64 = row.get(6).context("reading a hit")?;
+            let hit = SearchHit {
+                message_id: MessageId::from_trusted(row.get(1).context("reading a hit")?),
+                session_id: SessionId::from_trusted(row.get(2).context("reading a hit")?),
+                role: Role::parse(&role)
+                    .with_context(|| format!("a stored message has the unknown role {role:?}"))?,
+                created_at: row.get(4).context("reading a hit")?,
+                snippet: row
+                    .get::<_, Option<String>>(5)
+                    .context("reading a hit")?
+                    .unwrap_or_default(),
+                score: -rank,
+            };
+            found.push((row.get::<_, i64>(0).context("reading a hit")?, rank, hit));
+        }
+        let page = paginate(found, query.limit.get(), |(seq, rank, _)| SearchCursor {
             rank: *rank,
             seq: *seq,
             cap,
+            floor,
         });
         Ok(Page {
             items: page.items.into_iter().map(|(_, _, hit)| hit).collect(),
             next: page.next,
         })
     })
+}
+
+/// The floor of the ranking window: 0 (rank everything) unless the query has more matches
+/// than the window holds, or filters to one session (which never has that many).
+fn window_floor(
+    conn: &Connection,
+    query: &SearchQuery,
+    values: &[(&str, Value)],
+    cap: i64,
+) -> StorageResult<i64> {
+    let Some(window) = query.window.filter(|w| *w > 0) else {
+        return Ok(0);
+    };
+    if query.session_id.is_some() {
+        return Ok(0);
+    }
+    let mut statement = conn
+        .prepare_cached(&search_floor_sql(query))
+        .context("preparing the search window")?;
+    let mut all = values.to_vec();
+    all.push((":cap", Value::Integer(cap)));
+    all.push((":floor", Value::Integer(0)));
+    all.push((":offset", Value::Integer(i64::from(window) - 1)));
+    bind_named(&mut statement, &all)?;
+    let mut rows = statement.raw_query();
+    let floor = match rows.next().context("finding the search window")? {
+        Some(row) => row.get(0).context("reading the search window")?,
+        None => 0,
+    };
+    Ok(floor)
 }
 
 pub fn session_text(
