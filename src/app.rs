@@ -13,8 +13,10 @@ use std::time::Instant;
 use anyhow::Context;
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::events::Hub;
 use crate::http::{self, AppState, HttpSettings, SharedState};
 use crate::server::{self, ServeOptions};
 use crate::storage::Storage;
@@ -26,6 +28,7 @@ pub struct Application {
     router: Router,
     state: SharedState,
     config: Config,
+    stopping: watch::Sender<bool>,
 }
 
 impl Application {
@@ -39,7 +42,9 @@ impl Application {
         config: Config,
         extra: Router<SharedState>,
     ) -> anyhow::Result<Application> {
-        let storage = open_storage(&config).await?;
+        let hub = Hub::new(config.event_client_buffer);
+        let storage = open_storage(&config, &hub).await?;
+        let (stopping, stopping_rx) = watch::channel(false);
         let state: SharedState = Arc::new(AppState {
             storage,
             summarizer: WorkPool::new(config.summarize_workers, config.summarize_queue),
@@ -48,8 +53,12 @@ impl Application {
                 body_limit: config.body_limit,
                 summarize_max_bytes: config.summarize_max_bytes,
                 search_window: config.search_window,
+                event_keepalive: config.event_keepalive,
+                ws_ping_interval: config.ws_ping_interval,
             },
             started: Instant::now(),
+            hub,
+            stopping: stopping_rx,
         });
         let router = http::router_with(state.clone(), extra);
         let listener = TcpListener::bind(config.listen)
@@ -60,6 +69,7 @@ impl Application {
             router,
             state,
             config,
+            stopping,
         })
     }
 
@@ -83,7 +93,19 @@ impl Application {
             max_header_bytes: 64 * 1024,
             drain_timeout: self.config.shutdown_timeout,
         };
+        let pruning = tokio::spawn(prune_events(
+            self.state.storage.clone(),
+            self.config.clone(),
+            self.state.stopping.clone(),
+        ));
+        let stopping = self.stopping;
+        let shutdown = async move {
+            shutdown.await;
+            // Streams see this and end with a final comment or close frame.
+            let _ = stopping.send(true);
+        };
         let drained = server::serve(self.listener, self.router, options, shutdown).await;
+        pruning.abort();
         if !drained {
             tracing::warn!(
                 timeout = ?self.config.shutdown_timeout,
@@ -96,18 +118,47 @@ impl Application {
     }
 }
 
-async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Storage>> {
+async fn open_storage(config: &Config, hub: &Arc<Hub>) -> anyhow::Result<Arc<dyn Storage>> {
+    let publisher = hub.clone();
     let options = SqliteOptions {
         data_dir: config.data_dir.clone(),
         read_connections: config.read_connections,
         writer_queue: config.writer_queue,
         max_batch: config.write_batch,
-        on_commit: None,
+        on_commit: Some(Arc::new(move |events| publisher.publish(events))),
     };
     let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(options))
         .await
         .context("opening the database")??;
     Ok(Arc::new(storage))
+}
+
+/// Prunes the event log to its retention (age and count) every `event_prune_interval`.
+async fn prune_events(
+    storage: Arc<dyn Storage>,
+    config: Config,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut interval = tokio::time::interval(config.event_prune_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        let cutoff = crate::domain::wall_clock_ms()
+            - i64::try_from(config.event_retention.as_millis()).unwrap_or(i64::MAX);
+        match storage
+            .prune_events(cutoff, config.event_retention_count)
+            .await
+        {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "pruned the event log"),
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "pruning the event log failed")
+            }
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

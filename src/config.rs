@@ -52,6 +52,24 @@ pub struct ServeArgs {
     /// Searches rank the newest this-many matches; 0 ranks all [env: SESSIOND_SEARCH_WINDOW] [default: 20000]
     #[arg(long, value_name = "N")]
     pub search_window: Option<String>,
+    /// Events are kept this long for resuming streams [env: SESSIOND_EVENT_RETENTION] [default: 24h]
+    #[arg(long, value_name = "DURATION")]
+    pub event_retention: Option<String>,
+    /// At most this many events are kept [env: SESSIOND_EVENT_RETENTION_COUNT] [default: 1000000]
+    #[arg(long, value_name = "N")]
+    pub event_retention_count: Option<String>,
+    /// How often old events are pruned [env: SESSIOND_EVENT_PRUNE_INTERVAL] [default: 1m]
+    #[arg(long, value_name = "DURATION")]
+    pub event_prune_interval: Option<String>,
+    /// Bytes an event-stream client may have queued before it is dropped as lagged [env: SESSIOND_EVENT_CLIENT_BUFFER] [default: 1MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub event_client_buffer: Option<String>,
+    /// Silence after which SSE streams get a keep-alive comment [env: SESSIOND_EVENT_KEEPALIVE] [default: 15s]
+    #[arg(long, value_name = "DURATION")]
+    pub event_keepalive: Option<String>,
+    /// How often WebSocket clients are pinged [env: SESSIOND_WS_PING_INTERVAL] [default: 15s]
+    #[arg(long, value_name = "DURATION")]
+    pub ws_ping_interval: Option<String>,
     /// Largest request body [env: SESSIOND_BODY_LIMIT] [default: 10MiB]
     #[arg(long, value_name = "SIZE")]
     pub body_limit: Option<String>,
@@ -85,6 +103,12 @@ pub struct Config {
     pub search_concurrency: usize,
     pub search_queue: usize,
     pub search_window: u32,
+    pub event_retention: Duration,
+    pub event_retention_count: u64,
+    pub event_prune_interval: Duration,
+    pub event_client_buffer: usize,
+    pub event_keepalive: Duration,
+    pub ws_ping_interval: Duration,
     pub body_limit: usize,
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -162,6 +186,42 @@ impl Config {
             search_window: r.get("search_window", &args.search_window, "20000", |v| {
                 parse_count(v, 0, u32::MAX as usize).map(|n| n as u32)
             })?,
+            event_retention: r.get(
+                "event_retention",
+                &args.event_retention,
+                "24h",
+                parse_duration,
+            )?,
+            event_retention_count: r.get(
+                "event_retention_count",
+                &args.event_retention_count,
+                "1000000",
+                |v| parse_count(v, 1, usize::MAX).map(|n| n as u64),
+            )?,
+            event_prune_interval: r.get(
+                "event_prune_interval",
+                &args.event_prune_interval,
+                "1m",
+                parse_positive_duration,
+            )?,
+            event_client_buffer: r.get(
+                "event_client_buffer",
+                &args.event_client_buffer,
+                "1MiB",
+                parse_size,
+            )?,
+            event_keepalive: r.get(
+                "event_keepalive",
+                &args.event_keepalive,
+                "15s",
+                parse_positive_duration,
+            )?,
+            ws_ping_interval: r.get(
+                "ws_ping_interval",
+                &args.ws_ping_interval,
+                "15s",
+                parse_positive_duration,
+            )?,
             body_limit: r.get("body_limit", &args.body_limit, "10MiB", parse_size)?,
             header_read_timeout: r.get(
                 "header_read_timeout",
@@ -204,6 +264,12 @@ const FILE_KEYS: &[&str] = &[
     "search_concurrency",
     "search_queue",
     "search_window",
+    "event_retention",
+    "event_retention_count",
+    "event_prune_interval",
+    "event_client_buffer",
+    "event_keepalive",
+    "ws_ping_interval",
     "body_limit",
     "header_read_timeout",
     "shutdown_timeout",
@@ -365,6 +431,16 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         _ => return Err("unknown unit; use ms, s, m or h".to_owned()),
     };
     Ok(duration)
+}
+
+fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    parse_duration(value).and_then(|d| {
+        if d.is_zero() {
+            Err("must be above zero".to_owned())
+        } else {
+            Ok(d)
+        }
+    })
 }
 
 #[cfg(test)]

@@ -17,9 +17,25 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+
+use tokio::sync::{Notify, mpsc, watch};
 use tower::ServiceExt;
+
+/// Lets a handler drop its connection outright (a stream whose client stopped reading cannot
+/// be ended politely: nothing more can be written to it). In request extensions.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionControl {
+    kill: Arc<Notify>,
+}
+
+impl ConnectionControl {
+    /// Closes the connection now, abandoning whatever it was writing.
+    pub fn close(&self) {
+        self.kill.notify_one();
+    }
+}
 
 /// Connection-level limits.
 #[derive(Clone, Debug)]
@@ -77,11 +93,14 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
+        let control = ConnectionControl::default();
+        let kill = control.kill.clone();
         let service =
             router
                 .clone()
                 .map_request(move |mut request: axum::http::Request<Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
+                    request.extensions_mut().insert(control.clone());
                     request
                 });
         let connection = builder
@@ -94,9 +113,14 @@ pub async fn serve(
             tokio::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => log_connection_end(result, peer),
+                // Dropping the connection closes the socket, whatever is pending on it.
+                () = kill.notified() => tracing::debug!(%peer, "connection closed by its handler"),
                 _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
                     connection.as_mut().graceful_shutdown();
-                    log_connection_end(connection.await, peer);
+                    tokio::select! {
+                        result = connection.as_mut() => log_connection_end(result, peer),
+                        () = kill.notified() => {}
+                    }
                 }
             }
         });

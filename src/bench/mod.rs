@@ -9,6 +9,7 @@
 //! command exit non-zero, so CI can gate on it). Traffic only ever goes to the given target.
 
 mod client;
+mod fanout;
 mod report;
 mod runner;
 mod scenarios;
@@ -269,7 +270,7 @@ impl Scenario {
         target_url: &str,
         target_pid: Option<u32>,
     ) -> anyhow::Result<BenchResult> {
-        let data = if self.mix.needs_data() {
+        let data = if self.mix.needs_data() && self.name != "fanout" {
             eprintln!("preparing data on {target_url} …");
             let data = Dataset::prepare(target, args.min_sessions, args.sessions, 10).await?;
             eprintln!(
@@ -285,6 +286,9 @@ impl Scenario {
         let data = Arc::new(data);
         if self.name == "ramp" {
             return self.ramp(args, target, target_url, target_pid, data).await;
+        }
+        if self.name == "fanout" {
+            return self.fanout(args, target, target_url, target_pid).await;
         }
         let model = match (args.rate, args.connections) {
             (Some(rate), connections) => Model::Open {
@@ -321,6 +325,38 @@ impl Scenario {
         );
         result.timeline = output.timeline;
         result.rss = rss_report(target_pid, output.rss_samples);
+        Ok(result)
+    }
+
+    async fn fanout(
+        &self,
+        args: &BenchArgs,
+        target: &Target,
+        target_url: &str,
+        target_pid: Option<u32>,
+    ) -> anyhow::Result<BenchResult> {
+        let rate = args.rate.unwrap_or(match self.model {
+            Model::Open { rate, .. } => rate,
+            Model::Closed { .. } => 20.0,
+        });
+        let spec = fanout::FanoutSpec {
+            target: target.clone(),
+            subscribers: args.subscribers,
+            rate,
+            duration: args.duration.unwrap_or(self.duration),
+            timeout: args.timeout,
+            pid: target_pid,
+        };
+        let publishers = Arc::new(Recorder::default());
+        let output = fanout::run(&spec, &publishers).await?;
+        let model = Model::Open {
+            rate,
+            connections: args.subscribers,
+        };
+        let mut result = base_result(self.name, target_url, model);
+        publishers.finish(&mut result, output.elapsed, false);
+        result.rss = rss_report(target_pid, output.rss_samples);
+        result.fanout = Some(output.report);
         Ok(result)
     }
 

@@ -111,7 +111,17 @@ impl Scenario {
                 duration: secs(120),
                 thresholds: &[],
             },
-            "fanout" => bail!("the fanout scenario needs the event streams (GET /v1/events)"),
+            // --subscribers clients follow /v1/events while messages are published at --rate.
+            "fanout" => Scenario {
+                name: "fanout",
+                mix: Mix::new(&[(Op::Health, 1)], 0.0),
+                model: Model::Open {
+                    rate: 20.0,
+                    connections: 1,
+                },
+                duration: secs(20),
+                thresholds: &["delivered_ratio>=1", "errors==0"],
+            },
             other => bail!(
                 "unknown scenario {other:?}; scenarios: {}",
                 NAMES.join(", ")

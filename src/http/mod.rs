@@ -1,5 +1,6 @@
 //! The HTTP API: the router, shared state, extractors, middleware and one module per resource.
 
+pub mod events;
 pub mod extract;
 mod messages;
 pub mod middleware;
@@ -10,7 +11,9 @@ mod search;
 mod sessions;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -18,6 +21,7 @@ use axum::http::Method;
 use axum::routing::{get, post};
 
 use crate::error::ApiError;
+use crate::events::Hub;
 use crate::storage::Storage;
 use crate::workers::WorkPool;
 
@@ -30,6 +34,10 @@ pub struct HttpSettings {
     pub summarize_max_bytes: usize,
     /// Searches rank the newest this-many matches (0: all of them).
     pub search_window: u32,
+    /// Silence after which an SSE stream gets a `: keep-alive` comment.
+    pub event_keepalive: Duration,
+    /// How often WebSocket clients are pinged (and how long they have to answer).
+    pub ws_ping_interval: Duration,
 }
 
 /// What every handler can reach.
@@ -40,6 +48,10 @@ pub struct AppState {
     pub searches: WorkPool,
     pub settings: HttpSettings,
     pub started: Instant,
+    /// Fans committed events out to SSE and WebSocket clients.
+    pub hub: Arc<Hub>,
+    /// Turns true when the server starts shutting down: streams end politely.
+    pub stopping: watch::Receiver<bool>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -72,6 +84,8 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .route("/v1/sessions/{id}/summarize", post(sessions::summarize))
         .route("/v1/messages/{id}", get(messages::get))
         .route("/v1/search", get(search::search))
+        .route("/v1/events", get(events::sse))
+        .route("/v1/ws", get(events::ws))
         .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

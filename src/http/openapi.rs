@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use super::{messages, ops, search, sessions};
+use super::{events, messages, ops, search, sessions};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -30,11 +30,14 @@ use super::{messages, ops, search, sessions};
         messages::list,
         messages::get,
         search::search,
+        events::sse,
+        events::ws,
     ),
     tags(
         (name = "sessions", description = "Sessions: a conversation in a directory"),
         (name = "messages", description = "Messages of a session"),
         (name = "search", description = "Full-text search over message text"),
+        (name = "events", description = "Every change, live: server-sent events and WebSocket"),
         (name = "operations", description = "Health, readiness and documentation"),
     )
 )]

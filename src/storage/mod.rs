@@ -10,6 +10,8 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
+use crate::events::{Event, EventFilter};
+
 use crate::domain::{
     ArchivedFilter, Limit, Message, MessageCursor, MessageId, NewMessage, NewSession, Order, Page,
     SearchCursor, SearchHit, SearchTerms, Session, SessionCursor, SessionId, SessionPatch,
@@ -108,6 +110,15 @@ pub struct ImportMessage {
     pub text: String,
 }
 
+/// The range of the retained event log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBounds {
+    /// The oldest retained event (`None` when none is retained).
+    pub oldest: Option<i64>,
+    /// The newest `seq` ever assigned (0 before the first event), retained or not.
+    pub newest: i64,
+}
+
 /// A storage backend.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
@@ -136,6 +147,21 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The session's text, at most `max_bytes` of it (most recent messages first to go in).
     async fn session_text(&self, id: &SessionId, max_bytes: usize) -> StorageResult<SessionText>;
+
+    /// The retained range of the event log.
+    async fn event_bounds(&self) -> StorageResult<EventBounds>;
+
+    /// Up to `limit` retained events with `seq > after` that match `filter`, in order.
+    async fn events_after(
+        &self,
+        after: i64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> StorageResult<Vec<Event>>;
+
+    /// Deletes events older than `older_than` (ms) and all but the newest `keep`; returns how
+    /// many were deleted. Deletes in small batches so writes are never held up for long.
+    async fn prune_events(&self, older_than: i64, keep: u64) -> StorageResult<u64>;
 
     /// Writes complete sessions in bulk (seeding, copying between backends).
     async fn import(&self, sessions: Vec<ImportSession>) -> StorageResult<()>;

@@ -4,6 +4,7 @@ mod helpers;
 
 mod bench;
 mod errors;
+mod events;
 mod messages;
 mod ops;
 mod pagination;

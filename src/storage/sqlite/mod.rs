@@ -26,13 +26,14 @@ pub use writer::CommitHook;
 use self::pool::ReadPool;
 use self::writer::{WriterHandle, WriterOptions};
 use super::{
-    ImportSession, MessageListQuery, SearchQuery, SessionListQuery, SessionText, Storage,
-    StorageResult,
+    EventBounds, ImportSession, MessageListQuery, SearchQuery, SessionListQuery, SessionText,
+    Storage, StorageResult,
 };
 use crate::domain::{
     IdGenerator, Message, MessageCursor, MessageId, NewMessage, NewSession, Page, SearchCursor,
     SearchHit, Session, SessionCursor, SessionId, SessionPatch,
 };
+use crate::events::{Event, EventFilter};
 
 /// The database file inside the data dir.
 pub const DATABASE_FILE: &str = "sessiond.db";
@@ -263,6 +264,36 @@ impl Storage for SqliteStorage {
         self.readers
             .read(move |conn| reads::session_text(conn, &id, max_bytes))
             .await
+    }
+
+    async fn event_bounds(&self) -> StorageResult<EventBounds> {
+        self.readers.read(reads::event_bounds).await
+    }
+
+    async fn events_after(
+        &self,
+        after: i64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> StorageResult<Vec<Event>> {
+        let filter = filter.clone();
+        self.readers
+            .read(move |conn| reads::events_after(conn, after, &filter, limit))
+            .await
+    }
+
+    async fn prune_events(&self, older_than: i64, keep: u64) -> StorageResult<u64> {
+        let mut total = 0;
+        loop {
+            let deleted = self
+                .writer
+                .write(move |ctx| writes::prune_events(ctx, older_than, keep))
+                .await?;
+            total += deleted;
+            if deleted < writes::PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     async fn import(&self, sessions: Vec<ImportSession>) -> StorageResult<()> {

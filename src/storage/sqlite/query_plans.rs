@@ -163,3 +163,23 @@ fn every_search_variant_uses_the_full_text_index() {
         }
     }
 }
+
+#[test]
+fn event_replay_and_pruning_walk_the_log_by_seq() {
+    let conn = database();
+    for (session, directory) in [(false, false), (true, false), (false, true), (true, true)] {
+        let filter = crate::events::EventFilter {
+            session_id: session.then(|| "ses_x".to_owned()),
+            directory: directory.then(|| "/d".to_owned()),
+        };
+        let sql = reads::events_after_sql(&filter);
+        let lines = plan(&conn, &sql);
+        assert!(violations(&lines, false).is_empty(), "{sql}\n{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("INTEGER PRIMARY KEY (rowid>?)")),
+            "{sql}\n{lines:#?}"
+        );
+    }
+}

@@ -12,9 +12,10 @@ use crate::domain::{
     ArchivedFilter, Message, MessageCursor, MessageId, Order, Page, Role, SearchCursor, SearchHit,
     Session, SessionCursor, SessionId,
 };
+use crate::events::{Event, EventFilter, EventKind};
 use crate::storage::{
-    MessageListQuery, SearchQuery, SessionFilter, SessionListQuery, SessionText, StorageError,
-    StorageResult,
+    EventBounds, MessageListQuery, SearchQuery, SessionFilter, SessionListQuery, SessionText,
+    StorageError, StorageResult,
 };
 
 /// Runs `body` in one read transaction, so multi-statement reads see one snapshot.
@@ -414,6 +415,71 @@ pub fn session_text(
             texts,
         })
     })
+}
+
+pub fn event_bounds(conn: &Connection) -> StorageResult<EventBounds> {
+    let (oldest, newest) = conn
+        .prepare_cached(
+            "SELECT (SELECT min(seq) FROM events), \
+                    coalesce((SELECT max(seq) FROM events), \
+                             (SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
+        )
+        .context("preparing the event bounds")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .context("reading the event bounds")?;
+    Ok(EventBounds { oldest, newest })
+}
+
+/// The SQL of a replay chunk: `:after`, `:limit`, and `:session`/`:directory` when filtered.
+pub fn events_after_sql(filter: &EventFilter) -> String {
+    let mut sql = String::from(
+        "SELECT seq, type, session_id, directory, at, data FROM events WHERE seq > :after",
+    );
+    if filter.session_id.is_some() {
+        sql.push_str(" AND session_id = :session");
+    }
+    if filter.directory.is_some() {
+        sql.push_str(" AND directory = :directory");
+    }
+    sql.push_str(" ORDER BY seq LIMIT :limit");
+    sql
+}
+
+pub fn events_after(
+    conn: &Connection,
+    after: i64,
+    filter: &EventFilter,
+    limit: usize,
+) -> StorageResult<Vec<Event>> {
+    let mut statement = conn
+        .prepare_cached(&events_after_sql(filter))
+        .context("preparing an event replay")?;
+    let mut values = vec![
+        (":after", Value::Integer(after)),
+        (":limit", Value::Integer(limit as i64)),
+    ];
+    if let Some(session) = &filter.session_id {
+        values.push((":session", Value::Text(session.clone())));
+    }
+    if let Some(directory) = &filter.directory {
+        values.push((":directory", Value::Text(directory.clone())));
+    }
+    bind_named(&mut statement, &values)?;
+    let mut rows = statement.raw_query();
+    let mut events = Vec::new();
+    while let Some(row) = rows.next().context("replaying events")? {
+        let kind: String = row.get(1).context("reading an event")?;
+        events.push(Event {
+            seq: row.get(0).context("reading an event")?,
+            kind: EventKind::parse(&kind)
+                .with_context(|| format!("the log holds an unknown event type {kind:?}"))?,
+            session_id: SessionId::from_trusted(row.get(2).context("reading an event")?),
+            directory: row.get(3).context("reading an event")?,
+            at: row.get(4).context("reading an event")?,
+            data: row.get(5).context("reading an event")?,
+        });
+    }
+    Ok(events)
 }
 
 pub fn check(conn: &Connection) -> StorageResult<()> {

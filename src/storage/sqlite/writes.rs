@@ -285,3 +285,28 @@ pub fn import(ctx: &mut WriteCtx<'_>, sessions: Vec<ImportSession>) -> StorageRe
     }
     Ok(())
 }
+
+/// Events deleted per writer job, so pruning never holds up writes for long.
+pub const PRUNE_BATCH: i64 = 10_000;
+
+/// Deletes one batch of events that are older than `older_than` or beyond the newest `keep`.
+pub fn prune_events(ctx: &mut WriteCtx<'_>, older_than: i64, keep: u64) -> StorageResult<u64> {
+    let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+    // Seq order is also time order (`at` never decreases along it), so both rules delete a
+    // prefix of the log: everything before the first event that is young enough, or before
+    // the newest `keep`. Finding that point walks only the expired events; the delete is a
+    // range of the primary key, at most one batch long.
+    let deleted = ctx
+        .conn
+        .prepare_cached(
+            "DELETE FROM events WHERE seq < max(\
+                 coalesce((SELECT seq FROM events WHERE at >= ?1 ORDER BY seq LIMIT 1), \
+                          (SELECT max(seq) FROM events) + 1), \
+                 (SELECT max(seq) FROM events) - ?2 + 1) \
+               AND seq < (SELECT min(seq) FROM events) + ?3",
+        )
+        .context("preparing the event pruning")?
+        .execute(params![older_than, keep, PRUNE_BATCH])
+        .context("pruning events")?;
+    Ok(deleted as u64)
+}

@@ -1,0 +1,535 @@
+//! `GET /v1/events` (server-sent events) and `GET /v1/ws` (WebSocket): every change, live,
+//! resumable from any retained `seq`.
+//!
+//! Both run a [`Feed`] in a task of their own. SSE frames go through a small channel into the
+//! response body; when the client stops reading, the channel fills, the hub's byte bound for
+//! the client fills behind it, and the client is told it lagged and disconnected (forcibly, if
+//! it does not even read that). At shutdown every stream ends with a final comment or close
+//! frame rather than a reset.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
+use bytes::Bytes;
+use hyper::body::Frame as BodyFrame;
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::SharedState;
+use super::extract::QueryParams;
+use crate::domain::{Invalid, clip};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::events::{EventFilter, Feed, Item, sse_frame};
+use crate::server::ConnectionControl;
+
+/// Frames waiting between a stream's task and the socket; the real bound is the hub's, in bytes.
+const BODY_FRAMES: usize = 16;
+
+/// How long a lagged client gets to read its `lagged` notice before the connection is dropped.
+const LAG_GRACE: Duration = Duration::from_secs(1);
+
+fn parse_seq(raw: &str, name: &str) -> Result<i64, Invalid> {
+    raw.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            Invalid::new(format!(
+                "{name} must be an event seq (a whole number, 0 or more), not `{}`",
+                clip(raw)
+            ))
+        })
+}
+
+fn filter_from(params: &QueryParams) -> Result<EventFilter, Invalid> {
+    let non_empty = |name: &str| -> Result<Option<String>, Invalid> {
+        match params.get(name) {
+            Some("") => Err(Invalid::new(format!("{name} must not be empty"))),
+            other => Ok(other.map(str::to_owned)),
+        }
+    };
+    Ok(EventFilter {
+        session_id: non_empty("session_id")?,
+        directory: non_empty("directory")?,
+    })
+}
+
+fn reset_json(seq: i64, oldest: Option<i64>) -> String {
+    serde_json::json!({
+        "type": "reset",
+        "seq": seq,
+        "oldest_seq": oldest,
+        "detail": "the requested position is outside the retained event log; re-fetch state \
+                   and continue from this seq",
+    })
+    .to_string()
+}
+
+fn lagged_json(seq: i64) -> String {
+    serde_json::json!({
+        "type": "lagged",
+        "seq": seq,
+        "detail": "this client fell too far behind and is being disconnected; reconnect with \
+                   since (or Last-Event-ID) set to this seq",
+    })
+    .to_string()
+}
+
+/// A response body fed by a channel; tells `done` when it has been read to the end or dropped.
+struct ChannelBody {
+    frames: mpsc::Receiver<Bytes>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, Infallible>>> {
+        match self.frames.poll_recv(cx) {
+            Poll::Ready(Some(bytes)) => Poll::Ready(Some(Ok(BodyFrame::data(bytes)))),
+            Poll::Ready(None) => {
+                if let Some(done) = self.done.take() {
+                    let _ = done.send(());
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for ChannelBody {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Follow events as server-sent events.
+///
+/// Frames are `id: <seq>`, `event: <type>`, `data: <event JSON>`. Resume with `Last-Event-ID`
+/// (browsers send it on reconnect) or `?since=<seq>`: every retained event after it comes
+/// first, then live ones, with no gap and no duplicate. A position outside the retained log
+/// gets a `reset` event; a client that falls too far behind gets a `lagged` event and is
+/// disconnected. `: keep-alive` comments flow after 15 s of silence.
+#[utoipa::path(
+    get, path = "/v1/events", tag = "events",
+    params(
+        ("session_id" = Option<String>, Query, description = "Only events of this session"),
+        ("directory" = Option<String>, Query, description = "Only events of sessions in this directory"),
+        ("since" = Option<i64>, Query, description = "Resume after this seq (Last-Event-ID takes precedence)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq"),
+    ),
+    responses(
+        (status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid parameter", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn sse(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    control: Option<axum::Extension<ConnectionControl>>,
+) -> ApiResult<Response> {
+    let params = QueryParams::parse(query.as_deref(), &["session_id", "directory", "since"])?;
+    let filter = filter_from(&params)?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| Invalid::new("Last-Event-ID must be an event seq"))
+                .and_then(|s| parse_seq(s, "Last-Event-ID"))
+        })
+        .transpose()?;
+    let since = match last_event_id {
+        Some(seq) => Some(seq),
+        None => params
+            .get("since")
+            .map(|s| parse_seq(s, "since"))
+            .transpose()?,
+    };
+    let feed = Feed::start(state.storage.clone(), &state.hub, filter, since).await?;
+    let (sender, frames) = mpsc::channel(BODY_FRAMES);
+    let (done_tx, done_rx) = oneshot::channel();
+    let stream = SseStream {
+        feed,
+        sender,
+        stopping: state.stopping.clone(),
+        keepalive: state.settings.event_keepalive,
+        control: control.map(|c| c.0),
+        done: done_rx,
+    };
+    tokio::spawn(stream.run());
+
+    let mut response = Response::new(axum::body::Body::new(ChannelBody {
+        frames,
+        done: Some(done_tx),
+    }));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+struct SseStream {
+    feed: Feed,
+    sender: mpsc::Sender<Bytes>,
+    stopping: watch::Receiver<bool>,
+    keepalive: Duration,
+    control: Option<ConnectionControl>,
+    done: oneshot::Receiver<()>,
+}
+
+/// Why a stream ended.
+enum End {
+    ClientGone,
+    Lagged,
+    Finished,
+}
+
+impl SseStream {
+    async fn run(mut self) {
+        let end = self.pump().await;
+        if let End::Lagged = end {
+            drop(self.sender);
+            // Give a reading client its notice; drop one that does not even read that.
+            if tokio::time::timeout(LAG_GRACE, &mut self.done)
+                .await
+                .is_err()
+                && let Some(control) = &self.control
+            {
+                control.close();
+            }
+        }
+    }
+
+    /// Sends one frame, unless the client lags while we wait for room.
+    async fn deliver(&mut self, bytes: Bytes) -> Result<(), End> {
+        tokio::select! {
+            sent = self.sender.send(bytes) => sent.map_err(|_| End::ClientGone),
+            () = self.feed.lagged() => Err(End::Lagged),
+        }
+    }
+
+    async fn pump(&mut self) -> End {
+        // Browsers retry after this long when the connection drops.
+        if self
+            .deliver(Bytes::from_static(b"retry: 1000\n: connected\n\n"))
+            .await
+            .is_err()
+        {
+            return End::ClientGone;
+        }
+        let mut quiet_until = Instant::now() + self.keepalive;
+        let mut stopping = self.stopping.clone();
+        loop {
+            enum Wake {
+                Stop,
+                Quiet,
+                Item(crate::storage::StorageResult<Item>),
+            }
+            let wake = tokio::select! {
+                biased;
+                _ = async { let _ = stopping.wait_for(|stopping| *stopping).await; } => Wake::Stop,
+                () = tokio::time::sleep_until(quiet_until) => Wake::Quiet,
+                item = self.feed.next() => Wake::Item(item),
+            };
+            let item = match wake {
+                Wake::Stop => {
+                    let _ = self
+                        .sender
+                        .try_send(Bytes::from_static(b": server shutting down\n\n"));
+                    return End::Finished;
+                }
+                Wake::Quiet => {
+                    if let Err(end) = self.deliver(Bytes::from_static(b": keep-alive\n\n")).await {
+                        return end;
+                    }
+                    quiet_until = Instant::now() + self.keepalive;
+                    continue;
+                }
+                Wake::Item(item) => item,
+            };
+            let frame = match item {
+                Ok(Item::Event(frame)) => frame.sse.clone(),
+                Ok(Item::Reset { seq, oldest }) => {
+                    Bytes::from(sse_frame(Some(seq), "reset", &reset_json(seq, oldest)).0)
+                }
+                Ok(Item::Lagged { seq }) => {
+                    let notice = sse_frame(Some(seq), "lagged", &lagged_json(seq)).0;
+                    let _ = self.sender.try_send(Bytes::from(notice));
+                    return End::Lagged;
+                }
+                Ok(Item::Closed) => return End::Finished,
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), "an event stream failed");
+                    let _ = self.sender.try_send(Bytes::from_static(
+                        b": the stream failed; reconnect with Last-Event-ID\n\n",
+                    ));
+                    return End::Finished;
+                }
+            };
+            if let Err(end) = self.deliver(frame).await {
+                return end;
+            }
+            quiet_until = Instant::now() + self.keepalive;
+        }
+    }
+}
+
+/// The one message a WebSocket client may send.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    Subscribe {
+        #[serde(default)]
+        session_id: Option<String>,
+        #[serde(default)]
+        directory: Option<String>,
+        #[serde(default)]
+        since: Option<i64>,
+    },
+}
+
+/// Follow events over a WebSocket.
+///
+/// The server sends the same JSON objects as SSE `data:`, one per text frame, starting with
+/// the subscription given by the query parameters (default: every event, from now). The client
+/// may send `{"type":"subscribe","session_id"?,"directory"?,"since"?}` at any time to replace
+/// it (answered with `{"type":"subscribed",…}`). The server pings every 15 s and closes
+/// clients that stop answering; a client that falls too far behind gets `{"type":"lagged",
+/// "seq":…}` and is disconnected.
+#[utoipa::path(
+    get, path = "/v1/ws", tag = "events",
+    params(
+        ("session_id" = Option<String>, Query, description = "Initial filter: only events of this session"),
+        ("directory" = Option<String>, Query, description = "Initial filter: only events of sessions in this directory"),
+        ("since" = Option<i64>, Query, description = "Initial position: resume after this seq"),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket handshake, or an invalid parameter", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn ws(
+    State(state): State<SharedState>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let params = QueryParams::parse(query.as_deref(), &["session_id", "directory", "since"])?;
+    let filter = filter_from(&params)?;
+    let since = params
+        .get("since")
+        .map(|s| parse_seq(s, "since"))
+        .transpose()?;
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::InvalidRequest(format!(
+            "this endpoint speaks WebSocket: {}",
+            rejection.body_text()
+        ))
+    })?;
+    let feed = Feed::start(state.storage.clone(), &state.hub, filter, since).await?;
+    Ok(upgrade
+        // tungstenite's 128 KiB read and write buffers per connection would cost 2.5 GiB at
+        // 10,000 clients; clients send almost nothing and frames are small.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(64 * 1024)
+        .max_frame_size(64 * 1024)
+        .on_upgrade(move |socket| {
+            WsSession {
+                socket,
+                feed,
+                state,
+            }
+            .run()
+        }))
+}
+
+struct WsSession {
+    socket: WebSocket,
+    feed: Feed,
+    state: SharedState,
+}
+
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_UNRESPONSIVE: u16 = 1011;
+/// Application-defined close code: the client lagged (resume with `since`).
+const CLOSE_LAGGED: u16 = 4008;
+
+impl WsSession {
+    async fn run(mut self) {
+        let ping_every = self.state.settings.ws_ping_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        let mut stopping = self.state.stopping.clone();
+        // When the last unanswered ping was sent.
+        let mut awaiting_pong: Option<Instant> = None;
+        loop {
+            enum Wake {
+                Stop,
+                Incoming(Option<Result<Message, axum::Error>>),
+                Ping,
+                Item(crate::storage::StorageResult<Item>),
+            }
+            let wake = tokio::select! {
+                biased;
+                _ = async { let _ = stopping.wait_for(|stopping| *stopping).await; } => Wake::Stop,
+                incoming = self.socket.recv() => Wake::Incoming(incoming),
+                _ = ping.tick() => Wake::Ping,
+                item = self.feed.next() => Wake::Item(item),
+            };
+            let carry_on = match wake {
+                Wake::Stop => {
+                    self.close(CLOSE_GOING_AWAY, "server shutting down").await;
+                    false
+                }
+                Wake::Incoming(Some(Ok(Message::Text(text)))) => {
+                    self.on_client_message(&text).await
+                }
+                Wake::Incoming(Some(Ok(Message::Pong(_)))) => {
+                    awaiting_pong = None;
+                    true
+                }
+                Wake::Incoming(Some(Ok(Message::Binary(_)))) => {
+                    self.send_json(error_json("send JSON text frames")).await
+                }
+                Wake::Incoming(Some(Ok(Message::Ping(_)))) => true,
+                Wake::Incoming(_) => false,
+                Wake::Ping => {
+                    if awaiting_pong.is_some_and(|sent| sent.elapsed() >= ping_every) {
+                        self.close(CLOSE_UNRESPONSIVE, "no pong received").await;
+                        false
+                    } else {
+                        awaiting_pong.get_or_insert_with(Instant::now);
+                        self.send(Message::Ping(Bytes::from_static(b"sessiond")))
+                            .await
+                    }
+                }
+                Wake::Item(Ok(Item::Event(frame))) => match Utf8Bytes::try_from(frame.json.clone())
+                {
+                    Ok(text) => self.send(Message::Text(text)).await,
+                    Err(_) => true,
+                },
+                Wake::Item(Ok(Item::Reset { seq, oldest })) => {
+                    self.send_json(reset_json(seq, oldest)).await
+                }
+                Wake::Item(Ok(Item::Lagged { seq })) => {
+                    // Best effort: a client this far behind may not read it.
+                    let notice = Message::Text(lagged_json(seq).into());
+                    let _ = tokio::time::timeout(LAG_GRACE, self.socket.send(notice)).await;
+                    self.close(CLOSE_LAGGED, "lagged").await;
+                    false
+                }
+                Wake::Item(Ok(Item::Closed)) => {
+                    self.close(CLOSE_GOING_AWAY, "server shutting down").await;
+                    false
+                }
+                Wake::Item(Err(error)) => {
+                    tracing::error!(error = format!("{error:#}"), "a WebSocket feed failed");
+                    self.close(
+                        CLOSE_UNRESPONSIVE,
+                        "the stream failed; reconnect with since",
+                    )
+                    .await;
+                    false
+                }
+            };
+            if !carry_on {
+                return;
+            }
+        }
+    }
+
+    /// Sends a frame unless the client lags meanwhile; `false` when the session must end.
+    async fn send(&mut self, message: Message) -> bool {
+        tokio::select! {
+            sent = self.socket.send(message) => sent.is_ok(),
+            () = self.feed.lagged() => false,
+        }
+    }
+
+    async fn send_json(&mut self, json: String) -> bool {
+        self.send(Message::Text(json.into())).await
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let _ = tokio::time::timeout(LAG_GRACE, self.socket.send(frame)).await;
+    }
+
+    /// Handles a client message; `false` when the session must end.
+    async fn on_client_message(&mut self, text: &str) -> bool {
+        let (filter, since) = match serde_json::from_str::<ClientMessage>(text) {
+            Ok(ClientMessage::Subscribe {
+                session_id,
+                directory,
+                since,
+            }) => {
+                if since.is_some_and(|s| s < 0) {
+                    return self.send_json(error_json("since must be 0 or more")).await;
+                }
+                (
+                    EventFilter {
+                        session_id,
+                        directory,
+                    },
+                    since,
+                )
+            }
+            Err(error) => {
+                return self
+                    .send_json(error_json(&format!("invalid message: {error}")))
+                    .await;
+            }
+        };
+        match Feed::start(
+            self.state.storage.clone(),
+            &self.state.hub,
+            filter.clone(),
+            since,
+        )
+        .await
+        {
+            Ok(feed) => {
+                self.feed = feed;
+                let ack = serde_json::json!({
+                    "type": "subscribed",
+                    "session_id": filter.session_id,
+                    "directory": filter.directory,
+                    "since": since,
+                    "seq": self.feed.last_seq(),
+                });
+                self.send_json(ack.to_string()).await
+            }
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "a WebSocket subscribe failed");
+                self.send_json(error_json("could not subscribe; retry"))
+                    .await
+            }
+        }
+    }
+}
+
+fn error_json(detail: &str) -> String {
+    serde_json::json!({"type": "error", "detail": detail}).to_string()
+}
