@@ -15,8 +15,9 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::cache::ResponseCache;
 use crate::config::Config;
-use crate::events::Hub;
+use crate::events::{Event, EventKind, Hub};
 use crate::http::{self, AppState, HttpSettings, SharedState};
 use crate::server::{self, ServeOptions};
 use crate::storage::Storage;
@@ -43,7 +44,9 @@ impl Application {
         extra: Router<SharedState>,
     ) -> anyhow::Result<Application> {
         let hub = Hub::new(config.event_client_buffer);
-        let storage = open_storage(&config, &hub).await?;
+        let cache = Arc::new(ResponseCache::new(config.cache_size));
+        let storage = open_storage(&config, &hub, &cache).await?;
+        hub.set_head(storage.event_bounds().await?.newest);
         let (stopping, stopping_rx) = watch::channel(false);
         let state: SharedState = Arc::new(AppState {
             storage,
@@ -55,9 +58,15 @@ impl Application {
                 search_window: config.search_window,
                 event_keepalive: config.event_keepalive,
                 ws_ping_interval: config.ws_ping_interval,
+                request_timeout: config.request_timeout,
+                max_concurrency: config.max_concurrency,
+                compression_level: config.compression_level,
+                compression_min_size: config.compression_min_size,
+                cors: config.cors_origins.clone(),
             },
             started: Instant::now(),
             hub,
+            cache,
             stopping: stopping_rx,
         });
         let router = http::router_with(state.clone(), extra);
@@ -90,7 +99,8 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let options = ServeOptions {
             header_read_timeout: self.config.header_read_timeout,
-            max_header_bytes: 64 * 1024,
+            max_header_bytes: self.config.max_header_bytes,
+            max_connections: self.config.max_connections,
             drain_timeout: self.config.shutdown_timeout,
         };
         let pruning = tokio::spawn(prune_events(
@@ -118,14 +128,29 @@ impl Application {
     }
 }
 
-async fn open_storage(config: &Config, hub: &Arc<Hub>) -> anyhow::Result<Arc<dyn Storage>> {
+async fn open_storage(
+    config: &Config,
+    hub: &Arc<Hub>,
+    cache: &Arc<ResponseCache>,
+) -> anyhow::Result<Arc<dyn Storage>> {
     let publisher = hub.clone();
+    let cache = cache.clone();
+    // Runs after each commit and before its writers hear back: their next read is fresh.
+    let on_commit = move |events: &[Event]| {
+        for event in events {
+            cache.invalidate_session(
+                event.session_id.as_str(),
+                event.kind == EventKind::SessionDeleted,
+            );
+        }
+        publisher.publish(events);
+    };
     let options = SqliteOptions {
         data_dir: config.data_dir.clone(),
         read_connections: config.read_connections,
         writer_queue: config.writer_queue,
         max_batch: config.write_batch,
-        on_commit: Some(Arc::new(move |events| publisher.publish(events))),
+        on_commit: Some(Arc::new(on_commit)),
     };
     let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(options))
         .await

@@ -3,6 +3,11 @@
 //! names the setting and where the value came from.
 
 use std::net::SocketAddr;
+
+use axum::http::HeaderValue;
+use tower_http::compression::CompressionLevel;
+
+use crate::http::CorsOrigins;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -70,6 +75,30 @@ pub struct ServeArgs {
     /// How often WebSocket clients are pinged [env: SESSIOND_WS_PING_INTERVAL] [default: 15s]
     #[arg(long, value_name = "DURATION")]
     pub ws_ping_interval: Option<String>,
+    /// Time a request may take to produce its response head; then 503 `timeout` [env: SESSIOND_REQUEST_TIMEOUT] [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+    /// Requests in progress beyond which new ones get 503 `overloaded` at once [env: SESSIOND_MAX_CONCURRENCY] [default: 512]
+    #[arg(long, value_name = "N")]
+    pub max_concurrency: Option<String>,
+    /// Open connections beyond which new ones get 503 and are closed [env: SESSIOND_MAX_CONNECTIONS] [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Largest request head (request line and headers); beyond it 431 [env: SESSIOND_MAX_HEADER_BYTES] [default: 64KiB]
+    #[arg(long, value_name = "SIZE")]
+    pub max_header_bytes: Option<String>,
+    /// Memory for cached responses of hot reads; 0 disables the cache [env: SESSIOND_CACHE_SIZE] [default: 64MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub cache_size: Option<String>,
+    /// Compression level: fastest, default, best or a number (as each algorithm reads it) [env: SESSIOND_COMPRESSION_LEVEL] [default: 3]
+    #[arg(long, value_name = "LEVEL")]
+    pub compression_level: Option<String>,
+    /// Smallest response body that is compressed [env: SESSIOND_COMPRESSION_MIN_SIZE] [default: 1KiB]
+    #[arg(long, value_name = "SIZE")]
+    pub compression_min_size: Option<String>,
+    /// Browser origins allowed by CORS: `localhost` (any port), `*`, or a comma-separated list [env: SESSIOND_CORS_ORIGINS] [default: localhost]
+    #[arg(long, value_name = "ORIGINS")]
+    pub cors_origins: Option<String>,
     /// Largest request body [env: SESSIOND_BODY_LIMIT] [default: 10MiB]
     #[arg(long, value_name = "SIZE")]
     pub body_limit: Option<String>,
@@ -109,6 +138,14 @@ pub struct Config {
     pub event_client_buffer: usize,
     pub event_keepalive: Duration,
     pub ws_ping_interval: Duration,
+    pub request_timeout: Duration,
+    pub max_concurrency: usize,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub cache_size: u64,
+    pub compression_level: CompressionLevel,
+    pub compression_min_size: u16,
+    pub cors_origins: CorsOrigins,
     pub body_limit: usize,
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -222,6 +259,51 @@ impl Config {
                 "15s",
                 parse_positive_duration,
             )?,
+            request_timeout: r.get(
+                "request_timeout",
+                &args.request_timeout,
+                "30s",
+                parse_positive_duration,
+            )?,
+            max_concurrency: r.get("max_concurrency", &args.max_concurrency, "512", |v| {
+                parse_count(v, 1, 1 << 20)
+            })?,
+            max_connections: r.get("max_connections", &args.max_connections, "10000", |v| {
+                parse_count(v, 1, 1 << 24)
+            })?,
+            max_header_bytes: r.get("max_header_bytes", &args.max_header_bytes, "64KiB", |v| {
+                parse_size(v).and_then(|n| {
+                    if n < 8192 {
+                        Err("must be at least 8KiB".to_owned())
+                    } else {
+                        Ok(n)
+                    }
+                })
+            })?,
+            cache_size: r.get("cache_size", &args.cache_size, "64MiB", |v| {
+                if v == "0" {
+                    Ok(0)
+                } else {
+                    parse_size(v).map(|n| n as u64)
+                }
+            })?,
+            compression_level: r.get(
+                "compression_level",
+                &args.compression_level,
+                "3",
+                parse_compression_level,
+            )?,
+            compression_min_size: r.get(
+                "compression_min_size",
+                &args.compression_min_size,
+                "1KiB",
+                |v| {
+                    parse_size(v).and_then(|n| {
+                        u16::try_from(n).map_err(|_| "must be at most 64KiB - 1".to_owned())
+                    })
+                },
+            )?,
+            cors_origins: r.get("cors_origins", &args.cors_origins, "localhost", parse_cors)?,
             body_limit: r.get("body_limit", &args.body_limit, "10MiB", parse_size)?,
             header_read_timeout: r.get(
                 "header_read_timeout",
@@ -270,6 +352,14 @@ const FILE_KEYS: &[&str] = &[
     "event_client_buffer",
     "event_keepalive",
     "ws_ping_interval",
+    "request_timeout",
+    "max_concurrency",
+    "max_connections",
+    "max_header_bytes",
+    "cache_size",
+    "compression_level",
+    "compression_min_size",
+    "cors_origins",
     "body_limit",
     "header_read_timeout",
     "shutdown_timeout",
@@ -431,6 +521,50 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         _ => return Err("unknown unit; use ms, s, m or h".to_owned()),
     };
     Ok(duration)
+}
+
+fn parse_compression_level(value: &str) -> Result<CompressionLevel, String> {
+    match value {
+        "fastest" => Ok(CompressionLevel::Fastest),
+        "default" => Ok(CompressionLevel::Default),
+        "best" => Ok(CompressionLevel::Best),
+        number => number
+            .parse::<i32>()
+            .ok()
+            .filter(|n| (1..=22).contains(n))
+            .map(CompressionLevel::Precise)
+            .ok_or_else(|| "expected fastest, default, best or a number from 1 to 22".to_owned()),
+    }
+}
+
+fn parse_cors(value: &str) -> Result<CorsOrigins, String> {
+    match value {
+        "localhost" => Ok(CorsOrigins::Localhost),
+        "*" => Ok(CorsOrigins::Any),
+        list => list
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|origin| {
+                let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && !origin[origin.find("//").map_or(0, |i| i + 2)..].contains('/');
+                if !valid {
+                    return Err(format!(
+                        "{origin:?} is not an origin (scheme://host[:port], no path)"
+                    ));
+                }
+                HeaderValue::from_str(origin).map_err(|_| format!("{origin:?} is not an origin"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|list| {
+                if list.is_empty() {
+                    Err("expected localhost, * or a list of origins".to_owned())
+                } else {
+                    Ok(CorsOrigins::List(list))
+                }
+            }),
+    }
 }
 
 fn parse_positive_duration(value: &str) -> Result<Duration, String> {

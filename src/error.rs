@@ -6,7 +6,6 @@
 //! client nothing but "internal error".
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -30,8 +29,8 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("the request took longer than {0:?}")]
-    Timeout(Duration),
+    #[error("the request took longer than the server's request timeout")]
+    Timeout,
     #[error("{reason}")]
     Overloaded {
         reason: &'static str,
@@ -75,7 +74,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Timeout(_) | ApiError::Overloaded { .. } | ApiError::Unavailable(_) => {
+            ApiError::Timeout | ApiError::Overloaded { .. } | ApiError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -90,7 +89,7 @@ impl ApiError {
             | ApiError::MethodNotAllowed(_) => "invalid_request",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Conflict(_) => "conflict",
-            ApiError::Timeout(_) => "timeout",
+            ApiError::Timeout => "timeout",
             ApiError::Overloaded { .. } | ApiError::Unavailable(_) => "overloaded",
             ApiError::Internal(_) => "internal",
         }

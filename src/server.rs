@@ -18,6 +18,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::TcpListener;
 
 use tokio::sync::{Notify, mpsc, watch};
@@ -44,6 +45,8 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers) accepted.
     pub max_header_bytes: usize,
+    /// Connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
 }
@@ -53,6 +56,7 @@ impl Default for ServeOptions {
         ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -73,9 +77,10 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
-        .max_buf_size(options.max_header_bytes.max(8192))
+        .max_header_size(options.max_header_bytes)
         .keep_alive(true);
 
+    let live = Arc::new(AtomicUsize::new(0));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -93,6 +98,11 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
+        if live.load(Ordering::Acquire) >= options.max_connections {
+            tokio::spawn(refuse(stream));
+            continue;
+        }
+        let slot = ConnectionSlot::take(&live);
         let control = ConnectionControl::default();
         let kill = control.kill.clone();
         let service =
@@ -110,6 +120,7 @@ pub async fn serve(
         let alive = alive_tx.clone();
         tokio::spawn(async move {
             let _alive = alive;
+            let _slot = slot;
             tokio::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => log_connection_end(result, peer),
@@ -131,6 +142,38 @@ pub async fn serve(
     tokio::time::timeout(options.drain_timeout, alive_rx.recv())
         .await
         .is_ok()
+}
+
+/// Counts a live connection for as long as it is held.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    fn take(live: &Arc<AtomicUsize>) -> ConnectionSlot {
+        live.fetch_add(1, Ordering::AcqRel);
+        ConnectionSlot(live.clone())
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Answers a connection beyond `max_connections` with a 503 problem and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str = r#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the server is at its connection limit; retry shortly","code":"overloaded"}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 fn log_connection_end(result: Result<(), hyper::Error>, peer: SocketAddr) {

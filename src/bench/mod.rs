@@ -40,7 +40,7 @@ pub struct BenchArgs {
     /// Base URL of the server under test (only this host is ever contacted)
     #[arg(long, value_name = "URL", required_unless_present = "data_dir")]
     pub target: Option<String>,
-    /// health, message_burst, chat_list, search, mixed, soak, ramp, fanout
+    /// health, message_burst, chat_list, list_sessions, search, mixed, soak, ramp, fanout
     #[arg(long, value_name = "NAME")]
     pub scenario: String,
     /// How long to measure (e.g. 30s, 2m) [default: the scenario's]

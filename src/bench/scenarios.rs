@@ -19,6 +19,7 @@ pub const NAMES: &[&str] = &[
     "health",
     "message_burst",
     "chat_list",
+    "list_sessions",
     "search",
     "mixed",
     "soak",
@@ -75,6 +76,14 @@ impl Scenario {
                 model: Model::Closed { connections: 50 },
                 duration: secs(30),
                 thresholds: &["p95<200ms", "errors==0"],
+            },
+            // 32 clients listing the sessions of a directory, 50 at a time: the hottest read.
+            "list_sessions" => Scenario {
+                name: "list_sessions",
+                mix: Mix::new(&[(Op::ListDirectory, 1)], 0.0),
+                model: Model::Closed { connections: 32 },
+                duration: secs(30),
+                thresholds: &["p99<100ms", "errors==0"],
             },
             // 8 users searching message text at once (ranking is CPU-bound: more users queue).
             "search" => Scenario {

@@ -16,6 +16,8 @@ pub enum Op {
     CreateSession,
     AppendMessage,
     ListSessions,
+    /// `GET /v1/sessions?directory=…&limit=50`, always with a directory.
+    ListDirectory,
     ListMessages,
     NextMessagePage,
     GetSession,
@@ -34,6 +36,7 @@ impl Op {
             Op::CreateSession => "create_session",
             Op::AppendMessage => "append_message",
             Op::ListSessions => "list_sessions",
+            Op::ListDirectory => "list_directory",
             Op::ListMessages => "list_messages",
             Op::NextMessagePage => "next_message_page",
             Op::GetSession => "get_session",
@@ -295,6 +298,14 @@ impl User {
                     format!("/v1/sessions?directory={dir}&limit=50")
                 };
                 (Method::GET, path, None)
+            }
+            Op::ListDirectory => {
+                let dir = pick(&mut self.rng, &data.directories);
+                (
+                    Method::GET,
+                    format!("/v1/sessions?directory={dir}&limit=50"),
+                    None,
+                )
             }
             Op::ListMessages | Op::NextMessagePage => {
                 let id = pick(&mut self.rng, &data.sessions);

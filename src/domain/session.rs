@@ -26,6 +26,10 @@ pub struct Session {
     pub updated_at: i64,
     pub archived_at: Option<i64>,
     pub message_count: i64,
+    /// The `seq` of the last event that changed the session (0 for bulk-loaded ones): what its
+    /// ETag is made of. Not part of the API representation.
+    #[serde(skip)]
+    pub version: i64,
 }
 
 /// Body of `POST /v1/sessions`.

@@ -102,6 +102,8 @@ fn remove_from(index: &mut HashMap<String, HashMap<u64, Arc<Queue>>>, key: &str,
 }
 
 pub struct Hub {
+    /// The newest `seq` published: what list ETags are made of.
+    head: std::sync::atomic::AtomicI64,
     registry: Mutex<Registry>,
     next_id: AtomicU64,
     limit: usize,
@@ -129,6 +131,7 @@ impl Hub {
     /// A hub whose subscribers may each have up to `queue_limit` bytes queued.
     pub fn new(queue_limit: usize) -> Arc<Hub> {
         Arc::new(Hub {
+            head: std::sync::atomic::AtomicI64::new(0),
             registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
             limit: queue_limit.max(1),
@@ -142,6 +145,16 @@ impl Hub {
 
     pub fn stats(&self) -> &HubStats {
         &self.stats
+    }
+
+    /// The newest `seq` published (or set at start-up from the log).
+    pub fn head(&self) -> i64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// Starts the head at the log's newest `seq` (before the first publish).
+    pub fn set_head(&self, seq: i64) {
+        self.head.fetch_max(seq, Ordering::AcqRel);
     }
 
     /// Starts queueing events that match `filter`.
@@ -174,6 +187,9 @@ impl Hub {
             return;
         }
         let frames: Vec<Arc<Frame>> = events.iter().map(|e| Arc::new(Frame::new(e))).collect();
+        if let Some(last) = events.last() {
+            self.head.fetch_max(last.seq, Ordering::AcqRel);
+        }
         self.stats
             .published
             .fetch_add(frames.len() as u64, Ordering::Relaxed);

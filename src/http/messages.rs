@@ -1,11 +1,16 @@
 //! Messages: append to a session, page through a session's messages, read one.
 
+use std::sync::Arc;
+
 use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::SharedState;
+use super::conditional;
 use super::extract::{JsonBody, MessagePath, QueryParams, SessionPath};
-use super::response::{PageBody, created, ok};
+use super::response::{PageBody, created, encode};
+use crate::cache::{Entry, Key};
 use crate::domain::{CreateMessage, Invalid, Message, MessageCursor, NewMessage, Order};
 use crate::error::{ApiResult, Problem};
 use crate::storage::MessageListQuery;
@@ -51,16 +56,43 @@ pub async fn create(
 )]
 pub async fn list(
     State(state): State<SharedState>,
+    headers: HeaderMap,
     SessionPath(session): SessionPath,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let params = QueryParams::parse(query.as_deref(), &["order", "limit", "cursor"])?;
-    let query = message_list_query(&params)?;
-    let page = state.storage.list_messages(&session, query).await?;
-    ok(&PageBody {
-        items: page.items,
-        next_cursor: page.next.map(|c| c.encode()),
-    })
+    let list_query = message_list_query(&params)?;
+    let raw_query: Arc<str> = Arc::from(query.unwrap_or_default());
+    let session_key: Arc<str> = Arc::from(session.as_str());
+    let page_key = |version| Key::MessagePage {
+        session: session_key.clone(),
+        version,
+        query: raw_query.clone(),
+    };
+    // A page is keyed by its session's version: any new message moves it.
+    if let Some(known) = state.cache.get(&Key::Session(session_key.clone()))
+        && let Some(entry) = state.cache.get(&page_key(known.version))
+    {
+        return Ok(conditional::respond(&headers, &entry));
+    }
+    let (page, version) = state.storage.list_messages(&session, list_query).await?;
+    let etag = format!("p{version}-{}", conditional::digest(&raw_query));
+    if let Some(tag) = conditional::matching_tag(&headers, &etag) {
+        return Ok(conditional::not_modified(&tag));
+    }
+    let entry = Entry {
+        body: encode(&PageBody {
+            items: page.items,
+            next_cursor: page.next.map(|c| c.encode()),
+        })?,
+        etag: Arc::from(etag),
+        session: Some(session_key.clone()),
+        version,
+    };
+    state
+        .cache
+        .insert_versioned(page_key(version), entry.clone());
+    Ok(conditional::fresh(entry.body, &entry.etag))
 }
 
 fn message_list_query(params: &QueryParams) -> Result<MessageListQuery, Invalid> {
@@ -98,7 +130,22 @@ fn message_list_query(params: &QueryParams) -> Result<MessageListQuery, Invalid>
 )]
 pub async fn get(
     State(state): State<SharedState>,
+    headers: HeaderMap,
     MessagePath(id): MessagePath,
 ) -> ApiResult<Response> {
-    ok(&state.storage.get_message(&id).await?)
+    let key = Key::Message(Arc::from(id.as_str()));
+    if let Some(entry) = state.cache.get(&key) {
+        return Ok(conditional::respond(&headers, &entry));
+    }
+    let epoch = state.cache.epoch();
+    let message = state.storage.get_message(&id).await?;
+    // Messages never change: the creation time is version enough.
+    let entry = Entry {
+        body: encode(&message)?,
+        etag: Arc::from(format!("m{}", message.created_at)),
+        session: Some(Arc::from(message.session_id.as_str())),
+        version: 0,
+    };
+    state.cache.insert(key, entry.clone(), epoch);
+    Ok(conditional::respond(&headers, &entry))
 }

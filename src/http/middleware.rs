@@ -9,12 +9,12 @@ use std::time::Instant;
 
 use axum::body::HttpBody;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use crate::domain::random_token;
-use crate::error::InternalCause;
+use crate::error::{ApiError, InternalCause};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -74,5 +74,50 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         bytes,
         "request"
     );
+    response
+}
+
+/// Turns the errors of the load-shedding and timeout layers into problem responses.
+pub async fn limit_errors(error: tower::BoxError) -> Response {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Overloaded {
+            reason: "the server is at its concurrency limit; retry shortly",
+            retry_after_secs: 1,
+        }
+        .into_response()
+    } else if error.is::<tower::timeout::error::Elapsed>() {
+        ApiError::Timeout.into_response()
+    } else {
+        ApiError::Internal(anyhow::anyhow!("request middleware failed: {error}")).into_response()
+    }
+}
+
+/// Marks a compressed representation's ETag with its coding (`"v3"` becomes `"v3-zstd"`: a
+/// strong validator names one exact byte sequence), and sets `Vary: Accept-Encoding` on every
+/// response, 304s included, so shared caches key by encoding.
+pub async fn encoding_validators(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    let coding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let (Some(coding), Some(etag)) = (coding, headers.get(header::ETAG))
+        && let Some(inner) = etag
+            .to_str()
+            .ok()
+            .and_then(|t| t.strip_prefix('"'))
+            .and_then(|t| t.strip_suffix('"'))
+        && let Ok(tagged) = HeaderValue::from_str(&format!("\"{inner}-{coding}\""))
+    {
+        headers.insert(header::ETAG, tagged);
+    }
+    let varies = headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.to_ascii_lowercase().contains("accept-encoding"))
+    });
+    if !varies {
+        headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
     response
 }

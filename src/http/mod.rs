@@ -1,5 +1,6 @@
 //! The HTTP API: the router, shared state, extractors, middleware and one module per resource.
 
+pub mod conditional;
 pub mod events;
 pub mod extract;
 mod messages;
@@ -16,9 +17,19 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::http::Method;
+use axum::http::{
+    Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header,
+};
 use axum::routing::{get, post};
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::compression::predicate::{Predicate, SizeAbove};
+use tower_http::compression::{CompressionLayer, CompressionLevel};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::cache::ResponseCache;
 
 use crate::error::ApiError;
 use crate::events::Hub;
@@ -38,6 +49,26 @@ pub struct HttpSettings {
     pub event_keepalive: Duration,
     /// How often WebSocket clients are pinged (and how long they have to answer).
     pub ws_ping_interval: Duration,
+    /// A request that has not produced its response head after this long gets 503 `timeout`.
+    pub request_timeout: Duration,
+    /// Requests in progress beyond which new ones get 503 `overloaded` at once.
+    pub max_concurrency: usize,
+    /// Compression: the level (see [`CompressionLevel`]) and the smallest body compressed.
+    pub compression_level: CompressionLevel,
+    pub compression_min_size: u16,
+    /// Origins allowed to call the API from a browser.
+    pub cors: CorsOrigins,
+}
+
+/// Which browser origins may call the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `http(s)://localhost`, `127.0.0.1` and `[::1]` on any port (the default).
+    Localhost,
+    /// Any origin.
+    Any,
+    /// Exactly these origins.
+    List(Vec<HeaderValue>),
 }
 
 /// What every handler can reach.
@@ -50,6 +81,8 @@ pub struct AppState {
     pub started: Instant,
     /// Fans committed events out to SSE and WebSocket clients.
     pub hub: Arc<Hub>,
+    /// Encoded responses of hot reads.
+    pub cache: Arc<ResponseCache>,
     /// Turns true when the server starts shutting down: streams end politely.
     pub stopping: watch::Receiver<bool>,
 }
@@ -62,10 +95,13 @@ pub fn router(state: SharedState) -> Router {
 }
 
 /// The API with `extra` routes merged in (tests use this for routes that only they need).
+///
+/// Layers, outermost first: request id and access log; CORS (so 304s and errors carry it);
+/// ETag coding suffixes and `Vary`; compression; then, for everything but `/health`, load
+/// shedding past the concurrency limit and the request timeout.
 pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
-    let body_limit = state.settings.body_limit;
-    Router::new()
-        .route("/health", get(ops::health))
+    let settings = state.settings.clone();
+    let api = Router::new()
         .route("/ready", get(ops::ready))
         .route("/openapi.json", get(ops::openapi_json))
         .route("/docs", get(ops::docs))
@@ -87,11 +123,102 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .route("/v1/events", get(events::sse))
         .route("/v1/ws", get(events::ws))
         .merge(extra)
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(middleware::limit_errors))
+                // One budget shared by every route (a per-route limit would multiply it).
+                .load_shed()
+                .layer(GlobalConcurrencyLimitLayer::new(settings.max_concurrency))
+                .timeout(settings.request_timeout),
+        );
+    Router::new()
+        // Liveness is never shed: an orchestrator must not kill a busy instance as dead.
+        .route("/health", get(ops::health))
+        .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(settings.body_limit))
+        .layer(compression(&settings))
+        .layer(axum::middleware::from_fn(middleware::encoding_validators))
+        .layer(cors(&settings.cors))
         .layer(axum::middleware::from_fn(middleware::request_context))
         .with_state(state)
+}
+
+/// zstd, br and gzip, negotiated from `Accept-Encoding` (q-values honoured), for JSON and
+/// text bodies of at least the minimum size; never for event streams.
+fn compression(settings: &HttpSettings) -> CompressionLayer<impl Predicate + use<>> {
+    let compressible = |_: StatusCode, _: Version, headers: &HeaderMap, _: &Extensions| {
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|content_type| {
+                let essence = content_type.split(';').next().unwrap_or("").trim();
+                essence == "application/json"
+                    || essence == "application/problem+json"
+                    || essence == "text/javascript"
+                    || (essence.starts_with("text/") && essence != "text/event-stream")
+            })
+    };
+    CompressionLayer::new()
+        .no_deflate()
+        .quality(settings.compression_level)
+        .compress_when(SizeAbove::new(settings.compression_min_size).and(compressible))
+}
+
+fn cors(origins: &CorsOrigins) -> CorsLayer {
+    let allow_origin = match origins {
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) => AllowOrigin::list(list.clone()),
+        CorsOrigins::Localhost => AllowOrigin::predicate(|origin, _| is_localhost_origin(origin)),
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static("last-event-id"),
+            middleware::X_REQUEST_ID,
+        ])
+        .expose_headers([
+            header::ETAG,
+            header::LOCATION,
+            header::RETRY_AFTER,
+            middleware::X_REQUEST_ID,
+            HeaderName::from_static("ratelimit"),
+            HeaderName::from_static("ratelimit-policy"),
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
+/// `http(s)://localhost`, `127.0.0.1` or `[::1]`, with any port.
+fn is_localhost_origin(origin: &HeaderValue) -> bool {
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host = if rest.starts_with('[') {
+        rest.split_inclusive(']').next().unwrap_or("")
+    } else {
+        rest.split(':').next().unwrap_or("")
+    };
+    let port_ok = rest[host.len()..]
+        .strip_prefix(':')
+        .is_none_or(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]") && port_ok
 }
 
 async fn not_found() -> ApiError {
@@ -100,4 +227,35 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::MethodNotAllowed(method.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn localhost_origins() {
+        for ok in [
+            "http://localhost",
+            "http://localhost:3000",
+            "https://127.0.0.1:8443",
+            "http://[::1]:5173",
+        ] {
+            assert!(is_localhost_origin(&HeaderValue::from_static(ok)), "{ok}");
+        }
+        for bad in [
+            "http://localhost.evil.com",
+            "http://evil.com",
+            "http://127.0.0.1.evil.com:80",
+            "ftp://localhost",
+            "http://localhost:",
+            "http://localhost:80x",
+            "null",
+        ] {
+            assert!(
+                !is_localhost_origin(&HeaderValue::from_static(bad)),
+                "{bad}"
+            );
+        }
+    }
 }

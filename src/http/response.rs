@@ -16,6 +16,14 @@ pub struct PageBody<T> {
     pub next_cursor: Option<String>,
 }
 
+/// `value` encoded as JSON, into a buffer sized for typical pages.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> ApiResult<bytes::Bytes> {
+    let mut buffer = Vec::with_capacity(4096);
+    serde_json::to_writer(&mut buffer, value)
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("encoding a response")))?;
+    Ok(bytes::Bytes::from(buffer))
+}
+
 /// A JSON response with `status`.
 pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> ApiResult<Response> {
     let body = serde_json::to_vec(value)

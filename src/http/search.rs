@@ -1,11 +1,13 @@
 //! `GET /v1/search`: full-text search over the text parts of messages, best match first.
 
 use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::SharedState;
 use super::extract::QueryParams;
-use super::response::{PageBody, ok};
+use super::response::{PageBody, encode};
+use super::sessions::cached_list;
 use crate::domain::{Invalid, SearchCursor, SearchHit, SearchTerms, SessionId};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::storage::SearchQuery;
@@ -32,32 +34,37 @@ use crate::storage::SearchQuery;
 )]
 pub async fn search(
     State(state): State<SharedState>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let params = QueryParams::parse(
         query.as_deref(),
         &["q", "session_id", "directory", "limit", "cursor"],
     )?;
-    let Some(query) = search_query(&params, state.settings.search_window)? else {
-        return ok(&PageBody::<SearchHit> {
-            items: Vec::new(),
-            next_cursor: None,
-        });
-    };
-    // Searches wait for a turn here, not on a database connection cheap reads need.
-    let _turn = state
-        .searches
-        .turn()
-        .await
-        .map_err(|_| ApiError::Overloaded {
-            reason: "too many searches are in progress; retry shortly",
-            retry_after_secs: 1,
-        })?;
-    let page = state.storage.search(query).await?;
-    ok(&PageBody {
-        items: page.items,
-        next_cursor: page.next.map(|c| c.encode()),
+    let search = search_query(&params, state.settings.search_window)?;
+    cached_list(&state, &headers, "search", query.as_deref(), || async {
+        let Some(search) = search else {
+            return encode(&PageBody::<SearchHit> {
+                items: Vec::new(),
+                next_cursor: None,
+            });
+        };
+        // Searches wait for a turn here, not on a database connection cheap reads need.
+        let _turn = state
+            .searches
+            .turn()
+            .await
+            .map_err(|_| ApiError::Overloaded {
+                reason: "too many searches are in progress; retry shortly",
+                retry_after_secs: 1,
+            })?;
+        let page = state.storage.search(search).await?;
+        encode(&PageBody {
+            items: page.items,
+            next_cursor: page.next.map(|c| c.encode()),
+        })
     })
+    .await
 }
 
 /// The storage query, or `None` when the filters can match nothing.

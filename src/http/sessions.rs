@@ -1,14 +1,19 @@
 //! `/v1/sessions`: create, list, read, update, delete and summarize sessions.
 
+use std::sync::Arc;
+
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::SharedState;
+use super::conditional;
 use super::extract::{JsonBody, QueryParams, SessionPath};
-use super::response::{PageBody, created, ok};
+use super::response::{PageBody, created, encode, ok};
+use crate::cache::{Entry, Key};
 use crate::domain::{
     ArchivedFilter, CreateSession, Invalid, MAX_TITLE_CHARS, NewSession, Session, SessionCursor,
     SessionId, SessionPatch, UpdateSession, fold_title, summary,
@@ -67,15 +72,64 @@ pub async fn create(
 )]
 pub async fn list(
     State(state): State<SharedState>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let params = QueryParams::parse(query.as_deref(), LIST_PARAMS)?;
-    let query = session_list_query(&params)?;
-    let page = state.storage.list_sessions(query).await?;
-    ok(&PageBody {
-        items: page.items,
-        next_cursor: page.next.map(|c| c.encode()),
-    })
+    let list_query = session_list_query(&params)?;
+    let storage = state.storage.clone();
+    cached_list(
+        &state,
+        &headers,
+        "sessions",
+        query.as_deref(),
+        || async move {
+            let page = storage.list_sessions(list_query).await?;
+            encode(&PageBody {
+                items: page.items,
+                next_cursor: page.next.map(|c| c.encode()),
+            })
+        },
+    )
+    .await
+}
+
+/// A list or search page, validated and cached by the event log's head: any change moves the
+/// head, so a client that saw this head gets a 304 without a query, and other clients get the
+/// cached page without one.
+pub async fn cached_list<F, Fut>(
+    state: &SharedState,
+    headers: &HeaderMap,
+    kind: &str,
+    query: Option<&str>,
+    load: F,
+) -> ApiResult<Response>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<Bytes>>,
+{
+    let head = state.hub.head();
+    let path: Arc<str> = Arc::from(format!("{kind}?{}", query.unwrap_or("")));
+    let etag = format!("h{head}-{}", conditional::digest(&path));
+    if let Some(tag) = conditional::matching_tag(headers, &etag) {
+        return Ok(conditional::not_modified(&tag));
+    }
+    let key = Key::List { head, path };
+    if let Some(entry) = state.cache.get(&key) {
+        return Ok(conditional::fresh(entry.body, &entry.etag));
+    }
+    let body = load().await?;
+    let etag: Arc<str> = Arc::from(etag);
+    state.cache.insert_versioned(
+        key,
+        Entry {
+            body: body.clone(),
+            etag: etag.clone(),
+            session: None,
+            version: head,
+        },
+    );
+    Ok(conditional::fresh(body, &etag))
 }
 
 fn session_list_query(params: &QueryParams) -> Result<SessionListQuery, Invalid> {
@@ -121,9 +175,33 @@ fn session_list_query(params: &QueryParams) -> Result<SessionListQuery, Invalid>
 )]
 pub async fn get(
     State(state): State<SharedState>,
+    headers: HeaderMap,
     SessionPath(id): SessionPath,
 ) -> ApiResult<Response> {
-    ok(&state.storage.get_session(&id).await?)
+    let entry = session_entry(&state, &id).await?;
+    Ok(conditional::respond(&headers, &entry))
+}
+
+/// A session's cached response, loading (and caching) it on a miss.
+pub async fn session_entry(state: &SharedState, id: &SessionId) -> ApiResult<Entry> {
+    let key = Key::Session(Arc::from(id.as_str()));
+    if let Some(entry) = state.cache.get(&key) {
+        return Ok(entry);
+    }
+    let epoch = state.cache.epoch();
+    let session = state.storage.get_session(id).await?;
+    let entry = Entry {
+        body: encode(&session)?,
+        // The version alone would do; timestamps and count also cover data loaded in bulk.
+        etag: Arc::from(format!(
+            "s{}.{}.{}",
+            session.version, session.updated_at, session.message_count
+        )),
+        session: Some(Arc::from(id.as_str())),
+        version: session.version,
+    };
+    state.cache.insert(key, entry.clone(), epoch);
+    Ok(entry)
 }
 
 /// Rename, archive or unarchive a session; always bumps `updated_at`.

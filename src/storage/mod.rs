@@ -136,12 +136,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Appends a message, bumping the session's `updated_at` and `message_count`.
     async fn append_message(&self, session: SessionId, new: NewMessage) -> StorageResult<Message>;
     async fn get_message(&self, id: &MessageId) -> StorageResult<Message>;
-    /// `NotFound` when the session does not exist.
+    /// A page of a session's messages and the session's version, read together; `NotFound`
+    /// when the session does not exist.
     async fn list_messages(
         &self,
         session: &SessionId,
         query: MessageListQuery,
-    ) -> StorageResult<Page<Message, MessageCursor>>;
+    ) -> StorageResult<(Page<Message, MessageCursor>, i64)>;
 
     async fn search(&self, query: SearchQuery) -> StorageResult<Page<SearchHit, SearchCursor>>;
 

@@ -8,6 +8,7 @@ mod events;
 mod messages;
 mod ops;
 mod pagination;
+mod performance;
 mod process;
 mod search;
 mod sessions;

@@ -22,6 +22,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "events",
         include_str!("../../../migrations/0002_events.sql"),
     ),
+    (
+        "session_version",
+        include_str!("../../../migrations/0003_session_version.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.

@@ -246,7 +246,7 @@ impl Storage for SqliteStorage {
         &self,
         session: &SessionId,
         query: MessageListQuery,
-    ) -> StorageResult<Page<Message, MessageCursor>> {
+    ) -> StorageResult<(Page<Message, MessageCursor>, i64)> {
         let session = session.clone();
         self.readers
             .read(move |conn| reads::list_messages(conn, &session, &query))

@@ -156,16 +156,15 @@ pub fn list_messages(
     conn: &Connection,
     session: &SessionId,
     query: &MessageListQuery,
-) -> StorageResult<Page<Message, MessageCursor>> {
+) -> StorageResult<(Page<Message, MessageCursor>, i64)> {
     snapshot(conn, |conn| {
-        let exists = conn
-            .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")
+        let version: i64 = conn
+            .prepare_cached("SELECT version FROM sessions WHERE id = ?1")
             .context("preparing a session check")?
-            .exists([session.as_str()])
-            .context("checking the session")?;
-        if !exists {
-            return Err(StorageError::session_not_found(session.as_str()));
-        }
+            .query_row([session.as_str()], |row| row.get(0))
+            .optional()
+            .context("checking the session")?
+            .ok_or_else(|| StorageError::session_not_found(session.as_str()))?;
         let mut params: Vec<Value> = vec![
             Value::Text(session.as_str().to_owned()),
             Value::Integer(i64::from(query.limit.get()) + 1),
@@ -181,11 +180,12 @@ pub fn list_messages(
             .context("listing messages")?
             .collect::<Result<Vec<_>, _>>()
             .context("reading messages")?;
-        Ok(paginate(items, query.limit.get(), |m| MessageCursor {
+        let page = paginate(items, query.limit.get(), |m| MessageCursor {
             order: query.order,
             created_at: m.created_at,
             id: m.id.clone(),
-        }))
+        });
+        Ok((page, version))
     })
 }
 

@@ -6,8 +6,8 @@ use serde_json::value::RawValue;
 
 use crate::domain::{Message, MessageId, Role, Session, SessionId};
 
-pub const SESSION_COLUMNS: &str =
-    "id, directory, title, parent_id, created_at, updated_at, archived_at, message_count";
+pub const SESSION_COLUMNS: &str = "id, directory, title, parent_id, created_at, updated_at, \
+     archived_at, message_count, version";
 
 pub fn session(row: &Row<'_>) -> rusqlite::Result<Session> {
     Ok(Session {
@@ -21,6 +21,7 @@ pub fn session(row: &Row<'_>) -> rusqlite::Result<Session> {
         updated_at: row.get(5)?,
         archived_at: row.get(6)?,
         message_count: row.get(7)?,
+        version: row.get(8)?,
     })
 }
 

@@ -32,6 +32,8 @@ pub struct WriteCtx<'a> {
     pub conn: &'a Connection,
     ids: &'a mut IdGenerator,
     events: &'a mut Vec<Event>,
+    /// The next event `seq` (the writer is the only one assigning them).
+    next_seq: &'a mut i64,
 }
 
 impl WriteCtx<'_> {
@@ -45,24 +47,39 @@ impl WriteCtx<'_> {
         self.ids.next(wall_clock_ms())
     }
 
-    /// Records `kind` for a session in the event log; returns its `seq`.
+    /// Takes the `seq` of the next event, so the change can record it as its version before
+    /// the event itself is written.
+    pub fn reserve_seq(&mut self) -> i64 {
+        let seq = *self.next_seq;
+        *self.next_seq += 1;
+        seq
+    }
+
+    /// Records `kind` for a session in the event log under `seq` (from [`Self::reserve_seq`]).
     pub fn emit(
         &mut self,
+        seq: i64,
         kind: EventKind,
         session_id: &SessionId,
         directory: &str,
         at: i64,
         data: String,
-    ) -> anyhow::Result<i64> {
+    ) -> anyhow::Result<()> {
         // No RETURNING: it would open a statement transaction, and FTS5 flushes at each one.
         self.conn
             .prepare_cached(
-                "INSERT INTO events (type, session_id, directory, at, data) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO events (seq, type, session_id, directory, at, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute((kind.as_str(), session_id.as_str(), directory, at, &data))
+            .execute((
+                seq,
+                kind.as_str(),
+                session_id.as_str(),
+                directory,
+                at,
+                &data,
+            ))
             .context("appending to the event log")?;
-        let seq = self.conn.last_insert_rowid();
         self.events.push(Event {
             seq,
             kind,
@@ -71,7 +88,7 @@ impl WriteCtx<'_> {
             at,
             data,
         });
-        Ok(seq)
+        Ok(())
     }
 }
 
@@ -181,6 +198,21 @@ impl WriterHandle {
     }
 }
 
+/// The seq the next event gets: one past the highest ever assigned (deleted ones included).
+fn next_event_seq(conn: &Connection) -> i64 {
+    conn.query_row(
+        "SELECT max(coalesce((SELECT max(seq) FROM events), 0), \
+                    coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)) + 1",
+        [],
+        |row| row.get(0),
+    )
+    .unwrap_or_else(|error| {
+        // Only reachable if the database is unreadable, in which case no write will commit.
+        tracing::error!(%error, "cannot read the event sequence");
+        1
+    })
+}
+
 fn run(
     conn: Connection,
     mut ids: IdGenerator,
@@ -188,6 +220,7 @@ fn run(
     options: WriterOptions,
 ) {
     let mut events = Vec::new();
+    let mut next_seq = next_event_seq(&conn);
     let mut jobs = Vec::with_capacity(options.max_batch);
     let mut closing = None;
     while closing.is_none() {
@@ -206,12 +239,14 @@ fn run(
             }
         }
         if !jobs.is_empty() {
-            run_batch(&conn, &mut ids, &mut events, &mut jobs);
-            if let Some(hook) = &options.on_commit
-                && !events.is_empty()
-            {
-                hook(&events);
-            }
+            run_batch(
+                &conn,
+                &mut ids,
+                &mut events,
+                &mut next_seq,
+                &mut jobs,
+                options.on_commit.as_ref(),
+            );
             events.clear();
         }
     }
@@ -238,7 +273,9 @@ fn run_batch(
     conn: &Connection,
     ids: &mut IdGenerator,
     events: &mut Vec<Event>,
+    next_seq: &mut i64,
     jobs: &mut Vec<Job>,
+    on_commit: Option<&CommitHook>,
 ) {
     if let Err(error) = exec(conn, "BEGIN IMMEDIATE") {
         // Dropping a job drops its reply channel: each caller gets an error, nothing is acked.
@@ -253,6 +290,7 @@ fn run_batch(
             conn,
             ids: &mut *ids,
             events: &mut *events,
+            next_seq: &mut *next_seq,
         };
         match std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut ctx))) {
             Ok((status, reply)) => {
@@ -281,6 +319,15 @@ fn run_batch(
             tracing::error!(%error, "rolling back a failed batch failed");
         }
         events.clear();
+        // Seqs handed out in the rolled-back batch were never written: reuse them.
+        *next_seq = next_event_seq(conn);
+    }
+    // Publish before answering: once a writer hears back, caches are invalidated and
+    // subscribers have the event, so its next read (or If-None-Match) sees its own write.
+    if let Some(hook) = on_commit
+        && !events.is_empty()
+    {
+        hook(events);
     }
     for reply in replies {
         reply(commit.clone());

@@ -33,7 +33,8 @@ fn insert_session(ctx: &WriteCtx<'_>, session: &Session) -> anyhow::Result<()> {
     ctx.conn
         .prepare_cached(
             "INSERT INTO sessions (id, directory, title, title_fold, parent_id, created_at, \
-             updated_at, archived_at, message_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             updated_at, archived_at, message_count, version) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
         .execute(params![
             session.id.as_str(),
@@ -45,6 +46,7 @@ fn insert_session(ctx: &WriteCtx<'_>, session: &Session) -> anyhow::Result<()> {
             session.updated_at,
             session.archived_at,
             session.message_count,
+            session.version,
         ])
         .context("inserting a session")?;
     Ok(())
@@ -68,6 +70,7 @@ pub fn create_session(ctx: &mut WriteCtx<'_>, new: NewSession) -> StorageResult<
         }
     };
     let (now, value) = ctx.next_id();
+    let seq = ctx.reserve_seq();
     let session = Session {
         id: SessionId::from_value(value),
         directory: new.directory,
@@ -77,10 +80,12 @@ pub fn create_session(ctx: &mut WriteCtx<'_>, new: NewSession) -> StorageResult<
         updated_at: now,
         archived_at: None,
         message_count: 0,
+        version: seq,
     };
     insert_session(ctx, &session)?;
     let data = to_json(&session)?;
     ctx.emit(
+        seq,
         EventKind::SessionCreated,
         &session.id,
         &session.directory,
@@ -98,10 +103,11 @@ pub fn update_session(
     let mut session = load_session(ctx, &id)?;
     let now = ctx.now();
     patch.apply(&mut session, now);
+    session.version = ctx.reserve_seq();
     ctx.conn
         .prepare_cached(
-            "UPDATE sessions SET title = ?2, title_fold = ?3, updated_at = ?4, archived_at = ?5 \
-             WHERE id = ?1",
+            "UPDATE sessions SET title = ?2, title_fold = ?3, updated_at = ?4, archived_at = ?5, \
+             version = ?6 WHERE id = ?1",
         )
         .context("preparing a session update")?
         .execute(params![
@@ -110,10 +116,12 @@ pub fn update_session(
             fold_title(&session.title),
             session.updated_at,
             session.archived_at,
+            session.version,
         ])
         .context("updating a session")?;
     let data = to_json(&session)?;
     ctx.emit(
+        session.version,
         EventKind::SessionUpdated,
         &session.id,
         &session.directory,
@@ -142,17 +150,27 @@ pub fn delete_session(ctx: &mut WriteCtx<'_>, id: SessionId) -> StorageResult<()
     let children: Vec<Session> = ctx
         .conn
         .prepare_cached(&format!(
-            "UPDATE sessions SET parent_id = NULL, updated_at = ?2 WHERE parent_id = ?1 \
-             RETURNING {SESSION_COLUMNS}"
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE parent_id = ?1"
         ))
-        .context("preparing the detach of children")?
-        .query_map(params![id.as_str(), now], rows::session)
-        .context("detaching child sessions")?
+        .context("preparing the lookup of children")?
+        .query_map([id.as_str()], rows::session)
+        .context("finding child sessions")?
         .collect::<Result<_, _>>()
-        .context("reading detached child sessions")?;
-    for child in &children {
-        let data = to_json(child)?;
+        .context("reading child sessions")?;
+    for mut child in children {
+        child.parent_id = None;
+        child.updated_at = now;
+        child.version = ctx.reserve_seq();
+        ctx.conn
+            .prepare_cached(
+                "UPDATE sessions SET parent_id = NULL, updated_at = ?2, version = ?3 WHERE id = ?1",
+            )
+            .context("preparing the detach of a child")?
+            .execute(params![child.id.as_str(), now, child.version])
+            .context("detaching a child session")?;
+        let data = to_json(&child)?;
         ctx.emit(
+            child.version,
             EventKind::SessionUpdated,
             &child.id,
             &child.directory,
@@ -166,7 +184,9 @@ pub fn delete_session(ctx: &mut WriteCtx<'_>, id: SessionId) -> StorageResult<()
         .execute([id.as_str()])
         .context("deleting a session")?;
     let data = to_json(&session)?;
+    let seq = ctx.reserve_seq();
     ctx.emit(
+        seq,
         EventKind::SessionDeleted,
         &session.id,
         &session.directory,
@@ -190,12 +210,14 @@ pub fn append_message(
         .context("looking up the session of a new message")?
         .ok_or_else(|| StorageError::session_not_found(session_id.as_str()))?;
     let (now, value) = ctx.next_id();
+    let seq = ctx.reserve_seq();
     ctx.conn
         .prepare_cached(
-            "UPDATE sessions SET updated_at = ?2, message_count = message_count + 1 WHERE id = ?1",
+            "UPDATE sessions SET updated_at = ?2, message_count = message_count + 1, version = ?3 \
+             WHERE id = ?1",
         )
         .context("preparing a session bump")?
-        .execute(params![session_id.as_str(), now])
+        .execute(params![session_id.as_str(), now, seq])
         .context("bumping the session of a new message")?;
     let id = MessageId::from_value(value);
     insert_message(
@@ -218,6 +240,7 @@ pub fn append_message(
     };
     let data = to_json(&message)?;
     ctx.emit(
+        seq,
         EventKind::MessageCreated,
         &message.session_id,
         &directory,
