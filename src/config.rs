@@ -90,7 +90,7 @@ pub struct ServeArgs {
     /// Memory for cached responses of hot reads; 0 disables the cache [env: SESSIOND_CACHE_SIZE] [default: 64MiB]
     #[arg(long, value_name = "SIZE")]
     pub cache_size: Option<String>,
-    /// Compression level: fastest, default, best or a number (as each algorithm reads it) [env: SESSIOND_COMPRESSION_LEVEL] [default: 3]
+    /// Compression level: fastest, default, best or a number (as each algorithm reads it) [env: SESSIOND_COMPRESSION_LEVEL] [default: 1]
     #[arg(long, value_name = "LEVEL")]
     pub compression_level: Option<String>,
     /// Smallest response body that is compressed [env: SESSIOND_COMPRESSION_MIN_SIZE] [default: 1KiB]
@@ -290,7 +290,7 @@ impl Config {
             compression_level: r.get(
                 "compression_level",
                 &args.compression_level,
-                "3",
+                "1",
                 parse_compression_level,
             )?,
             compression_min_size: r.get(
