@@ -140,6 +140,7 @@ async fn open_storage(
         for event in events {
             cache.invalidate_session(
                 event.session_id.as_str(),
+                event.seq,
                 event.kind == EventKind::SessionDeleted,
             );
         }

@@ -3,24 +3,27 @@
 //! Entries are the JSON bytes a handler would send plus their ETag, so a hit costs neither a
 //! query nor serialization. Keys that name data by version (a message page keyed by its
 //! session's version, a list keyed by the event log's head) never go stale: a change moves the
-//! version and old entries are simply never asked for again. Keys that name data by id (a
-//! session, a message) are removed by [`ResponseCache::invalidate_session`] when a change
-//! commits, before the writer answers, so no client reads stale data after its own write on
-//! this instance. A read that raced with such a change does not put its (possibly older)
-//! result back: inserts check an epoch that every invalidation moves.
+//! version and old entries are simply never asked for again.
+//!
+//! A session (keyed by id) is versioned too: when a change commits, before the writer answers,
+//! its slot is replaced by a tombstone carrying the new version, and an insert only lands if
+//! its data is at least that new. Both go through the cache's per-key lock, so a read that
+//! loaded the session just before a change cannot put the old data back after it: no client
+//! reads stale data after its own write on this instance.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
 
 /// What is cached.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Key {
     /// `GET /v1/sessions/{id}`.
     Session(Arc<str>),
-    /// `GET /v1/messages/{id}`.
+    /// `GET /v1/messages/{id}` (messages never change; they go when their session does).
     Message(Arc<str>),
     /// A page of a session's messages at a session version, by query string.
     MessagePage {
@@ -38,10 +41,21 @@ pub struct Entry {
     pub body: Bytes,
     /// The strong ETag value, without quotes.
     pub etag: Arc<str>,
-    /// The session the data belongs to (for invalidating a deleted session's messages).
+    /// The session the data belongs to (a deleted session's messages are not served).
     pub session: Option<Arc<str>>,
-    /// For a session: its version (message pages are keyed by it).
+    /// The version of the data (a session's version; 0 for immutable messages).
     pub version: i64,
+}
+
+/// What a key holds.
+#[derive(Clone, Debug)]
+enum Slot {
+    Fresh(Entry),
+    /// The data changed at `version` (or was deleted): only data at least that new may return.
+    Gone {
+        version: i64,
+        deleted: bool,
+    },
 }
 
 /// Counters for metrics.
@@ -63,31 +77,35 @@ pub struct CacheStats {
 }
 
 pub struct ResponseCache {
-    entries: Option<moka::sync::Cache<Key, Entry>>,
-    epoch: AtomicU64,
+    slots: Option<moka::sync::Cache<Key, Slot>>,
     counters: Arc<CacheCounters>,
 }
 
-/// Bytes charged per entry beyond its body: key, ETag and bookkeeping.
+/// Bytes charged per slot beyond its body: key, ETag and bookkeeping.
 const OVERHEAD: usize = 160;
+
+fn weigh(key: &Key, slot: &Slot) -> u32 {
+    let key_len = match key {
+        Key::Session(id) | Key::Message(id) => id.len(),
+        Key::MessagePage { session, query, .. } => session.len() + query.len(),
+        Key::List { path, .. } => path.len(),
+    };
+    let value_len = match slot {
+        Slot::Fresh(entry) => entry.body.len() + entry.etag.len(),
+        Slot::Gone { .. } => 0,
+    };
+    u32::try_from(key_len + value_len + OVERHEAD).unwrap_or(u32::MAX)
+}
 
 impl ResponseCache {
     /// A cache holding at most `max_bytes` of entries; 0 disables caching.
     pub fn new(max_bytes: u64) -> ResponseCache {
         let counters = Arc::new(CacheCounters::default());
-        let entries = (max_bytes > 0).then(|| {
+        let slots = (max_bytes > 0).then(|| {
             let evictions = counters.clone();
             moka::sync::Cache::builder()
                 .max_capacity(max_bytes)
-                .weigher(|key: &Key, entry: &Entry| {
-                    let key_len = match key {
-                        Key::Session(id) | Key::Message(id) => id.len(),
-                        Key::MessagePage { session, query, .. } => session.len() + query.len(),
-                        Key::List { path, .. } => path.len(),
-                    };
-                    u32::try_from(entry.body.len() + entry.etag.len() + key_len + OVERHEAD)
-                        .unwrap_or(u32::MAX)
-                })
+                .weigher(weigh)
                 .eviction_listener(move |_key, _value, cause| {
                     if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
                         evictions.evictions.fetch_add(1, Ordering::Relaxed);
@@ -96,21 +114,19 @@ impl ResponseCache {
                 .support_invalidation_closures()
                 .build()
         });
-        ResponseCache {
-            entries,
-            epoch: AtomicU64::new(0),
-            counters,
-        }
-    }
-
-    /// Read before loading data whose key names it by id; pass to [`Self::insert`].
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        ResponseCache { slots, counters }
     }
 
     pub fn get(&self, key: &Key) -> Option<Entry> {
-        let entries = self.entries.as_ref()?;
-        let found = entries.get(key);
+        let slots = self.slots.as_ref()?;
+        let found = match slots.get(key) {
+            Some(Slot::Fresh(entry)) => match &entry.session {
+                // A message of a session deleted meanwhile is not served.
+                Some(session) if matches!(key, Key::Message(_)) && self.deleted(session) => None,
+                _ => Some(entry),
+            },
+            _ => None,
+        };
         let counter = if found.is_some() {
             &self.counters.hits
         } else {
@@ -120,35 +136,49 @@ impl ResponseCache {
         found
     }
 
-    /// Caches an entry whose key names its data by version (never stale).
-    pub fn insert_versioned(&self, key: Key, entry: Entry) {
-        if let Some(entries) = &self.entries {
-            entries.insert(key, entry);
-        }
+    fn deleted(&self, session: &Arc<str>) -> bool {
+        self.slots.as_ref().is_some_and(|slots| {
+            matches!(
+                slots.get(&Key::Session(session.clone())),
+                Some(Slot::Gone { deleted: true, .. })
+            )
+        })
     }
 
-    /// Caches `entry` unless an invalidation happened since `epoch` was read (the entry might
-    /// then describe data older than the change).
-    pub fn insert(&self, key: Key, entry: Entry, epoch: u64) {
-        if let Some(entries) = &self.entries
-            && self.epoch() == epoch
-        {
-            entries.insert(key, entry);
-        }
-    }
-
-    /// Drops what names `session` by id; with `deleted`, also its messages.
-    pub fn invalidate_session(&self, session: &str, deleted: bool) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        let Some(entries) = &self.entries else {
+    /// Caches `entry` unless the key already holds (or was invalidated at) a newer version.
+    pub fn insert(&self, key: Key, entry: Entry) {
+        let Some(slots) = &self.slots else {
             return;
         };
-        entries.invalidate(&Key::Session(Arc::from(session)));
+        slots.entry(key).and_compute_with(|existing| {
+            let newer = match existing.as_ref().map(|e| e.value()) {
+                Some(Slot::Fresh(current)) => current.version > entry.version,
+                Some(Slot::Gone { version, deleted }) => *deleted || *version > entry.version,
+                None => false,
+            };
+            if newer {
+                Op::Nop
+            } else {
+                Op::Put(Slot::Fresh(entry))
+            }
+        });
+    }
+
+    /// Records that `session` changed at `version` (or was deleted): its cached response goes,
+    /// and so, when deleted, do its messages.
+    pub fn invalidate_session(&self, session: &str, version: i64, deleted: bool) {
+        let Some(slots) = &self.slots else {
+            return;
+        };
+        let session: Arc<str> = Arc::from(session);
+        slots
+            .entry(Key::Session(session.clone()))
+            .and_compute_with(|_| Op::Put(Slot::Gone { version, deleted }));
         if deleted {
-            let session: Arc<str> = Arc::from(session);
             // Deletes are rare: a predicate scan is fine for them.
-            let _ = entries.invalidate_entries_if(move |key, entry| {
-                matches!(key, Key::Message(_)) && entry.session.as_deref() == Some(&*session)
+            let _ = slots.invalidate_entries_if(move |key, slot| {
+                matches!(key, Key::Message(_))
+                    && matches!(slot, Slot::Fresh(entry) if entry.session.as_deref() == Some(&*session))
             });
         }
     }
@@ -158,9 +188,9 @@ impl ResponseCache {
     }
 
     pub fn stats(&self) -> CacheStats {
-        let (entries, bytes) = self.entries.as_ref().map_or((0, 0), |e| {
-            e.run_pending_tasks();
-            (e.entry_count(), e.weighted_size())
+        let (entries, bytes) = self.slots.as_ref().map_or((0, 0), |slots| {
+            slots.run_pending_tasks();
+            (slots.entry_count(), slots.weighted_size())
         });
         CacheStats {
             hits: self.counters.hits.load(Ordering::Relaxed),
@@ -176,12 +206,12 @@ impl ResponseCache {
 mod tests {
     use super::*;
 
-    fn entry(body: &str, session: Option<&str>) -> Entry {
+    fn entry(body: &str, session: Option<&str>, version: i64) -> Entry {
         Entry {
             body: Bytes::from(body.to_owned()),
             etag: Arc::from("v1"),
             session: session.map(Arc::from),
-            version: 1,
+            version,
         }
     }
 
@@ -190,35 +220,48 @@ mod tests {
         let cache = ResponseCache::new(1 << 20);
         let key = Key::Session(Arc::from("ses_a"));
         assert!(cache.get(&key).is_none());
-        cache.insert(key.clone(), entry("{}", Some("ses_a")), cache.epoch());
+        cache.insert(key.clone(), entry("{}", Some("ses_a"), 1));
         assert!(cache.get(&key).is_some());
-        cache.invalidate_session("ses_a", false);
+        cache.invalidate_session("ses_a", 2, false);
         assert!(cache.get(&key).is_none());
         let stats = cache.stats();
         assert_eq!((stats.hits, stats.misses), (1, 2));
     }
 
     #[test]
-    fn a_read_that_raced_with_a_change_is_not_cached() {
+    fn a_read_that_raced_with_a_change_cannot_put_old_data_back() {
         let cache = ResponseCache::new(1 << 20);
         let key = Key::Session(Arc::from("ses_a"));
-        let epoch = cache.epoch();
-        // …the read is in flight when a change to the session commits…
-        cache.invalidate_session("ses_a", false);
-        cache.insert(key.clone(), entry("old", Some("ses_a")), epoch);
+        // A read loads version 4; a change to version 5 commits; the read then inserts.
+        cache.invalidate_session("ses_a", 5, false);
+        cache.insert(key.clone(), entry("old", Some("ses_a"), 4));
         assert!(cache.get(&key).is_none());
+        // Data at least as new as the change is welcome.
+        cache.insert(key.clone(), entry("new", Some("ses_a"), 5));
+        assert_eq!(cache.get(&key).unwrap().body, "new");
+        // And an older read cannot overwrite it.
+        cache.insert(key.clone(), entry("old", Some("ses_a"), 4));
+        assert_eq!(cache.get(&key).unwrap().body, "new");
     }
 
     #[test]
-    fn deleting_a_session_drops_its_messages() {
+    fn deleting_a_session_drops_it_and_its_messages() {
         let cache = ResponseCache::new(1 << 20);
         let mine = Key::Message(Arc::from("msg_1"));
         let other = Key::Message(Arc::from("msg_2"));
-        cache.insert(mine.clone(), entry("m1", Some("ses_a")), cache.epoch());
-        cache.insert(other.clone(), entry("m2", Some("ses_b")), cache.epoch());
-        cache.invalidate_session("ses_a", true);
+        cache.insert(mine.clone(), entry("m1", Some("ses_a"), 0));
+        cache.insert(other.clone(), entry("m2", Some("ses_b"), 0));
+        cache.invalidate_session("ses_a", 9, true);
         assert!(cache.get(&mine).is_none());
         assert!(cache.get(&other).is_some());
+        // A read that raced with the delete cannot bring the message back.
+        cache.insert(mine.clone(), entry("m1", Some("ses_a"), 0));
+        assert!(cache.get(&mine).is_none());
+        cache.insert(
+            Key::Session(Arc::from("ses_a")),
+            entry("s", Some("ses_a"), 99),
+        );
+        assert!(cache.get(&Key::Session(Arc::from("ses_a"))).is_none());
     }
 
     #[test]
@@ -226,7 +269,7 @@ mod tests {
         let cache = ResponseCache::new(64 * 1024);
         for i in 0..1000 {
             let key = Key::Message(Arc::from(format!("msg_{i}")));
-            cache.insert(key, entry(&"x".repeat(1024), None), cache.epoch());
+            cache.insert(key, entry(&"x".repeat(1024), None, 0));
         }
         let stats = cache.stats();
         assert!(stats.bytes <= 64 * 1024, "{stats:?}");
@@ -238,7 +281,7 @@ mod tests {
     fn a_zero_size_cache_caches_nothing() {
         let cache = ResponseCache::new(0);
         let key = Key::Message(Arc::from("msg_1"));
-        cache.insert(key.clone(), entry("m", None), cache.epoch());
+        cache.insert(key.clone(), entry("m", None, 0));
         assert!(cache.get(&key).is_none());
     }
 }

@@ -54,7 +54,7 @@ pub struct ServeArgs {
     /// Searches that may wait before more are refused with 503 [env: SESSIOND_SEARCH_QUEUE] [default: 256]
     #[arg(long, value_name = "N")]
     pub search_queue: Option<String>,
-    /// Searches rank the newest this-many matches; 0 ranks all [env: SESSIOND_SEARCH_WINDOW] [default: 20000]
+    /// Searches rank the newest this-many matches; 0 ranks all [env: SESSIOND_SEARCH_WINDOW] [default: 0]
     #[arg(long, value_name = "N")]
     pub search_window: Option<String>,
     /// Events are kept this long for resuming streams [env: SESSIOND_EVENT_RETENTION] [default: 24h]
@@ -220,7 +220,7 @@ impl Config {
             search_queue: r.get("search_queue", &args.search_queue, "256", |v| {
                 parse_count(v, 0, 1 << 20)
             })?,
-            search_window: r.get("search_window", &args.search_window, "20000", |v| {
+            search_window: r.get("search_window", &args.search_window, "0", |v| {
                 parse_count(v, 0, u32::MAX as usize).map(|n| n as u32)
             })?,
             event_retention: r.get(
@@ -513,14 +513,19 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let number: u64 = number
         .parse()
         .map_err(|_| "expected a duration such as 500ms, 10s or 2m".to_owned())?;
-    let duration = match unit.trim() {
-        "ms" => Duration::from_millis(number),
-        "" | "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number * 60),
-        "h" => Duration::from_secs(number * 3600),
-        _ => return Err("unknown unit; use ms, s, m or h".to_owned()),
+    let seconds = |factor: u64| {
+        number
+            .checked_mul(factor)
+            .map(Duration::from_secs)
+            .ok_or_else(|| "too large".to_owned())
     };
-    Ok(duration)
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(number)),
+        "" | "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        _ => Err("unknown unit; use ms, s, m or h".to_owned()),
+    }
 }
 
 fn parse_compression_level(value: &str) -> Result<CompressionLevel, String> {
@@ -661,5 +666,6 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("99999999999999999h").is_err());
     }
 }

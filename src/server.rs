@@ -166,7 +166,8 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     const BODY: &str = r#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the server is at its connection limit; retry shortly","code":"overloaded"}"#;
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
-         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+         retry-after: 1\r\nx-request-id: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        crate::domain::random_token(),
         BODY.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {

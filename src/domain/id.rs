@@ -31,8 +31,10 @@ impl IdGenerator {
     /// timestamp already stored, so ids stay ordered across restarts even if the clock moved
     /// back while the server was down).
     pub fn starting_after(floor_ms: i64) -> Self {
+        // The next millisecond: ids stored at `floor_ms` may hold any random part, so a new one
+        // in that same millisecond could sort before them.
         IdGenerator {
-            last_ms: floor_ms,
+            last_ms: floor_ms + 1,
             last_random: 0,
         }
     }
@@ -181,6 +183,18 @@ mod tests {
             assert!(id > last, "{id} should sort after {last}");
             last = id;
         }
+    }
+
+    #[test]
+    fn after_a_restart_ids_sort_after_everything_stored_even_if_the_clock_went_back() {
+        let mut before = IdGenerator::default();
+        let stored: Vec<u128> = (0..100).map(|_| before.next(5_000).1).collect();
+        let newest = *stored.iter().max().unwrap();
+        // Restart with the clock behind the newest stored timestamp.
+        let mut after = IdGenerator::starting_after(5_000);
+        let (ms, value) = after.next(4_000);
+        assert!(ms > 5_000);
+        assert!(value > newest);
     }
 
     #[test]

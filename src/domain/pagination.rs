@@ -88,15 +88,18 @@ pub struct MessageCursor {
 }
 
 /// Position after the last hit of a search page. `cap` is the newest message the first page
-/// could see: later pages ignore messages written after it, so new matches cannot push older
-/// ones across page boundaries. `floor` is the oldest message in the ranking window (0 when
-/// every match is ranked).
+/// could see: later pages ignore messages written after it. `floor` is the oldest message in
+/// the ranking window (0 when every match is ranked). `token` names the first page's kept
+/// ranking (0: none) and `offset` the position in it; without it, pages continue by `rank`
+/// after `seq`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SearchCursor {
     pub rank: f64,
     pub seq: i64,
     pub cap: i64,
     pub floor: i64,
+    pub token: u64,
+    pub offset: u32,
 }
 
 const VERSION: u8 = 1;
@@ -203,6 +206,8 @@ impl SearchCursor {
             b.extend_from_slice(&self.seq.to_be_bytes());
             b.extend_from_slice(&self.cap.to_be_bytes());
             b.extend_from_slice(&self.floor.to_be_bytes());
+            b.extend_from_slice(&self.token.to_be_bytes());
+            b.extend_from_slice(&self.offset.to_be_bytes());
         })
     }
 
@@ -213,6 +218,8 @@ impl SearchCursor {
         let seq = reader.i64()?;
         let cap = reader.i64()?;
         let floor = reader.i64()?;
+        let token = reader.i64()? as u64;
+        let offset = u32::from_be_bytes(reader.take::<4>()?);
         if !rank.is_finite() || !reader.0.is_empty() {
             return Err(invalid_cursor());
         }
@@ -221,6 +228,8 @@ impl SearchCursor {
             seq,
             cap,
             floor,
+            token,
+            offset,
         })
     }
 }
@@ -263,6 +272,8 @@ mod tests {
             seq: 42,
             cap: 99,
             floor: 7,
+            token: 0xdead_beef,
+            offset: 50,
         };
         assert_eq!(SearchCursor::decode(&search.encode()).unwrap(), search);
     }

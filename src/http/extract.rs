@@ -136,7 +136,9 @@ impl QueryParams {
     /// Decodes `query`, refusing parameters outside `allowed` and repeated ones.
     pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<QueryParams, ApiError> {
         let mut pairs: Vec<(String, String)> = Vec::new();
-        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let (key, value) = (decode_component(key)?, decode_component(value)?);
             if !allowed.contains(&key.as_ref()) {
                 let accepted = if allowed.is_empty() {
                     "none".to_owned()
@@ -153,7 +155,7 @@ impl QueryParams {
                     "query parameter `{key}` is given more than once"
                 )));
             }
-            pairs.push((key.into_owned(), value.into_owned()));
+            pairs.push((key, value));
         }
         Ok(QueryParams { pairs })
     }
@@ -194,6 +196,21 @@ impl QueryParams {
             },
         }
     }
+}
+
+/// Decodes one `application/x-www-form-urlencoded` component, refusing what is not UTF-8
+/// (decoding it lossily would quietly search for or filter by something else).
+fn decode_component(raw: &str) -> Result<String, ApiError> {
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| {
+            ApiError::InvalidRequest(format!(
+                "query component `{}` is not valid UTF-8 once percent-decoded",
+                clip(raw)
+            ))
+        })
 }
 
 /// `{id}` of a session route.

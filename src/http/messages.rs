@@ -76,7 +76,11 @@ pub async fn list(
         return Ok(conditional::respond(&headers, &entry));
     }
     let (page, version) = state.storage.list_messages(&session, list_query).await?;
-    let etag = format!("p{version}-{}", conditional::digest(&raw_query));
+    let etag = format!(
+        "{}-p{version}-{}",
+        state.storage.identity(),
+        conditional::digest(&raw_query)
+    );
     if let Some(tag) = conditional::matching_tag(&headers, &etag) {
         return Ok(conditional::not_modified(&tag));
     }
@@ -89,9 +93,7 @@ pub async fn list(
         session: Some(session_key.clone()),
         version,
     };
-    state
-        .cache
-        .insert_versioned(page_key(version), entry.clone());
+    state.cache.insert(page_key(version), entry.clone());
     Ok(conditional::fresh(entry.body, &entry.etag))
 }
 
@@ -137,15 +139,18 @@ pub async fn get(
     if let Some(entry) = state.cache.get(&key) {
         return Ok(conditional::respond(&headers, &entry));
     }
-    let epoch = state.cache.epoch();
     let message = state.storage.get_message(&id).await?;
     // Messages never change: the creation time is version enough.
     let entry = Entry {
         body: encode(&message)?,
-        etag: Arc::from(format!("m{}", message.created_at)),
+        etag: Arc::from(format!(
+            "{}-m{}",
+            state.storage.identity(),
+            message.created_at
+        )),
         session: Some(Arc::from(message.session_id.as_str())),
         version: 0,
     };
-    state.cache.insert(key, entry.clone(), epoch);
+    state.cache.insert(key, entry.clone());
     Ok(conditional::respond(&headers, &entry))
 }

@@ -121,3 +121,14 @@ pub async fn encoding_validators(request: Request, next: Next) -> Response {
     }
     response
 }
+
+/// A handler that panicked answers like any other internal error: problem+json 500, the cause
+/// (the panic message) in the log with the request id, nothing of it in the response.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    ApiError::Internal(anyhow::anyhow!("a handler panicked: {message}")).into_response()
+}

@@ -25,6 +25,7 @@ use axum::http::{
 use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::predicate::{Predicate, SizeAbove};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -138,6 +139,7 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.body_limit))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(compression(&settings))
         .layer(axum::middleware::from_fn(middleware::encoding_validators))
         .layer(cors(&settings.cors))

@@ -110,7 +110,11 @@ where
 {
     let head = state.hub.head();
     let path: Arc<str> = Arc::from(format!("{kind}?{}", query.unwrap_or("")));
-    let etag = format!("h{head}-{}", conditional::digest(&path));
+    let etag = format!(
+        "{}-h{head}-{}",
+        state.storage.identity(),
+        conditional::digest(&path)
+    );
     if let Some(tag) = conditional::matching_tag(headers, &etag) {
         return Ok(conditional::not_modified(&tag));
     }
@@ -120,7 +124,7 @@ where
     }
     let body = load().await?;
     let etag: Arc<str> = Arc::from(etag);
-    state.cache.insert_versioned(
+    state.cache.insert(
         key,
         Entry {
             body: body.clone(),
@@ -188,19 +192,21 @@ pub async fn session_entry(state: &SharedState, id: &SessionId) -> ApiResult<Ent
     if let Some(entry) = state.cache.get(&key) {
         return Ok(entry);
     }
-    let epoch = state.cache.epoch();
     let session = state.storage.get_session(id).await?;
     let entry = Entry {
         body: encode(&session)?,
         // The version alone would do; timestamps and count also cover data loaded in bulk.
         etag: Arc::from(format!(
-            "s{}.{}.{}",
-            session.version, session.updated_at, session.message_count
+            "{}-s{}.{}.{}",
+            state.storage.identity(),
+            session.version,
+            session.updated_at,
+            session.message_count
         )),
         session: Some(Arc::from(id.as_str())),
         version: session.version,
     };
-    state.cache.insert(key, entry.clone(), epoch);
+    state.cache.insert(key, entry.clone());
     Ok(entry)
 }
 
@@ -252,6 +258,9 @@ pub struct Summary {
     /// The most representative sentences of the session, in their original order.
     pub sentences: Vec<String>,
     pub message_count: i64,
+    /// How many of the messages with text were read (the most recent ones, up to the
+    /// server's `summarize_max_bytes`).
+    pub summarized_messages: usize,
 }
 
 /// Summarize a session (CPU-heavy; runs on a bounded worker pool).
@@ -281,6 +290,7 @@ pub async fn summarize(
         .storage
         .session_text(&id, state.settings.summarize_max_bytes)
         .await?;
+    let summarized_messages = text.texts.len();
     let sentences = turn
         .run(move || summary::summarize(&text.texts, summary::MAX_SENTENCES))
         .await?;
@@ -289,6 +299,7 @@ pub async fn summarize(
         summary: sentences.join(" "),
         sentences,
         message_count: text.message_count,
+        summarized_messages,
     })
 }
 

@@ -92,7 +92,8 @@ pub struct SearchQuery {
 #[derive(Clone, Debug, Default)]
 pub struct SessionText {
     pub message_count: i64,
-    /// Text of the messages in chronological order (the most recent ones, within the budget).
+    /// Text of the messages in chronological order (the most recent ones, within the budget;
+    /// the newest alone is cut to its end when it is over the budget).
     pub texts: Vec<String>,
 }
 
@@ -166,6 +167,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Writes complete sessions in bulk (seeding, copying between backends).
     async fn import(&self, sessions: Vec<ImportSession>) -> StorageResult<()>;
+
+    /// Names this database and its bulk-import generation: part of every validator, so data
+    /// that changed without events (another database, a bulk load) never matches an old ETag.
+    fn identity(&self) -> &str;
 
     /// A cheap round trip proving the backend can serve reads.
     async fn check(&self) -> StorageResult<()>;

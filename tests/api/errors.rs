@@ -1,7 +1,7 @@
 use axum::Router;
 use axum::routing::get;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use sessiond::error::ApiError;
 
 use crate::helpers::{TestApp, assert_problem, raw_request};
@@ -190,7 +190,22 @@ async fn internal_errors_leak_nothing_and_carry_the_request_id() {
             )))
         }),
     );
+    let routes = routes.route(
+        "/test/panic",
+        get(|| async {
+            panic!("secret panic detail in /var/lib/sessiond");
+            #[allow(unreachable_code)]
+            ()
+        }),
+    );
     let app = TestApp::spawn_with(|_| {}, routes).await;
+    let panicked = app.get("/test/panic").await;
+    assert!(panicked.headers().contains_key("x-request-id"));
+    let raw = panicked.text().await.unwrap();
+    assert!(
+        raw.contains("\"code\":\"internal\"") && !raw.contains("secret"),
+        "{raw}"
+    );
     let response = app
         .client
         .get(app.url("/test/explode"))
@@ -206,4 +221,94 @@ async fn internal_errors_leak_nothing_and_carry_the_request_id() {
     for secret in ["SELECT", "secret", "/var/lib", "sessiond.db"] {
         assert!(!raw.contains(secret), "{raw}");
     }
+}
+
+#[tokio::test]
+async fn query_strings_that_are_not_utf8_are_refused() {
+    let app = TestApp::spawn().await;
+    for query in [
+        "/v1/search?q=%FF",
+        "/v1/sessions?directory=%C3",
+        "/v1/sessions?%FF=1",
+    ] {
+        assert_problem(
+            app.get(query).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
+    }
+    // Well-formed escapes and `+` for space still work.
+    let session = app.create_session("/a b/ü", "t").await;
+    let found = app.get_json("/v1/sessions?directory=%2Fa+b%2F%C3%BC").await;
+    assert_eq!(found["items"][0]["id"], session["id"]);
+}
+
+/// A shared buffer the test's log subscriber writes into.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn a_500_logs_its_cause_with_the_request_id() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // This test's runtime has one thread: every task of the server logs through this.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let routes = Router::new().route(
+        "/test/explode",
+        get(|| async {
+            Err::<(), _>(ApiError::Internal(
+                anyhow::anyhow!("disk I/O error").context("committing the write batch"),
+            ))
+        }),
+    );
+    let app = TestApp::spawn_with(|_| {}, routes).await;
+    let response = app
+        .client
+        .get(app.url("/test/explode"))
+        .header("x-request-id", "req-log-500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(!response.text().await.unwrap().contains("disk"));
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("request failed"))
+        .unwrap_or_else(|| panic!("no error line in {text}"));
+    let entry: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(entry["level"], "ERROR");
+    assert_eq!(entry["fields"]["request_id"], "req-log-500");
+    assert_eq!(entry["fields"]["route"], "/test/explode");
+    assert_eq!(
+        entry["fields"]["error"], "committing the write batch: disk I/O error",
+        "the whole cause chain"
+    );
+    // And the access line names the request too.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"request_id\":\"req-log-500\"") && l.contains("\"status\":500"))
+    );
 }

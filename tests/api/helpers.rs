@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub storage: std::sync::Arc<dyn sessiond::storage::Storage>,
     pub client: Client,
     _dir: Option<TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -56,12 +57,14 @@ impl TestApp {
             .await
             .expect("the server builds");
         let addr = app.local_addr().expect("bound");
+        let storage = app.storage();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run_until(async move {
             let _ = rx.await;
         }));
         TestApp {
             addr,
+            storage,
             client: Client::builder()
                 .pool_max_idle_per_host(64)
                 .build()

@@ -123,3 +123,17 @@ async fn docs_page_and_its_assets_are_served_from_the_binary() {
     let init = app.get("/docs/init.js").await.text().await.unwrap();
     assert!(init.contains("/openapi.json"));
 }
+
+#[tokio::test]
+async fn ready_reports_down_when_the_database_cannot_serve() {
+    let app = TestApp::spawn().await;
+    app.storage.close().await;
+    let response = app.get("/ready").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "down");
+    assert_eq!(body["checks"]["database"]["status"], "down");
+    assert!(body["checks"]["database"]["error"].is_string());
+    // Liveness does not depend on the database.
+    assert_eq!(app.get("/health").await.status(), StatusCode::OK);
+}

@@ -15,39 +15,51 @@ fn ids(items: &[Value]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn session_pages_while_other_clients_create_sessions() {
+/// Sessions are ordered by `updated_at`: a session that gets a message while a client pages
+/// moves to the front, behind the client's position. The guarantees: nothing is ever repeated,
+/// every session that did not change meanwhile is seen, and `updated_after` (with the time
+/// paging started) finds exactly what moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_pages_while_others_create_and_update_sessions() {
     let app = Arc::new(TestApp::spawn().await);
-    let mut existing = HashSet::new();
+    let mut existing = Vec::new();
     for i in 0..120 {
         let s = app
             .create_session(&format!("/d{}", i % 3), &format!("s{i}"))
             .await;
-        existing.insert(s["id"].as_str().unwrap().to_owned());
+        existing.push(s["id"].as_str().unwrap().to_owned());
     }
+    let started = app.get_json("/v1/sessions?limit=1").await["items"][0]["updated_at"]
+        .as_i64()
+        .unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
+    let moved = Arc::new(std::sync::Mutex::new(HashSet::new()));
     let mut writers = Vec::new();
-    for w in 0..4 {
+    for w in 0..3 {
         let app = app.clone();
         let stop = stop.clone();
+        let moved = moved.clone();
+        let existing = existing.clone();
         writers.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                let response = app
-                    .post_json(
-                        "/v1/sessions",
-                        &json!({"directory": format!("/d{}", n % 3), "title": format!("w{w}-{n}")}),
-                    )
-                    .await;
-                assert_eq!(response.status(), 201);
+                if w == 0 {
+                    // Move an existing session to the front with a new message.
+                    let id = &existing[fastrand::usize(..existing.len())];
+                    moved.lock().unwrap().insert(id.clone());
+                    app.append(id, "user", "bump").await;
+                } else {
+                    let body =
+                        json!({"directory": format!("/d{}", n % 3), "title": format!("w{w}-{n}")});
+                    assert_eq!(app.post_json("/v1/sessions", &body).await.status(), 201);
+                }
                 n += 1;
             }
             n
         }));
     }
 
-    // Page slowly through everything, and through one directory, while writers insert.
     for path in ["/v1/sessions?limit=7", "/v1/sessions?limit=5&directory=/d1"] {
         let mut seen = Vec::new();
         let mut url = path.to_owned();
@@ -62,18 +74,23 @@ async fn session_pages_while_other_clients_create_sessions() {
         }
         let unique: HashSet<String> = seen.iter().cloned().collect();
         assert_eq!(unique.len(), seen.len(), "{path}: a session was repeated");
-        let mut expected: HashSet<String> = existing.clone();
-        if path.contains("directory") {
+        let moved = moved.lock().unwrap().clone();
+        let in_scope: HashSet<String> = if path.contains("directory") {
             let all = app
                 .collect_pages("/v1/sessions?directory=/d1&limit=1000")
                 .await;
-            let in_dir: HashSet<String> = ids(&all).into_iter().collect();
-            expected.retain(|id| in_dir.contains(id));
+            ids(&all).into_iter().collect()
+        } else {
+            existing.iter().cloned().collect()
+        };
+        for id in &existing {
+            if in_scope.contains(id) && !moved.contains(id) {
+                assert!(
+                    unique.contains(id),
+                    "{path}: unchanged session {id} was skipped"
+                );
+            }
         }
-        assert!(
-            expected.is_subset(&unique),
-            "{path}: a session that existed before paging was skipped"
-        );
     }
     stop.store(true, Ordering::Relaxed);
     let mut written = 0;
@@ -84,6 +101,18 @@ async fn session_pages_while_other_clients_create_sessions() {
         written > 0,
         "the writers ran concurrently with the pagination"
     );
+    // What moved is exactly what changed since paging started.
+    let caught_up: HashSet<String> = ids(&app
+        .collect_pages(&format!("/v1/sessions?updated_after={started}&limit=1000"))
+        .await)
+    .into_iter()
+    .collect();
+    for id in moved.lock().unwrap().iter() {
+        assert!(
+            caught_up.contains(id),
+            "updated_after finds moved session {id}"
+        );
+    }
 }
 
 #[tokio::test]

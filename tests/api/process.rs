@@ -31,6 +31,7 @@ async fn acknowledged_writes_survive_sigkill() {
     let sid = session["id"].as_str().unwrap().to_owned();
 
     let acked_messages = Arc::new(Mutex::new(Vec::<String>::new()));
+    let unexpected = Arc::new(Mutex::new(Vec::<u16>::new()));
     let acked_sessions = Arc::new(Mutex::new(vec![sid.clone()]));
     let mut writers = Vec::new();
     for w in 0..8 {
@@ -39,6 +40,7 @@ async fn acknowledged_writes_survive_sigkill() {
         let sid = sid.clone();
         let acked_messages = acked_messages.clone();
         let acked_sessions = acked_sessions.clone();
+        let unexpected = unexpected.clone();
         writers.push(tokio::spawn(async move {
             for n in 0.. {
                 let result = if n % 5 == 0 {
@@ -57,6 +59,7 @@ async fn acknowledged_writes_survive_sigkill() {
                 // Once the server is killed requests fail: stop writing.
                 let Ok(response) = result else { return };
                 if response.status() != StatusCode::CREATED {
+                    unexpected.lock().unwrap().push(response.status().as_u16());
                     return;
                 }
                 let Ok(body) = response.json::<Value>().await else { return };
@@ -79,6 +82,11 @@ async fn acknowledged_writes_survive_sigkill() {
     assert!(
         acked_messages.len() > 20,
         "the writers made progress before the kill"
+    );
+    assert!(
+        unexpected.lock().unwrap().is_empty(),
+        "every answer before the kill was a success: {:?}",
+        unexpected.lock().unwrap()
     );
 
     let restarted = Process::start(dir.path(), &[]);

@@ -246,28 +246,37 @@ async fn query_is_required_and_bounded() {
 }
 
 #[tokio::test]
-async fn pages_cover_every_hit_once_even_while_others_write() {
+async fn pages_cover_every_hit_once_in_one_order_even_while_others_write() {
     let app = TestApp::spawn().await;
     let sid = app.create_session("/d", "s").await["id"]
         .as_str()
         .unwrap()
         .to_owned();
     let mut expected = HashSet::new();
-    for i in 0..40 {
-        let filler = "word ".repeat(i % 7);
-        let m = app
-            .append(&sid, "user", &format!("needle {filler} number {i}"))
-            .await;
+    for i in 0..60 {
+        // Different term counts and lengths: bm25 order moves as the corpus grows.
+        let text = format!(
+            "{} {} number {i}",
+            "needle ".repeat(1 + i % 5),
+            "filler word ".repeat(i % 7)
+        );
+        let m = app.append(&sid, "user", &text).await;
         expected.insert(m["id"].as_str().unwrap().to_owned());
     }
     let mut seen = Vec::new();
+    let mut scores = Vec::new();
     let mut url = "/v1/search?q=needle&limit=7".to_owned();
     loop {
         let page = app.get_json(&url).await;
-        seen.extend(message_ids(page["items"].as_array().unwrap()));
-        // Matches written mid-way belong to later searches, not to this one.
-        app.append(&sid, "user", "needle written during paging")
-            .await;
+        for hit in page["items"].as_array().unwrap() {
+            seen.push(hit["message_id"].as_str().unwrap().to_owned());
+            scores.push(hit["score"].as_f64().unwrap());
+        }
+        // Others write matches that would rank first and shift every score.
+        for _ in 0..5 {
+            app.append(&sid, "user", "needle needle needle needle needle needle")
+                .await;
+        }
         match page["next_cursor"].as_str() {
             Some(cursor) => url = format!("/v1/search?q=needle&limit=7&cursor={cursor}"),
             None => break,
@@ -279,6 +288,56 @@ async fn pages_cover_every_hit_once_even_while_others_write() {
         unique, expected,
         "every hit present when paging started, and only those"
     );
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "one best-first order across pages: {scores:?}"
+    );
+}
+
+/// bm25 weighs term counts against document length relative to the corpus average, so writes
+/// elsewhere can swap two hits. Page 1 must not decide what page 2 leaves out.
+#[tokio::test]
+async fn a_swap_in_ranking_between_pages_neither_skips_nor_repeats() {
+    let app = TestApp::spawn().await;
+    let sid = app.create_session("/d", "s").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..20 {
+        app.append(&sid, "user", &"long filler text ".repeat(33))
+            .await;
+    }
+    let a = app
+        .append(&sid, "user", &format!("needle {}", "pad ".repeat(30)))
+        .await;
+    let b = app
+        .append(
+            &sid,
+            "user",
+            &format!("needle needle {}", "pad ".repeat(70)),
+        )
+        .await;
+    let first = app.get_json("/v1/search?q=needle&limit=1").await;
+    assert_eq!(
+        first["items"][0]["message_id"], b["id"],
+        "long documents around: b first"
+    );
+    // Many short documents shrink the average length: now `a` outranks `b`.
+    for _ in 0..400 {
+        app.append(&sid, "user", "x").await;
+    }
+    let cursor = first["next_cursor"].as_str().expect("a second page");
+    let second = app
+        .get_json(&format!("/v1/search?q=needle&limit=1&cursor={cursor}"))
+        .await;
+    assert_eq!(
+        second["items"][0]["message_id"], a["id"],
+        "a is not skipped"
+    );
+    assert_eq!(second["next_cursor"], Value::Null);
+    // A fresh search sees the new order.
+    let fresh = app.get_json("/v1/search?q=needle&limit=1").await;
+    assert_eq!(fresh["items"][0]["message_id"], a["id"]);
 }
 
 #[tokio::test]

@@ -46,6 +46,42 @@ async fn summary_extracts_sentences_about_the_main_topic() {
     );
     assert!(!summary["summary"].as_str().unwrap().contains("sandwich"));
     assert_eq!(summary["summary"], sentences.join(" "));
+    assert_eq!(summary["summarized_messages"], 5);
+}
+
+#[tokio::test]
+async fn a_message_over_the_text_budget_is_summarized_from_its_end() {
+    let app = TestApp::spawn_configured(|config| config.summarize_max_bytes = 2000).await;
+    let sid = app.create_session("/d", "s").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.append(
+        &sid,
+        "user",
+        "An older message about deployments and rollbacks.",
+    )
+    .await;
+    let long = "The cache invalidation bug corrupts the session list. ".repeat(200);
+    app.append(&sid, "assistant", &long).await;
+    let summary: Value = app
+        .client
+        .post(app.url(&format!("/v1/sessions/{sid}/summarize")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summary["message_count"], 2);
+    assert_eq!(summary["summarized_messages"], 1);
+    assert!(
+        summary["summary"]
+            .as_str()
+            .unwrap()
+            .contains("cache invalidation"),
+        "{summary}"
+    );
 }
 
 #[tokio::test]
@@ -66,7 +102,7 @@ async fn empty_and_unknown_sessions() {
         .unwrap();
     assert_eq!(
         summary,
-        json!({"session_id": sid, "summary": "", "sentences": [], "message_count": 0})
+        json!({"session_id": sid, "summary": "", "sentences": [], "message_count": 0, "summarized_messages": 0})
     );
     let response = app
         .client

@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "session_version",
         include_str!("../../../migrations/0003_session_version.sql"),
     ),
+    ("meta", include_str!("../../../migrations/0004_meta.sql")),
 ];
 
 /// The schema version this binary writes.

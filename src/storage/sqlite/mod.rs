@@ -14,7 +14,7 @@ mod writes;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::{Context, bail};
@@ -65,7 +65,38 @@ impl SqliteOptions {
     }
 }
 
+/// First-page search rankings kept for later pages (10 minutes, 32 MiB at most).
+struct Rankings(moka::sync::Cache<u64, Arc<reads::Ranking>>);
+
+impl Rankings {
+    fn new() -> Rankings {
+        Rankings(
+            moka::sync::Cache::builder()
+                .max_capacity(32 << 20)
+                .weigher(|_, ranking: &Arc<reads::Ranking>| {
+                    u32::try_from(ranking.len() * 16 + 64).unwrap_or(u32::MAX)
+                })
+                .time_to_idle(std::time::Duration::from_secs(600))
+                .build(),
+        )
+    }
+}
+
+impl reads::RankingStore for Rankings {
+    fn keep(&self, ranking: reads::Ranking) -> u64 {
+        let token = fastrand::u64(1..);
+        self.0.insert(token, Arc::new(ranking));
+        token
+    }
+
+    fn find(&self, token: u64) -> Option<Arc<reads::Ranking>> {
+        self.0.get(&token)
+    }
+}
+
 pub struct SqliteStorage {
+    identity: String,
+    rankings: Arc<Rankings>,
     writer: WriterHandle,
     readers: ReadPool,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
@@ -86,6 +117,14 @@ impl SqliteStorage {
         migrations::migrate(&mut conn)
             .with_context(|| format!("migrating the database {}", path.display()))?;
         let ids = IdGenerator::starting_after(newest_timestamp(&conn)?);
+        let identity: String = conn
+            .query_row(
+                "SELECT (SELECT value FROM meta WHERE key = 'database_id') || 'g' || \
+                        (SELECT value FROM meta WHERE key = 'generation')",
+                [],
+                |row| row.get(0),
+            )
+            .context("reading the database identity")?;
 
         let readers = (0..options.read_connections.max(1))
             .map(|_| open_reader(&path))
@@ -100,6 +139,8 @@ impl SqliteStorage {
             },
         )?;
         Ok(SqliteStorage {
+            identity,
+            rankings: Arc::new(Rankings::new()),
             writer,
             readers: ReadPool::new(readers),
             writer_thread: Mutex::new(Some(thread)),
@@ -254,8 +295,9 @@ impl Storage for SqliteStorage {
     }
 
     async fn search(&self, query: SearchQuery) -> StorageResult<Page<SearchHit, SearchCursor>> {
+        let rankings = self.rankings.clone();
         self.readers
-            .read(move |conn| reads::search(conn, &query))
+            .read(move |conn| reads::search(conn, &query, &*rankings))
             .await
     }
 
@@ -300,6 +342,10 @@ impl Storage for SqliteStorage {
         self.writer
             .write(move |ctx| writes::import(ctx, sessions))
             .await
+    }
+
+    fn identity(&self) -> &str {
+        &self.identity
     }
 
     async fn check(&self) -> StorageResult<()> {

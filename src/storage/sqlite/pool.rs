@@ -23,12 +23,24 @@ pub struct ReadPool {
 struct Lease {
     connection: Option<Connection>,
     pool: Arc<Mutex<Vec<Connection>>>,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(connection) = self.connection.take() {
+            // A read that failed (or panicked) inside a transaction must not hand the next
+            // read a stale snapshot, or pin the WAL: end it before the connection goes back.
+            if !connection.is_autocommit()
+                && let Err(error) = connection.execute_batch("ROLLBACK")
+            {
+                tracing::error!(%error, "could not end a read transaction; dropping the connection");
+                // One connection fewer: retire its permit too, so no read waits for it.
+                if let Some(permit) = self.permit.take() {
+                    permit.forget();
+                }
+                return;
+            }
             // A poisoned lock only means another read panicked; the Vec itself is fine.
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             pool.push(connection);
@@ -74,7 +86,7 @@ impl ReadPool {
         let lease = Lease {
             connection: Some(connection),
             pool: self.connections.clone(),
-            _permit: permit,
+            permit: Some(permit),
         };
         tokio::task::spawn_blocking(move || {
             let lease = lease;

@@ -4,6 +4,8 @@
 
 use anyhow::Context;
 use rusqlite::types::Value;
+use std::sync::Arc;
+
 use rusqlite::{Connection, OptionalExtension, Statement, params, params_from_iter};
 
 use super::fts;
@@ -222,32 +224,31 @@ pub fn search_floor_sql(query: &SearchQuery) -> String {
     )
 }
 
-/// The SQL of a search page.
+/// The SQL ranking matches: `(seq, rank)` best first, after the cursor when there is one.
 ///
-/// Two phases: rank the matches by bm25 but keep only the page (`hits`), then fetch rows and
-/// build snippets for that page alone. Computing snippets inside the ranking would build one
-/// for every match before sorting (measured: 1.4 s instead of 0.1 s for a word in 80,000
-/// messages).
-pub fn search_sql(query: &SearchQuery) -> String {
+/// Ranking and rendering are separate statements: computing snippets inside the ranking would
+/// build one for every match before sorting (measured: 1.4 s instead of 0.1 s for a word in
+/// 80,000 messages).
+pub fn search_ranked_sql(query: &SearchQuery, keyset: bool) -> String {
     let (from, mut filters) = search_scope(query);
-    if query.after.is_some() {
+    if keyset {
         filters.push_str(
             " AND (messages_fts.rank > :rank OR (messages_fts.rank = :rank \
              AND messages_fts.rowid > :seq))",
         );
     }
     format!(
-        "WITH hits AS MATERIALIZED (\
-           SELECT messages_fts.rowid AS seq, messages_fts.rank AS rank FROM {from} \
-           WHERE {filters} ORDER BY messages_fts.rank, messages_fts.rowid LIMIT :limit) \
-         SELECT m.seq, m.id, m.session_id, m.role, m.created_at, \
-           snippet(messages_fts, 0, '<mark>', '</mark>', '…', 24), hits.rank \
-         FROM hits JOIN messages m ON m.seq = hits.seq \
-           JOIN messages_fts ON messages_fts.rowid = hits.seq \
-         WHERE messages_fts MATCH :match \
-         ORDER BY hits.rank, hits.seq"
+        "SELECT messages_fts.rowid, messages_fts.rank FROM {from} WHERE {filters} \
+         ORDER BY messages_fts.rank, messages_fts.rowid LIMIT :limit"
     )
 }
+
+/// The SQL rendering the hits of one page (`:seqs`, a JSON array) with their snippets.
+pub const SEARCH_ROWS_SQL: &str = "SELECT m.seq, m.id, m.session_id, m.role, m.created_at, \
+       snippet(messages_fts, 0, '<mark>', '</mark>', '…', 24) \
+     FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid \
+     WHERE messages_fts MATCH :match \
+       AND messages_fts.rowid IN (SELECT value FROM json_each(:seqs))";
 
 /// Binds the named parameters a statement actually has (the rest are for other variants).
 fn bind_named(statement: &mut Statement<'_>, values: &[(&str, Value)]) -> anyhow::Result<()> {
@@ -264,9 +265,22 @@ fn bind_named(statement: &mut Statement<'_>, values: &[(&str, Value)]) -> anyhow
     Ok(())
 }
 
+/// Ranked hits kept for paging: `(seq, rank)` best first.
+pub type Ranking = Vec<(i64, f64)>;
+
+/// Where first-page rankings are kept so later pages slice the very same order.
+pub trait RankingStore {
+    fn keep(&self, ranking: Ranking) -> u64;
+    fn find(&self, token: u64) -> Option<Arc<Ranking>>;
+}
+
+/// How many hits a first page ranks and keeps: later pages within them are exact slices.
+pub const RANKING_KEPT: usize = 2000;
+
 pub fn search(
     conn: &Connection,
     query: &SearchQuery,
+    rankings: &dyn RankingStore,
 ) -> StorageResult<Page<SearchHit, SearchCursor>> {
     let Some(expression) = fts::match_expression(&query.terms) else {
         return Ok(Page {
@@ -274,7 +288,35 @@ pub fn search(
             next: None,
         });
     };
+    let limit = query.limit.get() as usize;
     snapshot(conn, |conn| {
+        // A later page of a kept ranking: the same order as the first page, whatever was
+        // written since (no hit skipped or repeated).
+        if let Some(cursor) = &query.after
+            && cursor.token != 0
+            && let Some(ranking) = rankings.find(cursor.token)
+        {
+            // A kept ranking holds one hit more than it serves when there were more.
+            let usable = ranking.len().min(RANKING_KEPT);
+            let start = (cursor.offset as usize).min(usable);
+            let end = (start + limit).min(usable);
+            let page = &ranking[start..end];
+            let next = if end < usable {
+                page.last().map(|&(seq, rank)| SearchCursor {
+                    token: cursor.token,
+                    offset: end as u32,
+                    ..boundary(cursor, seq, rank)
+                })
+            } else if ranking.len() > RANKING_KEPT {
+                // More hits than were kept: continue by rank after the last kept one.
+                page.last().map(|&(seq, rank)| boundary(cursor, seq, rank))
+            } else {
+                None
+            };
+            let items = render(conn, &expression, page)?;
+            return Ok(Page { items, next });
+        }
+
         let mut values: Vec<(&str, Value)> = vec![(":match", Value::Text(expression.clone()))];
         if let Some(session) = &query.session_id {
             values.push((":session", Value::Text(session.as_str().to_owned())));
@@ -283,7 +325,7 @@ pub fn search(
             values.push((":directory", Value::Text(directory.clone())));
         }
         let (cap, floor) = match &query.after {
-            Some(cursor) => (cursor.cap, cursor.floor),
+            Some(cursor) => (cursor.cap, cursor.floor.max(0)),
             None => {
                 let cap: i64 = conn
                     .prepare_cached("SELECT coalesce(max(seq), 0) FROM messages")
@@ -295,11 +337,17 @@ pub fn search(
         };
         values.push((":cap", Value::Integer(cap)));
         values.push((":floor", Value::Integer(floor)));
-        values.push((":limit", Value::Integer(i64::from(query.limit.get()) + 1)));
+        let first_page = query.after.is_none();
+        let wanted = if first_page {
+            RANKING_KEPT + 1
+        } else {
+            limit + 1
+        };
+        values.push((":limit", Value::Integer(wanted as i64)));
         if let Some(cursor) = &query.after {
-            // bm25 depends on corpus statistics, which move as messages are written: rank the
-            // page boundary under today's statistics, or the next page would be cut at a stale
-            // value (repeating or skipping hits near it).
+            // No kept ranking (expired, or beyond it): continue by rank. bm25 depends on corpus
+            // statistics, which move as messages are written, so rank the boundary hit under
+            // today's statistics rather than cut at a stale value.
             let rank: Option<f64> = conn
                 .prepare_cached(
                     "SELECT rank FROM messages_fts WHERE messages_fts MATCH ?1 AND rowid = ?2",
@@ -312,39 +360,114 @@ pub fn search(
             values.push((":seq", Value::Integer(cursor.seq)));
         }
         let mut statement = conn
-            .prepare_cached(&search_sql(query))
+            .prepare_cached(&search_ranked_sql(query, query.after.is_some()))
             .context("preparing a search")?;
         bind_named(&mut statement, &values)?;
         let mut rows = statement.raw_query();
-        let mut found = Vec::new();
+        let mut ranking: Ranking = Vec::new();
         while let Some(row) = rows.next().context("searching")? {
-            let role: String = row.get(3).context("reading a hit")?;
-            let rank: f64 = row.get(6).context("reading a hit")?;
-            let hit = SearchHit {
-                message_id: MessageId::from_trusted(row.get(1).context("reading a hit")?),
-                session_id: SessionId::from_trusted(row.get(2).context("reading a hit")?),
-                role: Role::parse(&role)
-                    .with_context(|| format!("a stored message has the unknown role {role:?}"))?,
-                created_at: row.get(4).context("reading a hit")?,
-                snippet: row
-                    .get::<_, Option<String>>(5)
-                    .context("reading a hit")?
-                    .unwrap_or_default(),
-                score: -rank,
-            };
-            found.push((row.get::<_, i64>(0).context("reading a hit")?, rank, hit));
+            ranking.push((
+                row.get(0).context("reading a hit")?,
+                row.get(1).context("reading a hit")?,
+            ));
         }
-        let page = paginate(found, query.limit.get(), |(seq, rank, _)| SearchCursor {
-            rank: *rank,
-            seq: *seq,
+        drop(rows);
+        let base = SearchCursor {
+            rank: 0.0,
+            seq: 0,
             cap,
             floor,
-        });
-        Ok(Page {
-            items: page.items.into_iter().map(|(_, _, hit)| hit).collect(),
-            next: page.next,
-        })
+            token: 0,
+            offset: 0,
+        };
+        let page_len = limit.min(ranking.len());
+        let next = if ranking.len() <= limit {
+            None
+        } else if first_page {
+            let (seq, rank) = ranking[page_len - 1];
+            let token = rankings.keep(ranking.clone());
+            Some(SearchCursor {
+                token,
+                offset: page_len as u32,
+                ..boundary(&base, seq, rank)
+            })
+        } else {
+            let (seq, rank) = ranking[page_len - 1];
+            Some(boundary(&base, seq, rank))
+        };
+        let items = render(conn, &expression, &ranking[..page_len])?;
+        Ok(Page { items, next })
     })
+}
+
+/// A cursor continuing by rank after `(seq, rank)`.
+fn boundary(base: &SearchCursor, seq: i64, rank: f64) -> SearchCursor {
+    SearchCursor {
+        rank,
+        seq,
+        cap: base.cap,
+        floor: base.floor,
+        token: 0,
+        offset: 0,
+    }
+}
+
+/// The hits of one page, in ranking order, with snippets.
+fn render(
+    conn: &Connection,
+    expression: &str,
+    page: &[(i64, f64)],
+) -> StorageResult<Vec<SearchHit>> {
+    if page.is_empty() {
+        return Ok(Vec::new());
+    }
+    let seqs = serde_json::to_string(&page.iter().map(|(seq, _)| seq).collect::<Vec<_>>())
+        .context("encoding the page's hits")?;
+    let mut statement = conn
+        .prepare_cached(SEARCH_ROWS_SQL)
+        .context("preparing the search rows")?;
+    bind_named(
+        &mut statement,
+        &[
+            (":match", Value::Text(expression.to_owned())),
+            (":seqs", Value::Text(seqs)),
+        ],
+    )?;
+    let mut rows = statement.raw_query();
+    let mut found = std::collections::HashMap::with_capacity(page.len());
+    while let Some(row) = rows.next().context("rendering hits")? {
+        let role: String = row.get(3).context("reading a hit")?;
+        let seq: i64 = row.get(0).context("reading a hit")?;
+        found.insert(
+            seq,
+            (
+                MessageId::from_trusted(row.get(1).context("reading a hit")?),
+                SessionId::from_trusted(row.get(2).context("reading a hit")?),
+                Role::parse(&role)
+                    .with_context(|| format!("a stored message has the unknown role {role:?}"))?,
+                row.get::<_, i64>(4).context("reading a hit")?,
+                row.get::<_, Option<String>>(5)
+                    .context("reading a hit")?
+                    .unwrap_or_default(),
+            ),
+        );
+    }
+    // Deleted since it was ranked: skipped (it no longer exists, nothing to show).
+    Ok(page
+        .iter()
+        .filter_map(|(seq, rank)| {
+            found.remove(seq).map(
+                |(message_id, session_id, role, created_at, snippet)| SearchHit {
+                    message_id,
+                    session_id,
+                    role,
+                    created_at,
+                    snippet,
+                    score: -rank,
+                },
+            )
+        })
+        .collect())
 }
 
 /// The floor of the ranking window: 0 (rank everything) unless the query has more matches
@@ -404,6 +527,14 @@ pub fn session_text(
         while let Some(row) = rows.next().context("reading the session text")? {
             let text: String = row.get(0).context("reading a message text")?;
             if text.len() > budget {
+                if texts.is_empty() {
+                    // The newest message alone is over the budget: its end, not nothing.
+                    let mut start = text.len() - budget;
+                    while !text.is_char_boundary(start) {
+                        start += 1;
+                    }
+                    texts.push(text[start..].to_owned());
+                }
                 break;
             }
             budget -= text.len();

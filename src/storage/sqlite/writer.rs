@@ -99,7 +99,9 @@ pub type CommitHook = Arc<dyn Fn(&[Event]) + Send + Sync>;
 struct CommitFailed(String);
 
 type Reply = Box<dyn FnOnce(Result<(), CommitFailed>) + Send>;
-type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> (JobStatus, Reply) + Send>;
+/// A write: run with a context inside a batch, or with `None` to refuse it unrun (the writer is
+/// stopping or could not open a transaction).
+type Job = Box<dyn FnOnce(Option<&mut WriteCtx<'_>>) -> (JobStatus, Reply) + Send>;
 
 /// How a job ended, which decides the fate of its batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,7 +154,12 @@ impl WriterHandle {
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |ctx| {
-            let result = op(ctx);
+            let result = match ctx {
+                Some(ctx) => op(ctx),
+                None => Err(StorageError::Unavailable(
+                    "the database is not taking writes right now",
+                )),
+            };
             let status = match &result {
                 Ok(_) => JobStatus::Done,
                 Err(StorageError::NotFound { .. } | StorageError::Unavailable(_)) => {
@@ -251,10 +258,13 @@ fn run(
         }
     }
     receiver.close();
-    // Anything that raced in after the close request still gets an answer (an error).
+    // Anything that raced in after the close request gets an answer: 503, retry elsewhere.
     while let Ok(command) = receiver.try_recv() {
-        if let Command::Close(done) = command {
-            let _ = done.send(());
+        match command {
+            Command::Write(job) => refuse(job),
+            Command::Close(done) => {
+                let _ = done.send(());
+            }
         }
     }
     // Leave a compact database: fold the WAL back in and refresh planner statistics.
@@ -278,9 +288,10 @@ fn run_batch(
     on_commit: Option<&CommitHook>,
 ) {
     if let Err(error) = exec(conn, "BEGIN IMMEDIATE") {
-        // Dropping a job drops its reply channel: each caller gets an error, nothing is acked.
         tracing::error!(%error, jobs = jobs.len(), "could not start a write transaction");
-        jobs.clear();
+        for job in jobs.drain(..) {
+            refuse(job);
+        }
         return;
     }
     let mut replies = Vec::with_capacity(jobs.len());
@@ -292,7 +303,7 @@ fn run_batch(
             events: &mut *events,
             next_seq: &mut *next_seq,
         };
-        match std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut ctx))) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| job(Some(&mut ctx)))) {
             Ok((status, reply)) => {
                 poisoned |= status == JobStatus::Poisoned;
                 replies.push(reply);
@@ -332,6 +343,12 @@ fn run_batch(
     for reply in replies {
         reply(commit.clone());
     }
+}
+
+/// Answers a job without running it (its caller gets `Unavailable`, a 503).
+fn refuse(job: Job) {
+    let (_, reply) = job(None);
+    reply(Ok(()));
 }
 
 fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {

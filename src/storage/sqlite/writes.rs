@@ -1,4 +1,5 @@
-//! The write operations, each run by the writer inside its own savepoint of a batch.
+//! The write operations, run by the writer inside the transaction of a batch (see `writer`):
+//! each checks its preconditions before it writes, so a refused one has written nothing.
 
 use anyhow::Context;
 use rusqlite::{OptionalExtension, params};
@@ -288,8 +289,16 @@ fn insert_message(
     Ok(())
 }
 
-/// Bulk load: complete sessions and messages as given, without events.
+/// Bulk load: complete sessions and messages as given, without events. Moves the database's
+/// generation, so validators handed out before no longer match.
 pub fn import(ctx: &mut WriteCtx<'_>, sessions: Vec<ImportSession>) -> StorageResult<()> {
+    ctx.conn
+        .prepare_cached(
+            "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'",
+        )
+        .context("preparing the generation bump")?
+        .execute([])
+        .context("moving the database generation")?;
     for item in sessions {
         insert_session(ctx, &item.session)?;
         for m in item.messages {
