@@ -18,10 +18,11 @@ use tokio::sync::watch;
 use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::events::{Event, EventKind, Hub};
-use crate::http::{self, AppState, HttpSettings, SharedState};
+use crate::http::{self, AppState, HttpSettings, SharedState, StreamCounts};
 use crate::server::{self, ServeOptions};
 use crate::storage::Storage;
 use crate::storage::sqlite::{SqliteOptions, SqliteStorage};
+use crate::telemetry::live::{Inputs, LiveStats};
 use crate::workers::WorkPool;
 
 pub struct Application {
@@ -43,6 +44,8 @@ impl Application {
         config: Config,
         extra: Router<SharedState>,
     ) -> anyhow::Result<Application> {
+        // Before anything records a metric: recordings made earlier would be lost.
+        crate::telemetry::metrics::handle();
         let hub = Hub::new(config.event_client_buffer);
         let cache = Arc::new(ResponseCache::new(config.cache_size));
         let storage = open_storage(&config, &hub, &cache).await?;
@@ -63,11 +66,14 @@ impl Application {
                 compression_level: config.compression_level,
                 compression_min_size: config.compression_min_size,
                 cors: config.cors_origins.clone(),
+                profiling: config.profiling,
             },
             started: Instant::now(),
             hub,
             cache,
             stopping: stopping_rx,
+            live: LiveStats::default(),
+            streams: StreamCounts::default(),
         });
         let router = http::router_with(state.clone(), extra);
         let listener = TcpListener::bind(config.listen)
@@ -103,6 +109,7 @@ impl Application {
             max_connections: self.config.max_connections,
             drain_timeout: self.config.shutdown_timeout,
         };
+        let sampling = tokio::spawn(sample_stats(self.state.clone()));
         let pruning = tokio::spawn(prune_events(
             self.state.storage.clone(),
             self.config.clone(),
@@ -116,6 +123,7 @@ impl Application {
         };
         let drained = server::serve(self.listener, self.router, options, shutdown).await;
         pruning.abort();
+        sampling.abort();
         if !drained {
             tracing::warn!(
                 timeout = ?self.config.shutdown_timeout,
@@ -184,6 +192,41 @@ async fn prune_events(
                 tracing::warn!(error = format!("{error:#}"), "pruning the event log failed")
             }
         }
+    }
+}
+
+/// Turns the server's state into a status-page sample once a second.
+async fn sample_stats(state: SharedState) {
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = Instant::now();
+    loop {
+        interval.tick().await;
+        let now = Instant::now();
+        let cache = state.cache.stats();
+        let inputs = Inputs {
+            uptime_s: state.started.elapsed().as_secs_f64(),
+            event_clients: (state.streams.sse.load(std::sync::atomic::Ordering::Relaxed)
+                + state.streams.ws.load(std::sync::atomic::Ordering::Relaxed))
+                as u64,
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
+            cache_bytes: cache.bytes,
+            database_bytes: state.storage.disk_bytes().unwrap_or(0),
+            rss_bytes: crate::telemetry::process::read()
+                .resident_bytes
+                .unwrap_or(0),
+            events_published: state
+                .hub
+                .stats()
+                .published
+                .load(std::sync::atomic::Ordering::Relaxed),
+            writer_queue: state.storage.writer_queue_depth() as u64,
+        };
+        state
+            .live
+            .tick(now - last, crate::domain::wall_clock_ms(), inputs);
+        last = now;
     }
 }
 

@@ -99,6 +99,9 @@ pub struct ServeArgs {
     /// Browser origins allowed by CORS: `localhost` (any port), `*`, or a comma-separated list [env: SESSIOND_CORS_ORIGINS] [default: localhost]
     #[arg(long, value_name = "ORIGINS")]
     pub cors_origins: Option<String>,
+    /// Serve CPU and heap profiles at /v1/admin/profile/{cpu,heap} to local clients (needs a build with --features profiling) [env: SESSIOND_PROFILING] [default: false]
+    #[arg(long, value_name = "BOOL")]
+    pub profiling: Option<String>,
     /// Largest request body [env: SESSIOND_BODY_LIMIT] [default: 10MiB]
     #[arg(long, value_name = "SIZE")]
     pub body_limit: Option<String>,
@@ -146,6 +149,7 @@ pub struct Config {
     pub compression_level: CompressionLevel,
     pub compression_min_size: u16,
     pub cors_origins: CorsOrigins,
+    pub profiling: bool,
     pub body_limit: usize,
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -304,6 +308,7 @@ impl Config {
                 },
             )?,
             cors_origins: r.get("cors_origins", &args.cors_origins, "localhost", parse_cors)?,
+            profiling: r.get("profiling", &args.profiling, "false", parse_profiling)?,
             body_limit: r.get("body_limit", &args.body_limit, "10MiB", parse_size)?,
             header_read_timeout: r.get(
                 "header_read_timeout",
@@ -360,6 +365,7 @@ const FILE_KEYS: &[&str] = &[
     "compression_level",
     "compression_min_size",
     "cors_origins",
+    "profiling",
     "body_limit",
     "header_read_timeout",
     "shutdown_timeout",
@@ -539,6 +545,19 @@ fn parse_compression_level(value: &str) -> Result<CompressionLevel, String> {
             .filter(|n| (1..=22).contains(n))
             .map(CompressionLevel::Precise)
             .ok_or_else(|| "expected fastest, default, best or a number from 1 to 22".to_owned()),
+    }
+}
+
+fn parse_profiling(value: &str) -> Result<bool, String> {
+    match value {
+        "false" => Ok(false),
+        "true" if cfg!(feature = "profiling") => Ok(true),
+        "true" => Err(
+            "this binary was built without profiling; build with `cargo build --release \
+             --features profiling`"
+                .to_owned(),
+        ),
+        _ => Err("expected true or false".to_owned()),
     }
 }
 

@@ -28,6 +28,8 @@ pub enum ApiError {
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     Conflict(String),
     #[error("the request took longer than the server's request timeout")]
     Timeout,
@@ -73,6 +75,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Timeout | ApiError::Overloaded { .. } | ApiError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -88,6 +91,7 @@ impl ApiError {
             | ApiError::UnsupportedMediaType(_)
             | ApiError::MethodNotAllowed(_) => "invalid_request",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::Conflict(_) => "conflict",
             ApiError::Timeout => "timeout",
             ApiError::Overloaded { .. } | ApiError::Unavailable(_) => "overloaded",

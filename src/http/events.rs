@@ -109,6 +109,11 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
+/// A streaming response body of the frames sent on `frames`.
+pub fn stream_body(frames: mpsc::Receiver<Bytes>) -> axum::body::Body {
+    axum::body::Body::new(ChannelBody { frames, done: None })
+}
+
 impl Drop for ChannelBody {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
@@ -171,7 +176,7 @@ pub async fn sse(
         control: control.map(|c| c.0),
         done: done_rx,
     };
-    tokio::spawn(stream.run());
+    tokio::spawn(stream.run(state.clone()));
 
     let mut response = Response::new(axum::body::Body::new(ChannelBody {
         frames,
@@ -204,7 +209,8 @@ enum End {
 }
 
 impl SseStream {
-    async fn run(mut self) {
+    async fn run(mut self, state: SharedState) {
+        let _counted = super::StreamGuard::new(&state.streams.sse);
         let end = self.pump().await;
         if let End::Lagged = end {
             drop(self.sender);
@@ -376,6 +382,8 @@ const CLOSE_LAGGED: u16 = 4008;
 
 impl WsSession {
     async fn run(mut self) {
+        let state = self.state.clone();
+        let _counted = super::StreamGuard::new(&state.streams.ws);
         let ping_every = self.state.settings.ws_ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut stopping = self.state.stopping.clone();

@@ -8,13 +8,20 @@
 use std::time::Instant;
 
 use axum::body::HttpBody;
-use axum::extract::{MatchedPath, Request};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 
+use super::SharedState;
 use crate::domain::random_token;
 use crate::error::{ApiError, InternalCause};
+use crate::telemetry::metrics as names;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -32,7 +39,11 @@ fn is_acceptable(value: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b))
 }
 
-pub async fn request_context(mut request: Request, next: Next) -> Response {
+pub async fn request_context(
+    State(state): State<SharedState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let id = request
         .headers()
@@ -45,14 +56,29 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     request.extensions_mut().insert(RequestId(id.clone()));
     let method = request.method().clone();
     let route = request.extensions().get::<MatchedPath>().cloned();
+    state.live.begin();
+    let in_flight = metrics::gauge!(names::HTTP_IN_FLIGHT);
+    in_flight.increment(1.0);
 
     let mut response = next.run(request).await;
 
+    let latency = started.elapsed();
+    in_flight.decrement(1.0);
     response.headers_mut().insert(X_REQUEST_ID, id.clone());
-    let route = route.as_ref().map_or("-", MatchedPath::as_str);
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let request_id = id.to_str().unwrap_or("-");
     let status = response.status().as_u16();
-    let latency_us = started.elapsed().as_micros() as u64;
+    state.live.end(latency, status);
+    let method_label = names::method_label(&method);
+    metrics::counter!(
+        names::HTTP_REQUESTS,
+        "method" => method_label,
+        "route" => route.to_owned(),
+        "status" => status_label(status),
+    )
+    .increment(1);
+    metrics::histogram!(names::HTTP_DURATION, "method" => method_label, "route" => route.to_owned())
+        .record(latency.as_secs_f64());
     if let Some(InternalCause(cause)) = response.extensions().get::<InternalCause>() {
         tracing::error!(
             request_id,
@@ -70,11 +96,85 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         method = %method,
         route,
         status,
-        latency_us,
+        latency_us = latency.as_micros() as u64,
         bytes,
         "request"
     );
-    response
+    count_body(response, names::HTTP_SENT_BYTES)
+}
+
+/// Status codes as static labels (a bounded set; anything else is `other`).
+fn status_label(status: u16) -> &'static str {
+    const KNOWN: &[(u16, &str)] = &[
+        (101, "101"),
+        (200, "200"),
+        (201, "201"),
+        (204, "204"),
+        (304, "304"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (408, "408"),
+        (413, "413"),
+        (415, "415"),
+        (429, "429"),
+        (431, "431"),
+        (500, "500"),
+        (503, "503"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(code, _)| *code == status)
+        .map_or("other", |(_, label)| label)
+}
+
+/// Counts the bytes of a response body into `counter` as they flow (streams included).
+fn count_body(response: Response, counter: &'static str) -> Response {
+    let counter = metrics::counter!(counter);
+    response.map(|body| {
+        Body::new(CountingBody {
+            inner: body,
+            counter,
+        })
+    })
+}
+
+/// Bodies before compression (inside the compression layer), for the compression ratio.
+pub async fn count_uncompressed(request: Request, next: Next) -> Response {
+    count_body(next.run(request).await, names::HTTP_BODY_BYTES)
+}
+
+struct CountingBody {
+    inner: Body,
+    counter: metrics::Counter,
+}
+
+impl HttpBody for CountingBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.counter.increment(data.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Turns the errors of the load-shedding and timeout layers into problem responses.

@@ -7,11 +7,13 @@ mod messages;
 pub mod middleware;
 pub mod openapi;
 mod ops;
+mod profiling;
 pub mod response;
 mod search;
 mod sessions;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -31,6 +33,7 @@ use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::cache::ResponseCache;
+use crate::telemetry::live::LiveStats;
 
 use crate::error::ApiError;
 use crate::events::Hub;
@@ -59,6 +62,8 @@ pub struct HttpSettings {
     pub compression_min_size: u16,
     /// Origins allowed to call the API from a browser.
     pub cors: CorsOrigins,
+    /// Serve `/v1/admin/profile/{cpu,heap}` (needs a build with the `profiling` feature).
+    pub profiling: bool,
 }
 
 /// Which browser origins may call the API.
@@ -86,6 +91,33 @@ pub struct AppState {
     pub cache: Arc<ResponseCache>,
     /// Turns true when the server starts shutting down: streams end politely.
     pub stopping: watch::Receiver<bool>,
+    /// Second-by-second figures for the status page.
+    pub live: LiveStats,
+    /// Connected event-stream clients by transport.
+    pub streams: StreamCounts,
+}
+
+/// Connected event-stream clients, by transport (for metrics).
+#[derive(Debug, Default)]
+pub struct StreamCounts {
+    pub sse: AtomicUsize,
+    pub ws: AtomicUsize,
+}
+
+/// Counts one connected client for as long as it is held.
+pub struct StreamGuard<'a>(&'a AtomicUsize);
+
+impl<'a> StreamGuard<'a> {
+    pub fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(counter)
+    }
+}
+
+impl Drop for StreamGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub type SharedState = Arc<AppState>;
@@ -103,6 +135,8 @@ pub fn router(state: SharedState) -> Router {
 pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
     let settings = state.settings.clone();
     let api = Router::new()
+        .route("/", get(ops::status_page))
+        .route("/v1/stats", get(ops::stats))
         .route("/ready", get(ops::ready))
         .route("/openapi.json", get(ops::openapi_json))
         .route("/docs", get(ops::docs))
@@ -124,6 +158,13 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .route("/v1/events", get(events::sse))
         .route("/v1/ws", get(events::ws))
         .merge(extra)
+        .merge(if settings.profiling {
+            Router::new()
+                .route("/v1/admin/profile/cpu", get(profiling::cpu))
+                .route("/v1/admin/profile/heap", get(profiling::heap))
+        } else {
+            Router::new()
+        })
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(middleware::limit_errors))
@@ -133,17 +174,23 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
                 .timeout(settings.request_timeout),
         );
     Router::new()
-        // Liveness is never shed: an orchestrator must not kill a busy instance as dead.
+        // Liveness and metrics are never shed: an orchestrator must not kill a busy instance
+        // as dead, and an overload is exactly when operators need to see inside.
         .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics))
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.body_limit))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn(middleware::count_uncompressed))
         .layer(compression(&settings))
         .layer(axum::middleware::from_fn(middleware::encoding_validators))
         .layer(cors(&settings.cors))
-        .layer(axum::middleware::from_fn(middleware::request_context))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::request_context,
+        ))
         .with_state(state)
 }
 

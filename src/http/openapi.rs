@@ -17,6 +17,9 @@ use super::{events, messages, ops, search, sessions};
     ),
     paths(
         ops::health,
+        ops::metrics,
+        ops::status_page,
+        ops::stats,
         ops::ready,
         ops::openapi_json,
         ops::docs,

@@ -2,12 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
@@ -155,5 +157,121 @@ fn asset(content_type: &'static str, bytes: &'static [u8]) -> Response {
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=3600"),
     );
+    response
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics in the Prometheus text format", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(state): State<SharedState>) -> Response {
+    use crate::telemetry::metrics::WRITER_QUEUE;
+    let recorder = crate::telemetry::metrics::handle();
+    let cache = state.cache.stats();
+    let hub = state.hub.stats();
+    let label = [("cache", "responses")];
+    metrics::counter!("sessiond_cache_hits_total", &label).absolute(cache.hits);
+    metrics::counter!("sessiond_cache_misses_total", &label).absolute(cache.misses);
+    metrics::counter!("sessiond_cache_evictions_total", &label).absolute(cache.evictions);
+    metrics::gauge!("sessiond_cache_entries", &label).set(cache.entries as f64);
+    metrics::gauge!("sessiond_cache_bytes", &label).set(cache.bytes as f64);
+    metrics::gauge!("sessiond_event_clients", "transport" => "sse")
+        .set(state.streams.sse.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("sessiond_event_clients", "transport" => "ws")
+        .set(state.streams.ws.load(Ordering::Relaxed) as f64);
+    metrics::counter!("sessiond_events_published_total")
+        .absolute(hub.published.load(Ordering::Relaxed));
+    metrics::counter!("sessiond_events_delivered_total")
+        .absolute(hub.delivered.load(Ordering::Relaxed));
+    metrics::counter!("sessiond_event_clients_lagged_total")
+        .absolute(hub.lagged.load(Ordering::Relaxed));
+    metrics::gauge!("sessiond_event_log_head").set(state.hub.head() as f64);
+    metrics::gauge!(WRITER_QUEUE).set(state.storage.writer_queue_depth() as f64);
+    if let Some(bytes) = state.storage.disk_bytes() {
+        metrics::gauge!("sessiond_database_bytes").set(bytes as f64);
+    }
+    let process = crate::telemetry::process::read();
+    if let Some(rss) = process.resident_bytes {
+        metrics::gauge!("process_resident_memory_bytes").set(rss as f64);
+    }
+    if let Some(cpu) = process.cpu_seconds {
+        metrics::gauge!("process_cpu_seconds_total").set(cpu);
+    }
+    if let Some(fds) = process.open_fds {
+        metrics::gauge!("process_open_fds").set(fds as f64);
+    }
+    if let Some(threads) = process.threads {
+        metrics::gauge!("process_threads").set(threads as f64);
+    }
+    if let Some(start) = process.start_time_seconds {
+        metrics::gauge!("process_start_time_seconds").set(start);
+    }
+    metrics::gauge!("sessiond_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    let text = recorder.render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+const STATUS_HTML: &str = include_str!("../../assets/status.html");
+
+/// The live status page (all assets inside; charts fed by `/v1/stats`).
+#[utoipa::path(get, path = "/", tag = "operations",
+    responses((status = 200, description = "The status page", content_type = "text/html")))]
+pub async fn status_page() -> Response {
+    let mut response = asset("text/html; charset=utf-8", STATUS_HTML.as_bytes());
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The figures of the status page, one `stats` event per second (`hello` first, with the last
+/// five minutes).
+#[utoipa::path(get, path = "/v1/stats", tag = "operations",
+    responses((status = 200, description = "An endless stream of samples", content_type = "text/event-stream", body = crate::telemetry::live::Sample)))]
+pub async fn stats(State(state): State<SharedState>) -> Response {
+    let mut samples = state.live.subscribe();
+    let mut stopping = state.stopping.clone();
+    let history = state.live.history();
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        let latest = history.last().cloned().unwrap_or_default();
+        let mut hello = serde_json::to_value(&*latest).unwrap_or_default();
+        let plain: Vec<&crate::telemetry::live::Sample> = history.iter().map(|s| &**s).collect();
+        hello["history"] = serde_json::to_value(&plain).unwrap_or_default();
+        let frame = crate::events::sse_frame(None, "hello", &hello.to_string()).0;
+        if sender.send(Bytes::from(frame)).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = async { let _ = stopping.wait_for(|s| *s).await; } => return,
+                changed = samples.changed() => if changed.is_err() { return },
+            }
+            let sample = samples.borrow_and_update().clone();
+            let Some(sample) = sample else { continue };
+            let Ok(json) = serde_json::to_string(&*sample) else {
+                continue;
+            };
+            let frame = crate::events::sse_frame(None, "stats", &json).0;
+            // A status page that stops reading falls behind by whole samples, never unbounded.
+            if sender.try_send(Bytes::from(frame)).is_err() && sender.is_closed() {
+                return;
+            }
+        }
+    });
+    let mut response = Response::new(super::events::stream_body(receiver));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
 }

@@ -172,6 +172,16 @@ pub trait Storage: Send + Sync + 'static {
     /// that changed without events (another database, a bulk load) never matches an old ETag.
     fn identity(&self) -> &str;
 
+    /// Writes waiting for the writer (for metrics).
+    fn writer_queue_depth(&self) -> usize {
+        0
+    }
+
+    /// Bytes the database occupies on disk, when it is on this machine's disk.
+    fn disk_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// A cheap round trip proving the backend can serve reads.
     async fn check(&self) -> StorageResult<()>;
 

@@ -1,4 +1,9 @@
-//! Logging set-up: structured `tracing` output to stderr, human-readable or JSON lines.
+//! Telemetry: logging set-up (structured `tracing` output to stderr, human-readable or JSON
+//! lines), Prometheus metrics, process figures and the live status-page samples.
+
+pub mod live;
+pub mod metrics;
+pub mod process;
 
 use crate::config::LogFormat;
 

@@ -168,7 +168,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
         "not_found",
     )
     .await;
-    assert_problem(app.get("/").await, StatusCode::NOT_FOUND, "not_found").await;
+    assert_problem(app.get("/nope").await, StatusCode::NOT_FOUND, "not_found").await;
     let response = app
         .client
         .put(app.url("/v1/sessions"))

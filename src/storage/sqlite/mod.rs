@@ -95,6 +95,7 @@ impl reads::RankingStore for Rankings {
 }
 
 pub struct SqliteStorage {
+    path: PathBuf,
     identity: String,
     rankings: Arc<Rankings>,
     writer: WriterHandle,
@@ -139,6 +140,7 @@ impl SqliteStorage {
             },
         )?;
         Ok(SqliteStorage {
+            path,
             identity,
             rankings: Arc::new(Rankings::new()),
             writer,
@@ -146,11 +148,6 @@ impl SqliteStorage {
             writer_thread: Mutex::new(Some(thread)),
             _lock: lock,
         })
-    }
-
-    /// Writes waiting for the writer.
-    pub fn writer_queue_depth(&self) -> usize {
-        self.writer.queue_depth()
     }
 }
 
@@ -346,6 +343,19 @@ impl Storage for SqliteStorage {
 
     fn identity(&self) -> &str {
         &self.identity
+    }
+
+    fn writer_queue_depth(&self) -> usize {
+        self.writer.queue_depth()
+    }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        let size = |suffix: &str| {
+            let mut name = self.path.clone().into_os_string();
+            name.push(suffix);
+            std::fs::metadata(name).map(|m| m.len()).unwrap_or(0)
+        };
+        Some(size("") + size("-wal") + size("-shm"))
     }
 
     async fn check(&self) -> StorageResult<()> {

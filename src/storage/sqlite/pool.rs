@@ -70,13 +70,8 @@ impl ReadPool {
             .acquire_owned()
             .await
             .map_err(|_| StorageError::Unavailable("the read pool is closed"))?;
-        let wait = waited.elapsed();
-        if wait.as_millis() > 100 {
-            tracing::debug!(
-                wait_ms = wait.as_millis() as u64,
-                "waited for a read connection"
-            );
-        }
+        metrics::histogram!(crate::telemetry::metrics::READ_WAIT)
+            .record(waited.elapsed().as_secs_f64());
         let connection = self
             .connections
             .lock()

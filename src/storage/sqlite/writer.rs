@@ -315,6 +315,8 @@ fn run_batch(
             }
         }
     }
+    let committing = std::time::Instant::now();
+    let batch_size = replies.len();
     let commit = if poisoned {
         Err(CommitFailed(
             "another write in the same batch failed, so the batch was rolled back".to_owned(),
@@ -325,6 +327,9 @@ fn run_batch(
             CommitFailed(error.to_string())
         })
     };
+    metrics::histogram!(crate::telemetry::metrics::WRITER_COMMIT)
+        .record(committing.elapsed().as_secs_f64());
+    metrics::histogram!(crate::telemetry::metrics::WRITER_BATCH_SIZE).record(batch_size as f64);
     if commit.is_err() {
         if let Err(error) = exec(conn, "ROLLBACK") {
             tracing::error!(%error, "rolling back a failed batch failed");
