@@ -18,7 +18,9 @@ use tokio::sync::watch;
 use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::events::{Event, EventKind, Hub};
+use crate::http::auth::KeyCache;
 use crate::http::{self, AppState, HttpSettings, SharedState, StreamCounts};
+use crate::ratelimit::{Limiter, LocalLimits};
 use crate::server::{self, ServeOptions};
 use crate::storage::Storage;
 use crate::storage::sqlite::{SqliteOptions, SqliteStorage};
@@ -67,6 +69,8 @@ impl Application {
                 compression_min_size: config.compression_min_size,
                 cors: config.cors_origins.clone(),
                 profiling: config.profiling,
+                auth: config.auth,
+                trusted_proxies: config.trusted_proxies.clone(),
             },
             started: Instant::now(),
             hub,
@@ -74,6 +78,10 @@ impl Application {
             stopping: stopping_rx,
             live: LiveStats::default(),
             streams: StreamCounts::default(),
+            keys: KeyCache::default(),
+            limiter: config
+                .rate_limit
+                .then(|| Arc::new(LocalLimits::new(config.rate_limits)) as Arc<dyn Limiter>),
         });
         let router = http::router_with(state.clone(), extra);
         let listener = TcpListener::bind(config.listen)
@@ -95,6 +103,14 @@ impl Application {
             .context("reading the listening address")
     }
 
+    pub fn auth_required(&self) -> bool {
+        self.config.auth == crate::http::auth::AuthMode::Required
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.config.data_dir
+    }
+
     /// The storage this server uses.
     pub fn storage(&self) -> Arc<dyn Storage> {
         self.state.storage.clone()
@@ -110,6 +126,16 @@ impl Application {
             drain_timeout: self.config.shutdown_timeout,
         };
         let sampling = tokio::spawn(sample_stats(self.state.clone()));
+        let forgetting = self.state.limiter.clone().map(|limiter| {
+            tokio::spawn(async move {
+                // Idle callers are back at full burst: their state can go (bounded memory).
+                let mut interval = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    interval.tick().await;
+                    limiter.forget_idle();
+                }
+            })
+        });
         let pruning = tokio::spawn(prune_events(
             self.state.storage.clone(),
             self.config.clone(),
@@ -124,6 +150,9 @@ impl Application {
         let drained = server::serve(self.listener, self.router, options, shutdown).await;
         pruning.abort();
         sampling.abort();
+        if let Some(task) = forgetting {
+            task.abort();
+        }
         if !drained {
             tracing::warn!(
                 timeout = ?self.config.shutdown_timeout,

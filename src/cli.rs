@@ -32,6 +32,41 @@ pub enum Command {
     Seed(SeedArgs),
     /// Load-test a server that speaks the sessiond API.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Manage API keys (works while a server runs on the data dir).
+    Keys(KeysArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeysArgs {
+    /// Data dir of the database [env: SESSIOND_DATA_DIR] [default: ./data]
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create a key; prints its secret (once) on stdout, the details on stderr.
+    Create {
+        /// read, write or admin (a list counts as its highest: write includes read)
+        #[arg(long, value_name = "SCOPES")]
+        scope: String,
+        /// A label for people
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime, e.g. 30d, 12h (default: no expiry)
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key by id (a running server notices within a minute; revoking through
+    /// `DELETE /v1/admin/keys/{id}` takes effect at once on that server).
+    Revoke {
+        /// The key id (`key_…`)
+        id: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -61,6 +96,82 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => crate::bench::main(*args),
         Command::Serve(args) => with_runtime(serve(*args)),
         Command::Seed(args) => with_runtime(seed_command(args)),
+        Command::Keys(args) => keys_command(args),
+    }
+}
+
+fn keys_command(args: KeysArgs) -> ExitCode {
+    use crate::domain::keys::{NewKey, Scope, Secret};
+    use crate::storage::sqlite::keys;
+    let data_dir = args
+        .data_dir
+        .or_else(|| std::env::var_os("SESSIOND_DATA_DIR").map(Into::into))
+        .unwrap_or_else(|| "./data".into());
+    let run = || -> anyhow::Result<()> {
+        // Create or upgrade the database when no server holds it; otherwise the running server
+        // already has (and `side_connection` says so if it has not).
+        if let Ok(storage) = SqliteStorage::open(SqliteOptions::new(&data_dir)) {
+            drop(storage);
+        }
+        let conn = keys::side_connection(&data_dir)?;
+        match args.command {
+            KeysCommand::Create {
+                scope,
+                name,
+                expires,
+            } => {
+                let scope =
+                    Scope::parse_list(&scope).map_err(|e| anyhow::anyhow!("--scope: {e}"))?;
+                let expires_at = match expires {
+                    None => None,
+                    Some(raw) => {
+                        let lifetime = crate::config::parse_duration(&raw)
+                            .map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
+                        Some(crate::domain::wall_clock_ms() + lifetime.as_millis() as i64)
+                    }
+                };
+                let secret = Secret::generate()
+                    .map_err(|e| anyhow::anyhow!("the system random generator failed: {e}"))?;
+                let new = NewKey {
+                    name: name.unwrap_or_else(|| "unnamed".to_owned()),
+                    scope,
+                    expires_at,
+                };
+                let key = keys::create(&conn, &new, &secret.hash(), &secret.hint())?;
+                eprintln!(
+                    "created {} ({}, scope {}{}) — the secret below is shown only now:",
+                    key.id,
+                    key.name,
+                    key.scope,
+                    key.expires_at
+                        .map(|at| format!(", expires at {at} ms"))
+                        .unwrap_or_default()
+                );
+                println!("{}", secret.expose());
+            }
+            KeysCommand::List => {
+                let now = crate::domain::wall_clock_ms();
+                for key in keys::list(&conn)? {
+                    let state = key.unusable(now).unwrap_or_else(|| "active".to_owned());
+                    println!(
+                        "{}\t{}\t{}\t{}…\t{}",
+                        key.id, key.scope, key.name, key.hint, state
+                    );
+                }
+            }
+            KeysCommand::Revoke { id } => {
+                let key = keys::revoke(&conn, &id)?;
+                eprintln!("revoked {} ({})", key.id, key.name);
+            }
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sessiond keys: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -95,6 +206,18 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if app.auth_required()
+        && let Ok(keys) = app.storage().list_keys().await
+        && !keys
+            .iter()
+            .any(|k| k.unusable(crate::domain::wall_clock_ms()).is_none())
+    {
+        eprintln!(
+            "sessiond: authentication is required (auth = required) but no usable API key exists; \
+             create one with:\n  sessiond keys create --scope admin --name ops --data-dir {}",
+            app.data_dir().display()
+        );
+    }
     match app.local_addr() {
         Ok(addr) => {
             let mut stdout = std::io::stdout();

@@ -8,6 +8,8 @@ use axum::http::HeaderValue;
 use tower_http::compression::CompressionLevel;
 
 use crate::http::CorsOrigins;
+use crate::http::auth::{AuthMode, Cidr};
+use crate::ratelimit::Policy;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -102,6 +104,24 @@ pub struct ServeArgs {
     /// Serve CPU and heap profiles at /v1/admin/profile/{cpu,heap} to local clients (needs a build with --features profiling) [env: SESSIOND_PROFILING] [default: false]
     #[arg(long, value_name = "BOOL")]
     pub profiling: Option<String>,
+    /// `required` (callers need an API key) or `off` [env: SESSIOND_AUTH] [default: off on a loopback address, required otherwise]
+    #[arg(long, value_name = "MODE")]
+    pub auth: Option<String>,
+    /// `on` or `off` [env: SESSIOND_RATE_LIMIT] [default: off on a loopback address, on otherwise]
+    #[arg(long, value_name = "ON|OFF")]
+    pub rate_limit: Option<String>,
+    /// Budget of writes and other requests per caller, RATE/UNIT,BURST [env: SESSIOND_RATE_LIMIT_DEFAULT] [default: 50/s,100]
+    #[arg(long, value_name = "POLICY")]
+    pub rate_limit_default: Option<String>,
+    /// Budget of reads (GETs, streams) per caller [env: SESSIOND_RATE_LIMIT_READ] [default: 200/s,400]
+    #[arg(long, value_name = "POLICY")]
+    pub rate_limit_read: Option<String>,
+    /// Budget of searches and summaries per caller [env: SESSIOND_RATE_LIMIT_EXPENSIVE] [default: 5/s,10]
+    #[arg(long, value_name = "POLICY")]
+    pub rate_limit_expensive: Option<String>,
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose X-Forwarded-For names the client [env: SESSIOND_TRUSTED_PROXIES] [default: none]
+    #[arg(long, value_name = "CIDRS")]
+    pub trusted_proxies: Option<String>,
     /// Largest request body [env: SESSIOND_BODY_LIMIT] [default: 10MiB]
     #[arg(long, value_name = "SIZE")]
     pub body_limit: Option<String>,
@@ -150,6 +170,10 @@ pub struct Config {
     pub compression_min_size: u16,
     pub cors_origins: CorsOrigins,
     pub profiling: bool,
+    pub auth: AuthMode,
+    pub rate_limit: bool,
+    pub rate_limits: [Policy; 3],
+    pub trusted_proxies: Vec<Cidr>,
     pub body_limit: usize,
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -183,8 +207,11 @@ impl Config {
             file: file.as_ref(),
         };
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let listen = r.get("listen", &args.listen, "127.0.0.1:4096", parse_listen)?;
+        // Reachable from other machines: protected unless told otherwise.
+        let exposed = !listen.ip().is_loopback();
         let config = Config {
-            listen: r.get("listen", &args.listen, "127.0.0.1:4096", parse_listen)?,
+            listen,
             data_dir: r.get("data_dir", &args.data_dir, "./data", parse_path)?,
             log_level: r.get("log_level", &args.log_level, "info", parse_log_level)?,
             log_format: r.get("log_format", &args.log_format, "pretty", parse_log_format)?,
@@ -309,6 +336,53 @@ impl Config {
             )?,
             cors_origins: r.get("cors_origins", &args.cors_origins, "localhost", parse_cors)?,
             profiling: r.get("profiling", &args.profiling, "false", parse_profiling)?,
+            auth: r.get(
+                "auth",
+                &args.auth,
+                if exposed { "required" } else { "off" },
+                |v| match v {
+                    "required" => Ok(AuthMode::Required),
+                    "off" => Ok(AuthMode::Off),
+                    _ => Err("expected required or off".to_owned()),
+                },
+            )?,
+            rate_limit: r.get(
+                "rate_limit",
+                &args.rate_limit,
+                if exposed { "on" } else { "off" },
+                |v| match v {
+                    "on" => Ok(true),
+                    "off" => Ok(false),
+                    _ => Err("expected on or off".to_owned()),
+                },
+            )?,
+            rate_limits: [
+                r.get(
+                    "rate_limit_default",
+                    &args.rate_limit_default,
+                    "50/s,100",
+                    Policy::parse,
+                )?,
+                r.get(
+                    "rate_limit_read",
+                    &args.rate_limit_read,
+                    "200/s,400",
+                    Policy::parse,
+                )?,
+                r.get(
+                    "rate_limit_expensive",
+                    &args.rate_limit_expensive,
+                    "5/s,10",
+                    Policy::parse,
+                )?,
+            ],
+            trusted_proxies: r.get("trusted_proxies", &args.trusted_proxies, "", |v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(Cidr::parse)
+                    .collect()
+            })?,
             body_limit: r.get("body_limit", &args.body_limit, "10MiB", parse_size)?,
             header_read_timeout: r.get(
                 "header_read_timeout",
@@ -366,6 +440,12 @@ const FILE_KEYS: &[&str] = &[
     "compression_min_size",
     "cors_origins",
     "profiling",
+    "auth",
+    "rate_limit",
+    "rate_limit_default",
+    "rate_limit_read",
+    "rate_limit_expensive",
+    "trusted_proxies",
     "body_limit",
     "header_read_timeout",
     "shutdown_timeout",
@@ -530,7 +610,8 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         "" | "s" => seconds(1),
         "m" => seconds(60),
         "h" => seconds(3600),
-        _ => Err("unknown unit; use ms, s, m or h".to_owned()),
+        "d" => seconds(86_400),
+        _ => Err("unknown unit; use ms, s, m, h or d".to_owned()),
     }
 }
 
@@ -672,6 +753,47 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(error.setting, "listne");
+    }
+
+    #[test]
+    fn exposed_servers_are_protected_by_default() {
+        let local = resolve(ServeArgs::default(), &[]).unwrap();
+        assert_eq!((local.auth, local.rate_limit), (AuthMode::Off, false));
+        let exposed = resolve(
+            ServeArgs {
+                listen: Some("0.0.0.0:4096".into()),
+                ..ServeArgs::default()
+            },
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (exposed.auth, exposed.rate_limit),
+            (AuthMode::Required, true)
+        );
+        let explicit = resolve(
+            ServeArgs {
+                listen: Some("0.0.0.0:4096".into()),
+                auth: Some("off".into()),
+                ..ServeArgs::default()
+            },
+            &[],
+        )
+        .unwrap();
+        assert_eq!(explicit.auth, AuthMode::Off);
+        assert!(
+            resolve(
+                ServeArgs::default(),
+                &[("SESSIOND_TRUSTED_PROXIES", "10.0.0.0/8, ::1")]
+            )
+            .is_ok()
+        );
+        let error = resolve(
+            ServeArgs::default(),
+            &[("SESSIOND_RATE_LIMIT_READ", "fast")],
+        )
+        .unwrap_err();
+        assert_eq!(error.setting, "rate_limit_read");
     }
 
     #[test]

@@ -28,7 +28,14 @@ pub enum ApiError {
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
     #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
     Forbidden(String),
+    #[error("the {tier} rate limit is exhausted; retry in {retry_after_secs} s")]
+    RateLimited {
+        tier: &'static str,
+        retry_after_secs: u64,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error("the request took longer than the server's request timeout")]
@@ -75,7 +82,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Timeout | ApiError::Overloaded { .. } | ApiError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -91,7 +100,9 @@ impl ApiError {
             | ApiError::UnsupportedMediaType(_)
             | ApiError::MethodNotAllowed(_) => "invalid_request",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Conflict(_) => "conflict",
             ApiError::Timeout => "timeout",
             ApiError::Overloaded { .. } | ApiError::Unavailable(_) => "overloaded",
@@ -166,6 +177,13 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             ApiError::Internal(cause) => {
                 response

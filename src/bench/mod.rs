@@ -257,7 +257,10 @@ fn rss_report(pid: Option<u32>, samples: Vec<(f64, f64)>) -> Option<RssReport> {
         start_mb: first,
         end_mb: last,
         max_mb: samples.iter().map(|s| s.1).fold(0.0, f64::max),
-        growth_mb_per_hour: slope(&samples) * 3600.0,
+        // Caches fill during the first minutes (page caches, the mmap, the response cache):
+        // the trend that matters is the one after that warm-up, so the first quarter of the
+        // run is left out of the fit.
+        growth_mb_per_hour: slope(&samples[samples.len() / 4..]) * 3600.0,
         samples,
     })
 }

@@ -88,7 +88,8 @@ pub struct RssReport {
     pub start_mb: f64,
     pub end_mb: f64,
     pub max_mb: f64,
-    /// Least-squares slope of the samples, in MiB per hour.
+    /// Least-squares slope of the samples after the first quarter of the run (warm-up), in
+    /// MiB per hour.
     pub growth_mb_per_hour: f64,
 }
 

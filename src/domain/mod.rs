@@ -3,6 +3,7 @@
 //! one definition of what a valid request is.
 
 mod id;
+pub mod keys;
 mod message;
 mod pagination;
 mod search;

@@ -1,8 +1,10 @@
 //! The HTTP API: the router, shared state, extractors, middleware and one module per resource.
 
+pub mod auth;
 pub mod conditional;
 pub mod events;
 pub mod extract;
+mod keys;
 mod messages;
 pub mod middleware;
 pub mod openapi;
@@ -32,6 +34,7 @@ use tower_http::compression::predicate::{Predicate, SizeAbove};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use self::auth::{AuthMode, Cidr, KeyCache, SharedLimiter};
 use crate::cache::ResponseCache;
 use crate::telemetry::live::LiveStats;
 
@@ -64,6 +67,10 @@ pub struct HttpSettings {
     pub cors: CorsOrigins,
     /// Serve `/v1/admin/profile/{cpu,heap}` (needs a build with the `profiling` feature).
     pub profiling: bool,
+    /// Whether callers must present an API key.
+    pub auth: AuthMode,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// Which browser origins may call the API.
@@ -95,6 +102,10 @@ pub struct AppState {
     pub live: LiveStats,
     /// Connected event-stream clients by transport.
     pub streams: StreamCounts,
+    /// API keys by hash, cached.
+    pub keys: KeyCache,
+    /// Rate limits (none when rate limiting is off).
+    pub limiter: SharedLimiter,
 }
 
 /// Connected event-stream clients, by transport (for metrics).
@@ -157,6 +168,8 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .route("/v1/search", get(search::search))
         .route("/v1/events", get(events::sse))
         .route("/v1/ws", get(events::ws))
+        .route("/v1/admin/keys", get(keys::list).post(keys::create))
+        .route("/v1/admin/keys/{id}", axum::routing::delete(keys::revoke))
         .merge(extra)
         .merge(if settings.profiling {
             Router::new()
@@ -181,6 +194,14 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::rate_limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .layer(DefaultBodyLimit::max(settings.body_limit))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn(middleware::count_uncompressed))

@@ -2,7 +2,32 @@
 
 use utoipa::OpenApi;
 
-use super::{events, messages, ops, search, sessions};
+use utoipa::Modify;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use super::{events, keys, messages, ops, search, sessions};
+
+/// `Authorization: Bearer <API key>` (when the server runs with `auth = required`). Scopes:
+/// `read` for GETs and streams, `write` for changes, `admin` for keys and profiles.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key (`sessiond_…`) with the scope the operation needs: read \
+                         (GETs, streams, summaries), write (changes) or admin (keys, profiles).",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -35,12 +60,18 @@ use super::{events, messages, ops, search, sessions};
         search::search,
         events::sse,
         events::ws,
+        keys::create,
+        keys::list,
+        keys::revoke,
     ),
+    modifiers(&BearerAuth),
+    security((), ("bearer" = [])),
     tags(
         (name = "sessions", description = "Sessions: a conversation in a directory"),
         (name = "messages", description = "Messages of a session"),
         (name = "search", description = "Full-text search over message text"),
         (name = "events", description = "Every change, live: server-sent events and WebSocket"),
+        (name = "admin", description = "API keys (admin scope)"),
         (name = "operations", description = "Health, readiness and documentation"),
     )
 )]

@@ -165,48 +165,161 @@ fn asset(content_type: &'static str, bytes: &'static [u8]) -> Response {
     responses((status = 200, description = "Metrics in the Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<SharedState>) -> Response {
     use crate::telemetry::metrics::WRITER_QUEUE;
+    // What this server owns is written here, from its own state; what is recorded as it
+    // happens (requests, batches, waits) comes from the process-wide recorder below.
     let recorder = crate::telemetry::metrics::handle();
     let cache = state.cache.stats();
     let hub = state.hub.stats();
-    let label = [("cache", "responses")];
-    metrics::counter!("sessiond_cache_hits_total", &label).absolute(cache.hits);
-    metrics::counter!("sessiond_cache_misses_total", &label).absolute(cache.misses);
-    metrics::counter!("sessiond_cache_evictions_total", &label).absolute(cache.evictions);
-    metrics::gauge!("sessiond_cache_entries", &label).set(cache.entries as f64);
-    metrics::gauge!("sessiond_cache_bytes", &label).set(cache.bytes as f64);
-    metrics::gauge!("sessiond_event_clients", "transport" => "sse")
-        .set(state.streams.sse.load(Ordering::Relaxed) as f64);
-    metrics::gauge!("sessiond_event_clients", "transport" => "ws")
-        .set(state.streams.ws.load(Ordering::Relaxed) as f64);
-    metrics::counter!("sessiond_events_published_total")
-        .absolute(hub.published.load(Ordering::Relaxed));
-    metrics::counter!("sessiond_events_delivered_total")
-        .absolute(hub.delivered.load(Ordering::Relaxed));
-    metrics::counter!("sessiond_event_clients_lagged_total")
-        .absolute(hub.lagged.load(Ordering::Relaxed));
-    metrics::gauge!("sessiond_event_log_head").set(state.hub.head() as f64);
-    metrics::gauge!(WRITER_QUEUE).set(state.storage.writer_queue_depth() as f64);
+    let mut text = String::with_capacity(8192);
+    let mut metric = |name: &str, kind: &str, help: &str, series: &[(&str, f64)]| {
+        use std::fmt::Write as _;
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in series {
+            let _ = writeln!(text, "{name}{labels} {value}");
+        }
+    };
+    let responses = r#"{cache="responses"}"#;
+    metric(
+        "sessiond_cache_hits_total",
+        "counter",
+        "Response cache hits.",
+        &[(responses, cache.hits as f64)],
+    );
+    metric(
+        "sessiond_cache_misses_total",
+        "counter",
+        "Response cache misses.",
+        &[(responses, cache.misses as f64)],
+    );
+    metric(
+        "sessiond_cache_evictions_total",
+        "counter",
+        "Response cache evictions (size or age).",
+        &[(responses, cache.evictions as f64)],
+    );
+    metric(
+        "sessiond_cache_entries",
+        "gauge",
+        "Entries in the response cache.",
+        &[(responses, cache.entries as f64)],
+    );
+    metric(
+        "sessiond_cache_bytes",
+        "gauge",
+        "Bytes held by the response cache.",
+        &[(responses, cache.bytes as f64)],
+    );
+    metric(
+        "sessiond_event_clients",
+        "gauge",
+        "Connected event-stream clients.",
+        &[
+            (
+                r#"{transport="sse"}"#,
+                state.streams.sse.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                r#"{transport="ws"}"#,
+                state.streams.ws.load(Ordering::Relaxed) as f64,
+            ),
+        ],
+    );
+    metric(
+        "sessiond_events_published_total",
+        "counter",
+        "Events published to subscribers.",
+        &[("", hub.published.load(Ordering::Relaxed) as f64)],
+    );
+    metric(
+        "sessiond_events_delivered_total",
+        "counter",
+        "Events queued for a subscriber (one per subscriber per event).",
+        &[("", hub.delivered.load(Ordering::Relaxed) as f64)],
+    );
+    metric(
+        "sessiond_event_clients_lagged_total",
+        "counter",
+        "Event-stream clients disconnected for falling behind.",
+        &[("", hub.lagged.load(Ordering::Relaxed) as f64)],
+    );
+    metric(
+        "sessiond_event_log_head",
+        "gauge",
+        "The newest event seq.",
+        &[("", state.hub.head() as f64)],
+    );
+    metric(
+        WRITER_QUEUE,
+        "gauge",
+        "Writes waiting for the writer.",
+        &[("", state.storage.writer_queue_depth() as f64)],
+    );
     if let Some(bytes) = state.storage.disk_bytes() {
-        metrics::gauge!("sessiond_database_bytes").set(bytes as f64);
+        metric(
+            "sessiond_database_bytes",
+            "gauge",
+            "Bytes of the database on disk (with its WAL).",
+            &[("", bytes as f64)],
+        );
     }
+    metric(
+        "sessiond_auth_key_cache_hits_total",
+        "counter",
+        "API key lookups answered by the cache.",
+        &[("", state.keys.hits.load(Ordering::Relaxed) as f64)],
+    );
+    metric(
+        "sessiond_auth_key_cache_misses_total",
+        "counter",
+        "API key lookups that read the database.",
+        &[("", state.keys.misses.load(Ordering::Relaxed) as f64)],
+    );
     let process = crate::telemetry::process::read();
-    if let Some(rss) = process.resident_bytes {
-        metrics::gauge!("process_resident_memory_bytes").set(rss as f64);
-    }
-    if let Some(cpu) = process.cpu_seconds {
-        metrics::gauge!("process_cpu_seconds_total").set(cpu);
-    }
-    if let Some(fds) = process.open_fds {
-        metrics::gauge!("process_open_fds").set(fds as f64);
-    }
-    if let Some(threads) = process.threads {
-        metrics::gauge!("process_threads").set(threads as f64);
-    }
-    if let Some(start) = process.start_time_seconds {
-        metrics::gauge!("process_start_time_seconds").set(start);
-    }
-    metrics::gauge!("sessiond_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    let text = recorder.render();
+    let mut optional = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+        if let Some(value) = value {
+            metric(name, kind, help, &[("", value)]);
+        }
+    };
+    optional(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory.",
+        process.resident_bytes.map(|v| v as f64),
+    );
+    optional(
+        "process_cpu_seconds_total",
+        "counter",
+        "CPU time used, user and system.",
+        process.cpu_seconds,
+    );
+    optional(
+        "process_open_fds",
+        "gauge",
+        "Open file descriptors.",
+        process.open_fds.map(|v| v as f64),
+    );
+    optional(
+        "process_threads",
+        "gauge",
+        "Threads.",
+        process.threads.map(|v| v as f64),
+    );
+    optional(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time, seconds since the epoch.",
+        process.start_time_seconds,
+    );
+    metric(
+        "sessiond_build_info",
+        "gauge",
+        "The running version.",
+        &[(
+            &format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")),
+            1.0,
+        )],
+    );
+    text.push_str(&recorder.render());
     (
         [(
             header::CONTENT_TYPE,

@@ -10,6 +10,7 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
+use crate::domain::keys::{ApiKey, NewKey};
 use crate::events::{Event, EventFilter};
 
 use crate::domain::{
@@ -164,6 +165,14 @@ pub trait Storage: Send + Sync + 'static {
     /// Deletes events older than `older_than` (ms) and all but the newest `keep`; returns how
     /// many were deleted. Deletes in small batches so writes are never held up for long.
     async fn prune_events(&self, older_than: i64, keep: u64) -> StorageResult<u64>;
+
+    /// Stores a new API key (its secret's hash and hint).
+    async fn create_key(&self, new: NewKey, hash: String, hint: String) -> StorageResult<ApiKey>;
+    async fn list_keys(&self) -> StorageResult<Vec<ApiKey>>;
+    /// `NotFound` for an unknown id; revoking twice keeps the first time.
+    async fn revoke_key(&self, id: &str) -> StorageResult<ApiKey>;
+    /// The key whose secret hashes to `hash`.
+    async fn find_key(&self, hash: &str) -> StorageResult<Option<ApiKey>>;
 
     /// Writes complete sessions in bulk (seeding, copying between backends).
     async fn import(&self, sessions: Vec<ImportSession>) -> StorageResult<()>;

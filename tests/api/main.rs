@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod access;
 mod bench;
 mod errors;
 mod events;

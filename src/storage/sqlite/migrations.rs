@@ -27,6 +27,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../migrations/0003_session_version.sql"),
     ),
     ("meta", include_str!("../../../migrations/0004_meta.sql")),
+    (
+        "api_keys",
+        include_str!("../../../migrations/0005_api_keys.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.

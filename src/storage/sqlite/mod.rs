@@ -5,6 +5,7 @@
 //! for the life of the process so two servers never write one database.
 
 pub mod fts;
+pub mod keys;
 pub mod migrations;
 mod pool;
 mod reads;
@@ -29,6 +30,7 @@ use super::{
     EventBounds, ImportSession, MessageListQuery, SearchQuery, SessionListQuery, SessionText,
     Storage, StorageResult,
 };
+use crate::domain::keys::{ApiKey, NewKey};
 use crate::domain::{
     IdGenerator, Message, MessageCursor, MessageId, NewMessage, NewSession, Page, SearchCursor,
     SearchHit, Session, SessionCursor, SessionId, SessionPatch,
@@ -333,6 +335,28 @@ impl Storage for SqliteStorage {
                 return Ok(total);
             }
         }
+    }
+
+    async fn create_key(&self, new: NewKey, hash: String, hint: String) -> StorageResult<ApiKey> {
+        self.writer
+            .write(move |ctx| keys::create(ctx.conn, &new, &hash, &hint))
+            .await
+    }
+
+    async fn list_keys(&self) -> StorageResult<Vec<ApiKey>> {
+        self.readers.read(keys::list).await
+    }
+
+    async fn revoke_key(&self, id: &str) -> StorageResult<ApiKey> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |ctx| keys::revoke(ctx.conn, &id))
+            .await
+    }
+
+    async fn find_key(&self, hash: &str) -> StorageResult<Option<ApiKey>> {
+        let hash = hash.to_owned();
+        self.readers.read(move |conn| keys::find(conn, &hash)).await
     }
 
     async fn import(&self, sessions: Vec<ImportSession>) -> StorageResult<()> {

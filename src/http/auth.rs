@@ -1,0 +1,428 @@
+//! Who is calling, and may they: API-key authentication, scopes, and rate limiting, as two
+//! middlewares around every route.
+//!
+//! - [`authorize`]: reads `Authorization: Bearer <key>`, finds the key (through a cache:
+//!   60 s for known keys, 5 s for unknown ones, and revocations on this instance take effect
+//!   at once), and checks the route's scope. Missing or unusable keys get 401, insufficient
+//!   scope 403. With `auth = off` every caller is anonymous and allowed.
+//! - [`rate_limit`]: charges the caller (its key, else its address) to the route's tier and
+//!   answers 429 with `Retry-After` past the budget; every limited response carries the
+//!   `RateLimit-Policy` and `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers-10).
+//!
+//! `/health` is never authenticated or limited; `/ready`, `/openapi.json` and `/docs` are
+//! public too. Keys never reach the logs: only their ids do.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::SharedState;
+use crate::domain::keys::{self, ApiKey, Scope};
+use crate::domain::wall_clock_ms;
+use crate::error::ApiError;
+use crate::ratelimit::{Decision, Limiter, Tier};
+use crate::storage::Storage;
+
+/// Whether callers must present a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    Off,
+}
+
+/// Who made a request, in request extensions.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    Key { id: String, scope: Scope },
+    Anonymous,
+}
+
+/// Key lookups by hash, cached.
+pub struct KeyCache {
+    known: moka::sync::Cache<String, ApiKey>,
+    unknown: moka::sync::Cache<String, ()>,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        KeyCache {
+            known: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .support_invalidation_closures()
+                .build(),
+            // Short: a key created on another instance must not stay unknown here for long,
+            // but a flood of made-up keys must not reach the database every time either.
+            unknown: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(5))
+                .build(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+}
+
+impl KeyCache {
+    pub async fn find(
+        &self,
+        storage: &dyn Storage,
+        secret: &str,
+    ) -> Result<Option<ApiKey>, ApiError> {
+        let hash = keys::hash(secret);
+        if let Some(key) = self.known.get(&hash) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(key));
+        }
+        if self.unknown.contains_key(&hash) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let found = storage.find_key(&hash).await?;
+        match &found {
+            Some(key) => self.known.insert(hash, key.clone()),
+            None => self.unknown.insert(hash, ()),
+        }
+        Ok(found)
+    }
+
+    /// Forgets a key at once (it was revoked on this instance).
+    pub fn forget(&self, id: &str) {
+        let id = id.to_owned();
+        let _ = self.known.invalidate_entries_if(move |_, key| key.id == id);
+    }
+}
+
+/// The scope a request needs, or `None` for public routes.
+fn required_scope(method: &Method, route: Option<&str>) -> Option<Scope> {
+    match route {
+        Some("/health" | "/ready" | "/openapi.json" | "/docs" | "/docs/{asset}") => None,
+        Some(route) if route.starts_with("/v1/admin/") => Some(Scope::Admin),
+        // A summary reads: it is a POST only because it is computed on demand.
+        Some("/v1/sessions/{id}/summarize") => Some(Scope::Read),
+        _ if matches!(*method, Method::GET | Method::HEAD) => Some(Scope::Read),
+        _ => Some(Scope::Write),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn unauthorized(detail: String) -> Response {
+    let mut response = ApiError::Unauthorized(detail).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"sessiond\""),
+    );
+    response
+}
+
+pub async fn authorize(
+    State(state): State<SharedState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let needed = required_scope(request.method(), route.as_ref().map(MatchedPath::as_str));
+    let caller = match (state.settings.auth, needed) {
+        (AuthMode::Off, _) | (_, None) => Caller::Anonymous,
+        (AuthMode::Required, Some(needed)) => {
+            let Some(secret) = bearer(request.headers()) else {
+                return unauthorized(
+                    "this endpoint needs an API key: send `Authorization: Bearer <key>`".to_owned(),
+                );
+            };
+            let key = match state.keys.find(&*state.storage, secret).await {
+                Ok(Some(key)) => key,
+                Ok(None) => return unauthorized("the API key is not valid".to_owned()),
+                Err(error) => return error.into_response(),
+            };
+            if let Some(why) = key.unusable(wall_clock_ms()) {
+                return unauthorized(why);
+            }
+            if !key.scope.allows(needed) {
+                return ApiError::Forbidden(format!(
+                    "API key {} has scope `{}`; this needs `{needed}`",
+                    key.id, key.scope
+                ))
+                .into_response();
+            }
+            Caller::Key {
+                id: key.id,
+                scope: key.scope,
+            }
+        }
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// Which budget a request draws on; `None` for requests never limited.
+fn tier(method: &Method, route: Option<&str>) -> Option<Tier> {
+    match route {
+        Some("/health") => None,
+        Some("/v1/search" | "/v1/sessions/{id}/summarize") => Some(Tier::Expensive),
+        _ if matches!(*method, Method::GET | Method::HEAD) => Some(Tier::Read),
+        _ => Some(Tier::Default),
+    }
+}
+
+/// An address block from `trusted_proxies`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    network: u128,
+    mask: u128,
+    v4: bool,
+}
+
+impl Cidr {
+    /// `10.0.0.0/8`, `::1/128` or a single address.
+    pub fn parse(raw: &str) -> Result<Cidr, String> {
+        let (address, bits) = match raw.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (raw, None),
+        };
+        let ip: IpAddr = address
+            .trim()
+            .parse()
+            .map_err(|_| format!("{raw:?} is not an IP address or CIDR block"))?;
+        let (value, width, v4) = match ip {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32, true),
+            IpAddr::V6(v6) => (u128::from(v6), 128, false),
+        };
+        let bits: u32 = match bits {
+            None => width,
+            Some(b) => b
+                .trim()
+                .parse()
+                .ok()
+                .filter(|b| *b <= width)
+                .ok_or_else(|| format!("{raw:?} has an invalid prefix length"))?,
+        };
+        let mask = if bits == 0 {
+            0
+        } else {
+            (u128::MAX << (width - bits)) & (u128::MAX >> (128 - width))
+        };
+        Ok(Cidr {
+            network: value & mask,
+            mask,
+            v4,
+        })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (ip, self.v4) {
+            (IpAddr::V4(v4), true) => u128::from(u32::from(v4)) & self.mask == self.network,
+            (IpAddr::V6(v6), false) => u128::from(v6) & self.mask == self.network,
+            (IpAddr::V6(v6), true) => v6
+                .to_ipv4_mapped()
+                .is_some_and(|v4| u128::from(u32::from(v4)) & self.mask == self.network),
+            (IpAddr::V4(_), false) => false,
+        }
+    }
+}
+
+/// The client's address: the peer's, unless the peer is a trusted proxy, in which case the
+/// nearest address in `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|cidr| cidr.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|part| part.trim().parse().ok())
+        .collect();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !is_trusted(*ip))
+        .unwrap_or(peer)
+}
+
+fn rate_headers(
+    headers: &mut HeaderMap,
+    tier: Tier,
+    limiter: &dyn Limiter,
+    remaining: u32,
+    reset: u64,
+) {
+    let policy = limiter.policy(tier);
+    let name = tier.as_str();
+    if let Ok(value) = HeaderValue::from_str(&format!(
+        "\"{name}\";q={};w={}",
+        policy.burst,
+        policy.window_seconds()
+    )) {
+        headers.insert("ratelimit-policy", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{name}\";r={remaining};t={reset}")) {
+        headers.insert("ratelimit", value);
+    }
+}
+
+pub async fn rate_limit(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(limiter) = state.limiter.as_deref() else {
+        return next.run(request).await;
+    };
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let Some(tier) = tier(request.method(), route.as_ref().map(MatchedPath::as_str)) else {
+        return next.run(request).await;
+    };
+    let caller = match request.extensions().get::<Caller>() {
+        Some(Caller::Key { id, .. }) => format!("key:{id}"),
+        _ => format!(
+            "ip:{}",
+            client_ip(
+                peer.ip(),
+                request.headers(),
+                &state.settings.trusted_proxies
+            )
+        ),
+    };
+    match limiter.check(tier, &caller) {
+        Decision::Allowed {
+            remaining,
+            reset_seconds,
+        } => {
+            let mut response = next.run(request).await;
+            rate_headers(
+                response.headers_mut(),
+                tier,
+                limiter,
+                remaining,
+                reset_seconds,
+            );
+            response
+        }
+        Decision::Limited {
+            retry_after_seconds,
+        } => {
+            metrics::counter!("sessiond_rate_limited_total", "tier" => tier.as_str()).increment(1);
+            let mut response = ApiError::RateLimited {
+                tier: tier.as_str(),
+                retry_after_secs: retry_after_seconds,
+            }
+            .into_response();
+            rate_headers(
+                response.headers_mut(),
+                tier,
+                limiter,
+                0,
+                retry_after_seconds,
+            );
+            response
+        }
+    }
+}
+
+/// A shared limiter (or none when rate limiting is off).
+pub type SharedLimiter = Option<Arc<dyn Limiter>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_by_route_and_method() {
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(required_scope(&get, Some("/health")), None);
+        assert_eq!(
+            required_scope(&get, Some("/v1/sessions")),
+            Some(Scope::Read)
+        );
+        assert_eq!(required_scope(&get, Some("/v1/events")), Some(Scope::Read));
+        assert_eq!(
+            required_scope(&post, Some("/v1/sessions")),
+            Some(Scope::Write)
+        );
+        assert_eq!(
+            required_scope(&Method::DELETE, Some("/v1/sessions/{id}")),
+            Some(Scope::Write)
+        );
+        assert_eq!(
+            required_scope(&post, Some("/v1/sessions/{id}/summarize")),
+            Some(Scope::Read)
+        );
+        assert_eq!(
+            required_scope(&get, Some("/v1/admin/keys")),
+            Some(Scope::Admin)
+        );
+        assert_eq!(
+            required_scope(&get, None),
+            Some(Scope::Read),
+            "unknown routes need a key"
+        );
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_behind_trusted_proxies() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, 10.0.0.2"),
+        );
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let stranger: IpAddr = "198.51.100.7".parse().unwrap();
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        assert_eq!(
+            client_ip(stranger, &headers, &trusted),
+            stranger,
+            "spoofing ignored"
+        );
+        assert_eq!(
+            client_ip(proxy, &headers, &[]),
+            proxy,
+            "nothing trusted by default"
+        );
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap(),
+            "the nearest untrusted hop"
+        );
+    }
+
+    #[test]
+    fn cidr_blocks() {
+        let block = Cidr::parse("192.168.0.0/16").unwrap();
+        assert!(block.contains("192.168.4.2".parse().unwrap()));
+        assert!(!block.contains("192.169.0.1".parse().unwrap()));
+        assert!(block.contains("::ffff:192.168.1.1".parse().unwrap()));
+        let one = Cidr::parse("::1").unwrap();
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.1".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        for bad in ["x", "10.0.0.0/33", "::/129", "10.0.0.0/-1"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
