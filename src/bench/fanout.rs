@@ -13,7 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::client::{Connection, Target};
-use super::stats::{FanoutReport, Outcome, Percentiles, Recorder, histogram, rss_mb};
+use super::stats::{
+    FanoutReport, Memory, Outcome, Percentiles, Recorder, histogram, memory, rss_mb,
+};
 use super::workload::Op;
 
 /// Marker the publisher puts in each message's metadata; subscribers find it in the event.
@@ -31,7 +33,7 @@ pub struct FanoutSpec {
 pub struct FanoutOutput {
     pub report: FanoutReport,
     pub elapsed: Duration,
-    pub rss_samples: Vec<(f64, f64)>,
+    pub rss_samples: Vec<(f64, Memory)>,
 }
 
 /// Send instants (ns since `origin`) of published messages, by their bench sequence number.
@@ -167,7 +169,7 @@ pub async fn run(
         let due = started + period * k as u32;
         tokio::time::sleep_until(due.into()).await;
         if k % (spec.rate.ceil() as usize).max(1) == 0
-            && let Some(mb) = spec.pid.and_then(rss_mb)
+            && let Some(mb) = spec.pid.and_then(memory)
         {
             rss_samples.push((started.elapsed().as_secs_f64(), mb));
         }

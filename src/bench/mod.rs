@@ -31,7 +31,7 @@ use self::client::{Connection, Target};
 use self::report::{compare, html, summary};
 use self::runner::{Model, RunSpec, run};
 use self::scenarios::Scenario;
-use self::stats::{RampReport, RampStep, Recorder, RssReport, slope};
+use self::stats::{Memory, RampReport, RampStep, Recorder, RssReport, slope};
 use self::workload::Dataset;
 use crate::config::parse_duration;
 
@@ -248,20 +248,25 @@ fn base_result(scenario: &str, target: &str, model: Model) -> BenchResult {
     }
 }
 
-fn rss_report(pid: Option<u32>, samples: Vec<(f64, f64)>) -> Option<RssReport> {
+fn rss_report(pid: Option<u32>, memory: Vec<(f64, Memory)>) -> Option<RssReport> {
     let pid = pid?;
-    let first = samples.first()?.1;
-    let last = samples.last()?.1;
+    let samples: Vec<(f64, f64)> = memory.iter().map(|(t, m)| (*t, m.rss_mb)).collect();
+    let anon_samples: Vec<(f64, f64)> = memory.iter().map(|(t, m)| (*t, m.anon_mb)).collect();
+    // Caches fill during the first minutes (page caches, the mmap, the response cache): the
+    // trend that matters is the one after that warm-up, so the first quarter of the run is
+    // left out of the fit.
+    let after_warm_up = |s: &[(f64, f64)]| slope(&s[s.len() / 4..]) * 3600.0;
     Some(RssReport {
         pid,
-        start_mb: first,
-        end_mb: last,
+        start_mb: samples.first()?.1,
+        end_mb: samples.last()?.1,
         max_mb: samples.iter().map(|s| s.1).fold(0.0, f64::max),
-        // Caches fill during the first minutes (page caches, the mmap, the response cache):
-        // the trend that matters is the one after that warm-up, so the first quarter of the
-        // run is left out of the fit.
-        growth_mb_per_hour: slope(&samples[samples.len() / 4..]) * 3600.0,
+        growth_mb_per_hour: after_warm_up(&samples),
+        anon_start_mb: anon_samples.first()?.1,
+        anon_end_mb: anon_samples.last()?.1,
+        anon_growth_mb_per_hour: after_warm_up(&anon_samples),
         samples,
+        anon_samples,
     })
 }
 
@@ -415,7 +420,7 @@ impl Scenario {
                 output
                     .rss_samples
                     .into_iter()
-                    .map(|(t, mb)| (t + offset, mb)),
+                    .map(|(t, memory)| (t + offset, memory)),
             );
             // Keeping up matters as much as latency: an overloaded open-model run that falls
             // behind schedule shows it as latency, but only if requests complete at all.

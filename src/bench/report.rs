@@ -41,6 +41,7 @@ const METRICS: &[&str] = &[
     "error_rate",
     "rss_growth_mb_per_hour",
     "rss_max_mb",
+    "anon_growth_mb_per_hour",
     "knee_rps",
     "delivery_p50",
     "delivery_p99",
@@ -152,6 +153,7 @@ fn metric(result: &BenchResult, operation: Option<&str>, metric: &str) -> Option
         "error_rate" => Some(result.errors.total as f64 / result.requests.max(1) as f64),
         "rss_growth_mb_per_hour" => result.rss.as_ref().map(|r| r.growth_mb_per_hour),
         "rss_max_mb" => result.rss.as_ref().map(|r| r.max_mb),
+        "anon_growth_mb_per_hour" => result.rss.as_ref().map(|r| r.anon_growth_mb_per_hour),
         "knee_rps" => result.ramp.as_ref().and_then(|r| r.knee_rps),
         "delivery_p50" => result.fanout.as_ref().map(|f| f.delivery_ms.p50),
         "delivery_p99" => result.fanout.as_ref().map(|f| f.delivery_ms.p99),
@@ -228,6 +230,11 @@ pub fn summary(result: &BenchResult) -> String {
             out,
             "target RSS (pid {}): start {:.1} MiB, end {:.1} MiB, max {:.1} MiB, growth {:.1} MiB/hour",
             rss.pid, rss.start_mb, rss.end_mb, rss.max_mb, rss.growth_mb_per_hour
+        );
+        let _ = writeln!(
+            out,
+            "  of which anonymous (heap, stacks): start {:.1} MiB, end {:.1} MiB, growth {:.1} MiB/hour",
+            rss.anon_start_mb, rss.anon_end_mb, rss.anon_growth_mb_per_hour
         );
     }
     if let Some(ramp) = &result.ramp {

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::client::{Connection, Failure, Target};
-use super::stats::{Outcome, Recorder, TimelinePoint, rss_mb};
+use super::stats::{Memory, Outcome, Recorder, TimelinePoint, memory};
 use super::workload::{Dataset, Mix, Op, User};
 
 #[derive(Clone, Copy, Debug)]
@@ -52,7 +52,7 @@ pub struct RunSpec {
 pub struct RunOutput {
     pub elapsed: Duration,
     pub timeline: Vec<TimelinePoint>,
-    pub rss_samples: Vec<(f64, f64)>,
+    pub rss_samples: Vec<(f64, Memory)>,
 }
 
 /// How long requests still running (or queued, in the open model) at the end of the run may
@@ -209,9 +209,9 @@ pub async fn run(spec: &RunSpec, recorder: &Arc<Recorder>) -> RunOutput {
         last_tick = now;
         if let Some(pid) = spec.rss_pid
             && last_rss.is_none_or(|at| now.duration_since(at) >= spec.rss_every)
-            && let Some(mb) = rss_mb(pid)
+            && let Some(sample) = memory(pid)
         {
-            rss_samples.push((t, mb));
+            rss_samples.push((t, sample));
             last_rss = Some(now);
         }
         let line = format!(
@@ -246,9 +246,9 @@ pub async fn run(spec: &RunSpec, recorder: &Arc<Recorder>) -> RunOutput {
         eprintln!();
     }
     if let Some(pid) = spec.rss_pid
-        && let Some(mb) = rss_mb(pid)
+        && let Some(sample) = memory(pid)
     {
-        rss_samples.push((now.duration_since(start).as_secs_f64(), mb));
+        rss_samples.push((now.duration_since(start).as_secs_f64(), sample));
     }
     RunOutput {
         elapsed: spec.duration.min(now.duration_since(start)),

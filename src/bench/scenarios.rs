@@ -107,7 +107,7 @@ impl Scenario {
                 mix: realistic_mix(),
                 model: Model::Closed { connections: 50 },
                 duration: secs(600),
-                thresholds: &["errors==0", "rss_growth_mb_per_hour<64"],
+                thresholds: &["errors==0", "anon_growth_mb_per_hour<64"],
             },
             // Raise the arrival rate step by step until p99 passes the SLO or errors appear.
             "ramp" => Scenario {

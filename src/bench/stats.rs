@@ -81,6 +81,7 @@ pub struct OperationResult {
 
 /// Resident memory of the target process over the run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct RssReport {
     pub pid: u32,
     /// `[seconds, MiB]` samples.
@@ -91,6 +92,12 @@ pub struct RssReport {
     /// Least-squares slope of the samples after the first quarter of the run (warm-up), in
     /// MiB per hour.
     pub growth_mb_per_hour: f64,
+    /// `[seconds, MiB]` samples of the anonymous part of the RSS (heap, stacks).
+    pub anon_samples: Vec<(f64, f64)>,
+    pub anon_start_mb: f64,
+    pub anon_end_mb: f64,
+    /// Slope of the anonymous part after the warm-up, in MiB per hour: the leak signal.
+    pub anon_growth_mb_per_hour: f64,
 }
 
 /// One step of a ramp.
@@ -358,10 +365,30 @@ pub fn slope(samples: &[(f64, f64)]) -> f64 {
 
 /// Resident set size of a process in MiB, from `/proc/PID/status` (Linux).
 pub fn rss_mb(pid: u32) -> Option<f64> {
+    memory(pid).map(|m| m.rss_mb)
+}
+
+/// Resident memory of a process: all of it, and its anonymous part (heap and stacks). The
+/// difference is file-backed pages, above all the memory-mapped database, which the kernel
+/// reclaims at will and which grow only until the hot part of the file is mapped: a leak shows
+/// in the anonymous part.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Memory {
+    pub rss_mb: f64,
+    pub anon_mb: f64,
+}
+
+pub fn memory(pid: u32) -> Option<Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    let field = |name: &str| -> Option<f64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    };
+    Some(Memory {
+        rss_mb: field("VmRSS:")?,
+        anon_mb: field("RssAnon:")?,
+    })
 }
 
 #[cfg(test)]

@@ -188,10 +188,14 @@ fn open_writer(path: &Path) -> anyhow::Result<Connection> {
         bail!("the database refused WAL mode (it stayed in {mode} mode)");
     }
     // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power loss.
+    // A 16 MiB page cache, not more: at the end of every transaction SQLite walks the cache's
+    // hash table to drop pages past the end of the file, and with 64 MiB that walk took 10% of
+    // the writer thread's CPU under 32 appending clients (perf, 1M messages; 2.9% at 16 MiB).
+    // The operating system's page cache keeps the rest of the hot pages close anyway.
     conn.execute_batch(
         "PRAGMA synchronous = FULL;
          PRAGMA busy_timeout = 5000;
-         PRAGMA cache_size = -65536;
+         PRAGMA cache_size = -16384;
          PRAGMA temp_store = MEMORY;
          PRAGMA journal_size_limit = 67108864;",
     )
