@@ -21,6 +21,8 @@ pub struct Target {
     pub authority: String,
     /// Path prefix from the URL (empty, or e.g. `/api`), without a trailing slash.
     pub base_path: String,
+    /// `Bearer <key>` for a server that requires an API key.
+    pub authorization: Option<hyper::header::HeaderValue>,
 }
 
 impl Target {
@@ -49,7 +51,17 @@ impl Target {
             addr,
             authority,
             base_path: uri.path().trim_end_matches('/').to_owned(),
+            authorization: None,
         })
+    }
+
+    /// Sends `Authorization: Bearer <key>` with every request.
+    pub fn with_api_key(mut self, key: &str) -> anyhow::Result<Target> {
+        let mut value = hyper::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .map_err(|_| anyhow::anyhow!("--api-key contains characters a header cannot carry"))?;
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        Ok(self)
     }
 }
 
@@ -129,6 +141,9 @@ impl Connection {
             .header(hyper::header::HOST, self.target.authority.as_str());
         if body.is_some() {
             builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(authorization) = &self.target.authorization {
+            builder = builder.header(hyper::header::AUTHORIZATION, authorization.clone());
         }
         let request = builder
             .body(Full::new(body.unwrap_or_default()))

@@ -76,8 +76,15 @@ pub async fn run(
 
     eprintln!("connecting {} subscribers …", spec.subscribers);
     let mut tasks = tokio::task::JoinSet::new();
+    let authorization = spec
+        .target
+        .authorization
+        .as_ref()
+        .and_then(|value| value.to_str().ok())
+        .map(|value| format!("Authorization: {value}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "GET {}/v1/events?session_id={session_id} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+        "GET {}/v1/events?session_id={session_id} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{authorization}\r\n",
         spec.target.base_path, spec.target.authority
     );
     for index in 0..spec.subscribers {

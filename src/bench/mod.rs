@@ -112,6 +112,15 @@ pub struct BenchArgs {
     /// Fan-out: event-stream subscribers to hold open
     #[arg(long, default_value_t = 1000)]
     pub subscribers: usize,
+    /// API key sent as `Authorization: Bearer …` (for a server with auth required); a key
+    /// with the write scope runs every scenario
+    #[arg(
+        long,
+        env = "SESSIOND_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub api_key: Option<String>,
 }
 
 /// Runs the bench command on its own runtime (sized by `--threads`).
@@ -182,7 +191,10 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         }
         (None, None) => bail!("give --target URL or --data-dir DIR"),
     };
-    let target = Target::parse(&target_url)?;
+    let mut target = Target::parse(&target_url)?;
+    if let Some(key) = &args.api_key {
+        target = target.with_api_key(key)?;
+    }
     wait_until_healthy(&target).await?;
 
     let result = scenario.run(&args, &target, &target_url, target_pid).await;
@@ -229,7 +241,8 @@ async fn wait_until_healthy(target: &Target) -> anyhow::Result<()> {
 }
 
 /// The result fields that describe the run rather than measure it.
-fn base_result(scenario: &str, target: &str, model: Model) -> BenchResult {
+/// The result's common fields; `started_at_ms` is when the measured run began.
+fn base_result(scenario: &str, target: &str, model: Model, started_at_ms: i64) -> BenchResult {
     BenchResult {
         scenario: scenario.to_owned(),
         target: target.to_owned(),
@@ -242,7 +255,7 @@ fn base_result(scenario: &str, target: &str, model: Model) -> BenchResult {
             Model::Closed { .. } => None,
         },
         connections: model.connections(),
-        started_at_ms: crate::domain::wall_clock_ms(),
+        started_at_ms,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         ..BenchResult::default()
     }
@@ -324,8 +337,9 @@ impl Scenario {
             seed: args.seed,
         };
         let recorder = Arc::new(Recorder::default());
+        let started_at_ms = crate::domain::wall_clock_ms();
         let output = run(&spec, &recorder).await;
-        let mut result = base_result(self.name, target_url, model);
+        let mut result = base_result(self.name, target_url, model, started_at_ms);
         recorder.finish(
             &mut result,
             output.elapsed,
@@ -356,12 +370,13 @@ impl Scenario {
             pid: target_pid,
         };
         let publishers = Arc::new(Recorder::default());
+        let started_at_ms = crate::domain::wall_clock_ms();
         let output = fanout::run(&spec, &publishers).await?;
         let model = Model::Open {
             rate,
             connections: args.subscribers,
         };
-        let mut result = base_result(self.name, target_url, model);
+        let mut result = base_result(self.name, target_url, model, started_at_ms);
         publishers.finish(&mut result, output.elapsed, false);
         result.rss = rss_report(target_pid, output.rss_samples);
         result.fanout = Some(output.report);
@@ -376,6 +391,7 @@ impl Scenario {
         target_pid: Option<u32>,
         data: Arc<Dataset>,
     ) -> anyhow::Result<BenchResult> {
+        let started_at_ms = crate::domain::wall_clock_ms();
         let slo_ms = args.slo.as_secs_f64() * 1000.0;
         let budget = args.duration.unwrap_or(self.duration);
         let started = Instant::now();
@@ -441,7 +457,7 @@ impl Scenario {
             rate *= args.ramp_factor.max(1.01);
         }
         let knee_rps = steps.iter().take_while(|s| s.passed).last().map(|s| s.rate);
-        let mut result = base_result("ramp", target_url, last_model);
+        let mut result = base_result("ramp", target_url, last_model, started_at_ms);
         overall.finish(&mut result, started.elapsed(), true);
         result.timeline = timeline;
         result.rss = rss_report(target_pid, rss_samples);

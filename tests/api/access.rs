@@ -594,3 +594,41 @@ fn requiring_auth_without_keys_says_how_to_create_one() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_authenticates_with_its_api_key() {
+    let (app, admin, _dir) = secured(|_| {}).await;
+    let bench = |key: Option<&str>| {
+        let mut command = Command::new(Process::binary());
+        command
+            .args(["bench", "--target", &app.url(""), "--scenario", "chat_list"])
+            .args([
+                "--duration",
+                "1s",
+                "--connections",
+                "2",
+                "--min-sessions",
+                "3",
+            ])
+            .args(["--threshold", "errors==0"])
+            .env_remove("SESSIOND_API_KEY");
+        if let Some(key) = key {
+            command.args(["--api-key", key]);
+        }
+        command.output().unwrap()
+    };
+    let refused = tokio::task::block_in_place(|| bench(None));
+    assert!(!refused.status.success(), "ran without a key");
+    let output = tokio::task::block_in_place(|| bench(Some(&admin)));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("errors==0") && stdout.contains("pass"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&admin), "the key was printed");
+}

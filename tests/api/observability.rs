@@ -7,7 +7,7 @@ use axum::routing::get;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::TestApp;
+use crate::helpers::{Process, TestApp};
 
 /// The value of the first metric line that starts with `series` (name and labels).
 fn value(text: &str, series: &str) -> Option<f64> {
@@ -126,29 +126,42 @@ async fn event_stream_and_writer_metrics() {
     drop(stream);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_and_uncompressed_bytes_are_counted() {
-    let app = TestApp::spawn().await;
+    // The byte counters have no route label and the recorder is shared by every server in
+    // this test process: a server process of its own keeps the other tests' traffic out.
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| Process::start(dir.path(), &[]));
+    let client = reqwest::Client::new();
     for i in 0..30 {
-        app.create_session(
-            "/bytes",
-            &format!("a long enough title for compression {i}"),
-        )
-        .await;
+        let created = client
+            .post(server.url("/v1/sessions"))
+            .json(&serde_json::json!({
+                "directory": "/bytes",
+                "title": format!("a long enough title for compression {i}"),
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), StatusCode::CREATED);
     }
-    let before = scrape(&app).await;
+    let scrape = || async {
+        let response = client.get(server.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.unwrap()
+    };
+    let before = scrape().await;
     let body = value(&before, "sessiond_http_response_body_bytes_total").unwrap();
     let sent = value(&before, "sessiond_http_response_sent_bytes_total").unwrap();
-    let response = app
-        .client
-        .get(app.url("/v1/sessions?limit=30"))
+    let response = client
+        .get(server.url("/v1/sessions?limit=30"))
         .header("accept-encoding", "zstd")
         .send()
         .await
         .unwrap();
     assert_eq!(response.headers()["content-encoding"], "zstd");
     let compressed = response.bytes().await.unwrap().len() as f64;
-    let after = scrape(&app).await;
+    let after = scrape().await;
     let body_delta = value(&after, "sessiond_http_response_body_bytes_total").unwrap() - body;
     let sent_delta = value(&after, "sessiond_http_response_sent_bytes_total").unwrap() - sent;
     // The deltas include the first scrape's own body; the list dominates either way.
@@ -157,6 +170,7 @@ async fn compressed_and_uncompressed_bytes_are_counted() {
         "before compression {body_delta} > after {sent_delta}"
     );
     assert!(sent_delta >= compressed);
+    assert!(tokio::task::block_in_place(|| server.terminate()).success());
 }
 
 #[tokio::test]
