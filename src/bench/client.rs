@@ -57,8 +57,14 @@ impl Target {
 
     /// Sends `Authorization: Bearer <key>` with every request.
     pub fn with_api_key(mut self, key: &str) -> anyhow::Result<Target> {
+        // Visible ASCII only (as every sessiond key is): `from_str` would also take bytes that
+        // `to_str` refuses, and the fan-out writes this header as text.
         let mut value = hyper::header::HeaderValue::from_str(&format!("Bearer {key}"))
-            .map_err(|_| anyhow::anyhow!("--api-key contains characters a header cannot carry"))?;
+            .ok()
+            .filter(|value| value.to_str().is_ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!("--api-key contains characters a header cannot carry")
+            })?;
         value.set_sensitive(true);
         self.authorization = Some(value);
         Ok(self)

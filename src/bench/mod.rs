@@ -240,8 +240,8 @@ async fn wait_until_healthy(target: &Target) -> anyhow::Result<()> {
     }
 }
 
-/// The result fields that describe the run rather than measure it.
-/// The result's common fields; `started_at_ms` is when the measured run began.
+/// The result fields that describe the run rather than measure it; `started_at_ms` is when
+/// the measured run began.
 fn base_result(scenario: &str, target: &str, model: Model, started_at_ms: i64) -> BenchResult {
     BenchResult {
         scenario: scenario.to_owned(),
