@@ -16,13 +16,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cache::ResponseCache;
-use crate::config::Config;
+use crate::config::{Config, Database};
 use crate::events::{Event, EventKind, Hub};
 use crate::http::auth::KeyCache;
 use crate::http::{self, AppState, HttpSettings, SharedState, StreamCounts};
 use crate::ratelimit::{Limiter, LocalLimits};
 use crate::server::{self, ServeOptions};
 use crate::storage::Storage;
+use crate::storage::postgres::{PgOptions, PgStorage};
 use crate::storage::sqlite::{SqliteOptions, SqliteStorage};
 use crate::telemetry::live::{Inputs, LiveStats};
 use crate::workers::WorkPool;
@@ -50,7 +51,8 @@ impl Application {
         crate::telemetry::metrics::handle();
         let hub = Hub::new(config.event_client_buffer);
         let cache = Arc::new(ResponseCache::new(config.cache_size));
-        let storage = open_storage(&config, &hub, &cache).await?;
+        let keys = Arc::new(KeyCache::default());
+        let storage = open_storage(&config, &hub, &cache, &keys).await?;
         hub.set_head(storage.event_bounds().await?.newest);
         let (stopping, stopping_rx) = watch::channel(false);
         let state: SharedState = Arc::new(AppState {
@@ -78,7 +80,7 @@ impl Application {
             stopping: stopping_rx,
             live: LiveStats::default(),
             streams: StreamCounts::default(),
-            keys: KeyCache::default(),
+            keys,
             limiter: config
                 .rate_limit
                 .then(|| Arc::new(LocalLimits::new(config.rate_limits)) as Arc<dyn Limiter>),
@@ -169,6 +171,7 @@ async fn open_storage(
     config: &Config,
     hub: &Arc<Hub>,
     cache: &Arc<ResponseCache>,
+    keys: &Arc<KeyCache>,
 ) -> anyhow::Result<Arc<dyn Storage>> {
     let publisher = hub.clone();
     let cache = cache.clone();
@@ -183,6 +186,18 @@ async fn open_storage(
         }
         publisher.publish(events);
     };
+    if let Database::Postgres(url) = &config.database {
+        let keys = keys.clone();
+        let options = PgOptions {
+            url: url.clone(),
+            pool_size: config.database_pool,
+            writer_queue: config.writer_queue,
+            max_batch: config.write_batch,
+            on_commit: Some(Arc::new(on_commit)),
+            on_revoke: Some(Arc::new(move |id: &str| keys.forget(id))),
+        };
+        return Ok(Arc::new(PgStorage::open(options).await?));
+    }
     let options = SqliteOptions {
         data_dir: config.data_dir.clone(),
         read_connections: config.read_connections,

@@ -41,6 +41,9 @@ pub struct KeysArgs {
     /// Data dir of the database [env: SESSIOND_DATA_DIR] [default: ./data]
     #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<std::path::PathBuf>,
+    /// `sqlite` (the data dir's database) or a `postgres://` URL [env: SESSIOND_DATABASE] [default: sqlite]
+    #[arg(long, value_name = "URL", global = true)]
+    pub database: Option<String>,
     #[command(subcommand)]
     pub command: KeysCommand,
 }
@@ -74,6 +77,9 @@ pub struct SeedArgs {
     /// Data dir to fill (created when missing) [env: SESSIOND_DATA_DIR]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<std::path::PathBuf>,
+    /// `sqlite` (the data dir's database) or a `postgres://` URL [env: SESSIOND_DATABASE] [default: sqlite]
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
     /// Sessions to create
     #[arg(long, default_value_t = 1000)]
     pub sessions: usize,
@@ -101,20 +107,30 @@ pub fn main() -> ExitCode {
 }
 
 fn keys_command(args: KeysArgs) -> ExitCode {
-    use crate::domain::keys::{NewKey, Scope, Secret};
+    use crate::domain::keys::{ApiKey, NewKey, Scope, Secret};
     use crate::storage::sqlite::keys;
     let data_dir = args
         .data_dir
         .or_else(|| std::env::var_os("SESSIOND_DATA_DIR").map(Into::into))
         .unwrap_or_else(|| "./data".into());
+    let database = args
+        .database
+        .or_else(|| std::env::var("SESSIOND_DATABASE").ok())
+        .unwrap_or_else(|| "sqlite".to_owned());
+    enum Op {
+        Create(NewKey, Secret),
+        List,
+        Revoke(String),
+    }
+    enum Done {
+        Created(ApiKey),
+        Listed(Vec<ApiKey>),
+        Revoked(ApiKey),
+    }
     let run = || -> anyhow::Result<()> {
-        // Create or upgrade the database when no server holds it; otherwise the running server
-        // already has (and `side_connection` says so if it has not).
-        if let Ok(storage) = SqliteStorage::open(SqliteOptions::new(&data_dir)) {
-            drop(storage);
-        }
-        let conn = keys::side_connection(&data_dir)?;
-        match args.command {
+        let database = crate::config::Database::parse(&database)
+            .map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+        let op = match args.command {
             KeysCommand::Create {
                 scope,
                 name,
@@ -137,7 +153,55 @@ fn keys_command(args: KeysArgs) -> ExitCode {
                     scope,
                     expires_at,
                 };
-                let key = keys::create(&conn, &new, &secret.hash(), &secret.hint())?;
+                Op::Create(new, secret)
+            }
+            KeysCommand::List => Op::List,
+            KeysCommand::Revoke { id } => Op::Revoke(id),
+        };
+        let (done, secret) = match database {
+            crate::config::Database::Sqlite => {
+                // Create or upgrade the database when no server holds it; otherwise the running
+                // server already has (and `side_connection` says so if it has not).
+                if let Ok(storage) = SqliteStorage::open(SqliteOptions::new(&data_dir)) {
+                    drop(storage);
+                }
+                let conn = keys::side_connection(&data_dir)?;
+                match op {
+                    Op::Create(new, secret) => (
+                        Done::Created(keys::create(&conn, &new, &secret.hash(), &secret.hint())?),
+                        Some(secret),
+                    ),
+                    Op::List => (Done::Listed(keys::list(&conn)?), None),
+                    Op::Revoke(id) => (Done::Revoked(keys::revoke(&conn, &id)?), None),
+                }
+            }
+            crate::config::Database::Postgres(url) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    use crate::storage::postgres::{PgOptions, PgStorage};
+                    // Revocations are announced to every running instance, which forget the
+                    // key at once.
+                    let storage = PgStorage::open(PgOptions::new(url)).await?;
+                    let done = match op {
+                        Op::Create(new, secret) => {
+                            let (hash, hint) = (secret.hash(), secret.hint());
+                            (
+                                Done::Created(storage.create_key(new, hash, hint).await?),
+                                Some(secret),
+                            )
+                        }
+                        Op::List => (Done::Listed(storage.list_keys().await?), None),
+                        Op::Revoke(id) => (Done::Revoked(storage.revoke_key(&id).await?), None),
+                    };
+                    storage.close().await;
+                    anyhow::Ok(done)
+                })?
+            }
+        };
+        match done {
+            Done::Created(key) => {
                 eprintln!(
                     "created {} ({}, scope {}{}) — the secret below is shown only now:",
                     key.id,
@@ -147,11 +211,13 @@ fn keys_command(args: KeysArgs) -> ExitCode {
                         .map(|at| format!(", expires at {at} ms"))
                         .unwrap_or_default()
                 );
-                println!("{}", secret.expose());
+                if let Some(secret) = secret {
+                    println!("{}", secret.expose());
+                }
             }
-            KeysCommand::List => {
+            Done::Listed(list) => {
                 let now = crate::domain::wall_clock_ms();
-                for key in keys::list(&conn)? {
+                for key in list {
                     let state = key.unusable(now).unwrap_or_else(|| "active".to_owned());
                     println!(
                         "{}\t{}\t{}\t{}…\t{}",
@@ -159,10 +225,7 @@ fn keys_command(args: KeysArgs) -> ExitCode {
                     );
                 }
             }
-            KeysCommand::Revoke { id } => {
-                let key = keys::revoke(&conn, &id)?;
-                eprintln!("revoked {} ({})", key.id, key.name);
-            }
+            Done::Revoked(key) => eprintln!("revoked {} ({})", key.id, key.name),
         }
         Ok(())
     };
@@ -172,6 +235,26 @@ fn keys_command(args: KeysArgs) -> ExitCode {
             eprintln!("sessiond keys: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Opens `database` (`sqlite`: the database in `data_dir`; or a `postgres://` URL) for a
+/// command, creating and migrating it when needed.
+pub async fn open_database(
+    data_dir: &std::path::Path,
+    database: &str,
+) -> anyhow::Result<Arc<dyn Storage>> {
+    use crate::config::Database;
+    use crate::storage::postgres::{PgOptions, PgStorage};
+    match Database::parse(database).map_err(|e| anyhow::anyhow!("--database: {e}"))? {
+        Database::Sqlite => {
+            let options = SqliteOptions::new(data_dir);
+            let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(options))
+                .await
+                .map_err(|e| anyhow::anyhow!("opening the database: {e}"))??;
+            Ok(Arc::new(storage))
+        }
+        Database::Postgres(url) => Ok(Arc::new(PgStorage::open(PgOptions::new(url)).await?)),
     }
 }
 
@@ -244,19 +327,17 @@ async fn seed_command(args: SeedArgs) -> ExitCode {
         .data_dir
         .or_else(|| std::env::var_os("SESSIOND_DATA_DIR").map(Into::into))
         .unwrap_or_else(|| "./data".into());
-    let options = SqliteOptions::new(&data_dir);
-    let storage: Arc<dyn Storage> =
-        match tokio::task::spawn_blocking(move || SqliteStorage::open(options)).await {
-            Ok(Ok(storage)) => Arc::new(storage),
-            Ok(Err(error)) => {
-                eprintln!("sessiond seed: {error:#}");
-                return ExitCode::FAILURE;
-            }
-            Err(error) => {
-                eprintln!("sessiond seed: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let database = args
+        .database
+        .or_else(|| std::env::var("SESSIOND_DATABASE").ok())
+        .unwrap_or_else(|| "sqlite".to_owned());
+    let storage = match open_database(&data_dir, &database).await {
+        Ok(storage) => storage,
+        Err(error) => {
+            eprintln!("sessiond seed: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let options = SeedOptions {
         sessions: args.sessions,
         messages_per_session: args.messages_per_session,

@@ -26,6 +26,12 @@ pub struct ServeArgs {
     /// Directory holding the database [env: SESSIOND_DATA_DIR] [default: ./data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<String>,
+    /// `sqlite` (the embedded database in the data dir) or a `postgres://` URL [env: SESSIOND_DATABASE] [default: sqlite]
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+    /// PostgreSQL connections per instance for reads and side writes [env: SESSIOND_DATABASE_POOL] [default: 16]
+    #[arg(long, value_name = "N")]
+    pub database_pool: Option<String>,
     /// Log filter, e.g. `info` or `warn,sessiond=debug` [env: SESSIOND_LOG_LEVEL] [default: info]
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -133,6 +139,41 @@ pub struct ServeArgs {
     pub shutdown_timeout: Option<String>,
 }
 
+/// Where the data lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// The embedded SQLite database in the data dir.
+    Sqlite,
+    /// A PostgreSQL server (a `postgres://` URL).
+    Postgres(String),
+}
+
+impl Database {
+    pub fn parse(raw: &str) -> Result<Database, String> {
+        if raw == "sqlite" {
+            return Ok(Database::Sqlite);
+        }
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            raw.parse::<tokio_postgres::Config>()
+                .map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+            return Ok(Database::Postgres(raw.to_owned()));
+        }
+        Err("expected sqlite or a postgres:// URL".to_owned())
+    }
+}
+
+// Never print the password of a URL.
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite => f.write_str("Sqlite"),
+            Database::Postgres(url) => {
+                write!(f, "Postgres({})", crate::storage::postgres::redact(url))
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Pretty,
@@ -144,6 +185,8 @@ pub enum LogFormat {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    pub database: Database,
+    pub database_pool: usize,
     pub log_level: String,
     pub log_format: LogFormat,
     pub read_connections: usize,
@@ -213,6 +256,10 @@ impl Config {
         let config = Config {
             listen,
             data_dir: r.get("data_dir", &args.data_dir, "./data", parse_path)?,
+            database: r.get("database", &args.database, "sqlite", Database::parse)?,
+            database_pool: r.get("database_pool", &args.database_pool, "16", |v| {
+                parse_count(v, 1, 1024)
+            })?,
             log_level: r.get("log_level", &args.log_level, "info", parse_log_level)?,
             log_format: r.get("log_format", &args.log_format, "pretty", parse_log_format)?,
             read_connections: r.get(
@@ -414,6 +461,8 @@ pub struct ConfigError {
 const FILE_KEYS: &[&str] = &[
     "listen",
     "data_dir",
+    "database",
+    "database_pool",
     "log_level",
     "log_format",
     "read_connections",
@@ -525,10 +574,18 @@ impl Resolver<'_> {
         } else {
             (default.to_owned(), "the default".to_owned())
         };
-        parse(value.trim()).map_err(|message| ConfigError {
-            setting: key.to_owned(),
-            origin,
-            message: format!("{message} (got {value:?})"),
+        parse(value.trim()).map_err(|message| {
+            // A database URL may carry a password.
+            let shown = if key == "database" {
+                crate::storage::postgres::redact(&value)
+            } else {
+                value.clone()
+            };
+            ConfigError {
+                setting: key.to_owned(),
+                origin,
+                message: format!("{message} (got {shown:?})"),
+            }
         })
     }
 }

@@ -103,7 +103,7 @@ pub struct AppState {
     /// Connected event-stream clients by transport.
     pub streams: StreamCounts,
     /// API keys by hash, cached.
-    pub keys: KeyCache,
+    pub keys: Arc<KeyCache>,
     /// Rate limits (none when rate limiting is off).
     pub limiter: SharedLimiter,
 }

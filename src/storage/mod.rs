@@ -6,6 +6,7 @@
 //! and timestamps are assigned by the backend in commit order, so keyset pages never skip or
 //! repeat; every change is recorded in the event log in the same transaction.
 
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;

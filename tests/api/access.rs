@@ -29,13 +29,12 @@ async fn secured(
 }
 
 fn keys_cli(data_dir: &std::path::Path, args: &[&str]) -> String {
-    let output = Command::new(Process::binary())
-        .arg("keys")
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .output()
-        .unwrap();
+    let mut command = Command::new(Process::binary());
+    command.arg("keys").args(args).arg("--data-dir").arg(data_dir);
+    if let Some(url) = crate::helpers::postgres_database_for(data_dir) {
+        command.args(["--database", &url]);
+    }
+    let output = command.output().unwrap();
     assert!(
         output.status.success(),
         "{}",
@@ -301,13 +300,21 @@ async fn an_expired_key_is_refused() {
     // A key that expired a second ago, written as the command would have.
     let secret = "sessiond_expiredexpiredexpiredexpiredexpiredexp";
     {
-        let conn = sessiond::storage::sqlite::keys::side_connection(dir.path()).unwrap();
-        let now = sessiond::domain::wall_clock_ms();
-        conn.execute(
-            "INSERT INTO api_keys (id, name, scope, hash, hint, created_at, expires_at) VALUES ('key_old', 'old', 'read', ?1, 'x', ?2, ?3)",
-            rusqlite::params![sessiond::domain::keys::hash(secret), now - 10_000, now - 1_000],
-        )
-        .unwrap();
+        let database = crate::helpers::postgres_database_for(dir.path())
+            .unwrap_or_else(|| "sqlite".to_owned());
+        let storage = sessiond::cli::open_database(dir.path(), &database)
+            .await
+            .unwrap();
+        let expired = sessiond::domain::keys::NewKey {
+            name: "old".to_owned(),
+            scope: sessiond::domain::keys::Scope::Read,
+            expires_at: Some(sessiond::domain::wall_clock_ms() - 1_000),
+        };
+        storage
+            .create_key(expired, sessiond::domain::keys::hash(secret), "x".to_owned())
+            .await
+            .unwrap();
+        storage.close().await;
     }
     let app = TestApp::spawn_in(
         dir.path(),
@@ -509,8 +516,11 @@ async fn keys_never_reach_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let admin = keys_cli(dir.path(), &["create", "--scope", "admin"]);
     let log_path = dir.path().join("server.log");
+    let database =
+        crate::helpers::postgres_database_for(dir.path()).unwrap_or_else(|| "sqlite".to_owned());
     let mut child = Command::new(Process::binary())
         .args(["serve", "--listen", "127.0.0.1:0", "--auth", "required"])
+        .args(["--database", &database])
         .args(["--log-level", "debug", "--log-format", "json", "--data-dir"])
         .arg(dir.path())
         .stdout(std::process::Stdio::piped())

@@ -15,21 +15,21 @@ use crate::helpers::TestApp;
 
 /// One parsed SSE frame (comments are collected separately).
 #[derive(Debug, Clone)]
-struct SseEvent {
-    id: Option<i64>,
-    event: String,
-    data: Value,
+pub struct SseEvent {
+    pub id: Option<i64>,
+    pub event: String,
+    pub data: Value,
 }
 
 /// A minimal SSE reader over a streaming reqwest response.
-struct Sse {
-    response: reqwest::Response,
+pub struct Sse {
+    pub response: reqwest::Response,
     buffer: String,
     comments: Vec<String>,
 }
 
 impl Sse {
-    async fn open(app: &TestApp, path: &str, last_event_id: Option<i64>) -> Sse {
+    pub async fn open(app: &TestApp, path: &str, last_event_id: Option<i64>) -> Sse {
         let mut request = app.client.get(app.url(path));
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id.to_string());
@@ -44,7 +44,7 @@ impl Sse {
     }
 
     /// The next event, or `None` when the stream ends or `wait` passes.
-    async fn next(&mut self, wait: Duration) -> Option<SseEvent> {
+    pub async fn next(&mut self, wait: Duration) -> Option<SseEvent> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             while let Some(end) = self.buffer.find("\n\n") {

@@ -17,6 +17,92 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The PostgreSQL server the suite runs against instead of SQLite, when
+/// `SESSIOND_TEST_POSTGRES` holds its base URL (e.g. `postgres://root@127.0.0.1:5432`).
+pub fn postgres_base() -> Option<String> {
+    std::env::var("SESSIOND_TEST_POSTGRES")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .map(|url| url.trim_end_matches('/').to_owned())
+}
+
+/// Whether the suite runs against PostgreSQL (tests of SQLite's files skip their file checks).
+pub fn on_postgres() -> bool {
+    postgres_base().is_some()
+}
+
+/// The database of a data dir on the test PostgreSQL server: one per data dir, so a test that
+/// restarts a server on the same data dir finds its data again. A marker file in the data dir
+/// says the database was made for it; without one it is made afresh.
+pub fn postgres_database_for(data_dir: &Path) -> Option<String> {
+    Some(postgres_database_at(&postgres_base()?, data_dir))
+}
+
+/// The PostgreSQL server for tests that need one whichever backend the suite runs on (several
+/// instances on one database): `SESSIOND_TEST_POSTGRES`, else the local server. Outside CI a
+/// missing server skips such tests (`None`, said on stderr); in CI (`CI=true`) it fails them.
+pub fn postgres_required() -> Option<String> {
+    let base = postgres_base().unwrap_or_else(|| "postgres://root@127.0.0.1:5432".to_owned());
+    let reachable = std::net::TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], 5432)),
+        Duration::from_secs(2),
+    )
+    .is_ok()
+        || postgres_base().is_some();
+    if reachable {
+        return Some(base);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but no PostgreSQL answers at {base}");
+    }
+    eprintln!("skipped: no PostgreSQL at {base} (set SESSIOND_TEST_POSTGRES)");
+    None
+}
+
+/// A fresh database on `base` for `data_dir` (see [`postgres_database_for`]).
+pub fn postgres_database_at(base: &str, data_dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut hasher);
+    let name = format!("sessiond_t_{:016x}", hasher.finish());
+    let marker = data_dir.join("postgres-test-database");
+    if !marker.exists() {
+        let admin = format!("{base}/test");
+        let create = name.clone();
+        // A runtime of its own on a thread of its own: callers may be sync or async.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("SESSIOND_TEST_POSTGRES is set but {admin} is unreachable: {e}")
+                    });
+                let driver = tokio::spawn(connection);
+                // Two statements: CREATE DATABASE refuses to run in a multi-statement string.
+                for statement in [
+                    format!("DROP DATABASE IF EXISTS {create}"),
+                    format!("CREATE DATABASE {create}"),
+                ] {
+                    client
+                        .batch_execute(&statement)
+                        .await
+                        .expect("creating a test database");
+                }
+                drop(client);
+                let _ = driver.await;
+            })
+        })
+        .join()
+        .expect("creating the test database");
+        std::fs::write(&marker, &name).expect("marking the data dir");
+    }
+    format!("{base}/{name}")
+}
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub storage: std::sync::Arc<dyn sessiond::storage::Storage>,
@@ -52,6 +138,9 @@ impl TestApp {
         routes: Router<SharedState>,
     ) -> TestApp {
         let mut config = Config::ephemeral(data_dir);
+        if let Some(url) = postgres_database_for(data_dir) {
+            config.database = sessiond::config::Database::Postgres(url);
+        }
         configure(&mut config);
         let app = Application::build_with(config, routes)
             .await

@@ -12,6 +12,7 @@ mod ops;
 mod pagination;
 mod performance;
 mod process;
+mod scale;
 mod profiling;
 mod search;
 mod sessions;

@@ -1,0 +1,357 @@
+//! The PostgreSQL backend: for deployments that run several sessiond instances on one database.
+//!
+//! The same contract as the SQLite backend (see [`crate::storage`]), kept across instances:
+//! writes go through one batching writer per instance (see [`writer`]) whose transactions all
+//! lock the one-row `head` table first, so event `seq` is gapless and in commit order across
+//! every instance, and ids and timestamps never go backwards. Each instance hears the others'
+//! commits through `LISTEN`/`NOTIFY` and replays them from the event log in order (see
+//! [`feed`]), so its subscribers and caches see every change, once and in order, whichever
+//! instance made it. Search uses a `tsvector` column with a GIN index.
+
+mod feed;
+pub mod migrations;
+mod reads;
+mod search;
+mod writer;
+mod writes;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use self::feed::Feed;
+use self::writer::Writer;
+use super::sqlite::CommitHook;
+use super::{
+    EventBounds, ImportSession, MessageListQuery, SearchQuery, SessionListQuery, SessionText,
+    Storage, StorageError, StorageResult,
+};
+use crate::domain::keys::{ApiKey, NewKey};
+use crate::domain::{
+    Message, MessageCursor, MessageId, NewMessage, NewSession, Page, SearchCursor, SearchHit,
+    Session, SessionCursor, SessionId, SessionPatch,
+};
+use crate::events::{Event, EventFilter};
+
+/// A pooled connection (it caches prepared statements).
+type Conn = deadpool_postgres::ClientWrapper;
+
+/// Called with the id of a key revoked on any instance.
+pub type RevokeHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// How to open the PostgreSQL backend.
+#[derive(Clone)]
+pub struct PgOptions {
+    /// A `postgres://` URL (or key=value connection string).
+    pub url: String,
+    /// Connections in the pool (the writer and the listener take one more each).
+    pub pool_size: usize,
+    /// Writes that may wait for the writer before callers are made to wait.
+    pub writer_queue: usize,
+    /// Most writes committed in one transaction.
+    pub max_batch: usize,
+    /// Called with the events of every change, this instance's and the others', in order.
+    pub on_commit: Option<CommitHook>,
+    /// Called when a key is revoked on any instance.
+    pub on_revoke: Option<RevokeHook>,
+}
+
+impl PgOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        PgOptions {
+            url: url.into(),
+            pool_size: 16,
+            writer_queue: 4096,
+            max_batch: 512,
+            on_commit: None,
+            on_revoke: None,
+        }
+    }
+}
+
+/// The channel `NOTIFY`ing the newest event `seq` at every commit.
+const EVENTS_CHANNEL: &str = "sessiond_events";
+/// The channel `NOTIFY`ing the id of every revoked key.
+const KEYS_CHANNEL: &str = "sessiond_keys";
+
+pub struct PgStorage {
+    pool: Pool,
+    identity: String,
+    writer: Writer,
+    feed: Arc<Feed>,
+    listener: tokio::task::JoinHandle<()>,
+    size: Arc<AtomicU64>,
+    sizing: tokio::task::JoinHandle<()>,
+}
+
+/// A pool of connections to `url`.
+pub fn connect_pool(url: &str, size: usize) -> anyhow::Result<Pool> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .context("parsing the PostgreSQL connection URL (setting `database`)")?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .context("building the PostgreSQL connection pool")
+}
+
+impl PgStorage {
+    /// Connects, migrates the schema when needed, and starts the writer and the listener.
+    pub async fn open(options: PgOptions) -> anyhow::Result<PgStorage> {
+        let pool = connect_pool(&options.url, options.pool_size)?;
+        let mut client = pool
+            .get()
+            .await
+            .with_context(|| format!("connecting to PostgreSQL at {}", redact(&options.url)))?;
+        migrations::migrate(&mut client).await?;
+        let identity: String = client
+            .query_one(
+                "SELECT (SELECT value FROM meta WHERE key = 'database_id') || 'g' || \
+                        (SELECT value FROM meta WHERE key = 'generation')",
+                &[],
+            )
+            .await
+            .context("reading the database identity")?
+            .get(0);
+        let head: i64 = client
+            .query_one("SELECT seq FROM head WHERE id = 1", &[])
+            .await
+            .context("reading the head of the event log")?
+            .get(0);
+        let size = Arc::new(AtomicU64::new(
+            client
+                .query_one("SELECT pg_database_size(current_database())", &[])
+                .await
+                .context("reading the database size")?
+                .get::<_, i64>(0)
+                .try_into()
+                .unwrap_or(0),
+        ));
+        drop(client);
+        let sizing = tokio::spawn(watch_size(pool.clone(), size.clone()));
+        let feed = Arc::new(Feed::new(pool.clone(), head, options.on_commit.clone()));
+        let listener = tokio::spawn(feed::listen(
+            options.url.clone(),
+            feed.clone(),
+            options.on_revoke.clone(),
+        ));
+        let writer = Writer::spawn(
+            pool.clone(),
+            feed.clone(),
+            options.writer_queue,
+            options.max_batch.max(1),
+        );
+        Ok(PgStorage {
+            pool,
+            identity,
+            writer,
+            feed,
+            listener,
+            size,
+            sizing,
+        })
+    }
+
+    async fn client(&self) -> StorageResult<deadpool_postgres::Object> {
+        get_client(&self.pool).await
+    }
+
+    /// Waits until every event committed so far (by any instance) has been delivered here.
+    pub async fn sync_events(&self) -> StorageResult<()> {
+        self.feed.catch_up(None).await
+    }
+}
+
+/// A pooled connection, or `Unavailable` when the database cannot be reached.
+async fn get_client(pool: &Pool) -> StorageResult<deadpool_postgres::Object> {
+    let waited = std::time::Instant::now();
+    let client = pool.get().await.map_err(|error| {
+        tracing::warn!(error = %error, "no PostgreSQL connection");
+        StorageError::Unavailable("the database cannot be reached")
+    })?;
+    metrics::histogram!(crate::telemetry::metrics::READ_WAIT)
+        .record(waited.elapsed().as_secs_f64());
+    Ok(client)
+}
+
+/// Keeps `size` at the database's size on disk, read every few seconds (the status page and
+/// `/metrics` read it often; `pg_database_size` walks the database's files).
+async fn watch_size(pool: Pool, size: Arc<AtomicU64>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(5));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Ok(client) = pool.get().await else {
+            continue;
+        };
+        if let Ok(row) = client
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await
+        {
+            size.store(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Context for a failed statement.
+fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StorageError {
+    move |error| StorageError::Internal(anyhow::Error::new(error).context(what))
+}
+
+#[async_trait]
+impl Storage for PgStorage {
+    async fn create_session(&self, new: NewSession) -> StorageResult<Session> {
+        self.writer
+            .write(|ctx| Box::pin(writes::create_session(ctx, new)))
+            .await
+    }
+
+    async fn get_session(&self, id: &SessionId) -> StorageResult<Session> {
+        reads::get_session(&*self.client().await?, id).await
+    }
+
+    async fn list_sessions(
+        &self,
+        query: SessionListQuery,
+    ) -> StorageResult<Page<Session, SessionCursor>> {
+        reads::list_sessions(&*self.client().await?, &query).await
+    }
+
+    async fn update_session(&self, id: SessionId, patch: SessionPatch) -> StorageResult<Session> {
+        self.writer
+            .write(|ctx| Box::pin(writes::update_session(ctx, id, patch)))
+            .await
+    }
+
+    async fn delete_session(&self, id: SessionId) -> StorageResult<()> {
+        self.writer
+            .write(|ctx| Box::pin(writes::delete_session(ctx, id)))
+            .await
+    }
+
+    async fn append_message(&self, session: SessionId, new: NewMessage) -> StorageResult<Message> {
+        self.writer
+            .write(|ctx| Box::pin(writes::append_message(ctx, session, new)))
+            .await
+    }
+
+    async fn get_message(&self, id: &MessageId) -> StorageResult<Message> {
+        reads::get_message(&*self.client().await?, id).await
+    }
+
+    async fn list_messages(
+        &self,
+        session: &SessionId,
+        query: MessageListQuery,
+    ) -> StorageResult<(Page<Message, MessageCursor>, i64)> {
+        reads::list_messages(&*self.client().await?, session, &query).await
+    }
+
+    async fn search(&self, query: SearchQuery) -> StorageResult<Page<SearchHit, SearchCursor>> {
+        search::search(&*self.client().await?, &query).await
+    }
+
+    async fn session_text(&self, id: &SessionId, max_bytes: usize) -> StorageResult<SessionText> {
+        reads::session_text(&*self.client().await?, id, max_bytes).await
+    }
+
+    async fn event_bounds(&self) -> StorageResult<EventBounds> {
+        reads::event_bounds(&*self.client().await?).await
+    }
+
+    async fn events_after(
+        &self,
+        after: i64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> StorageResult<Vec<Event>> {
+        reads::events_after(&*self.client().await?, after, filter, limit).await
+    }
+
+    async fn prune_events(&self, older_than: i64, keep: u64) -> StorageResult<u64> {
+        let client = self.client().await?;
+        let mut total = 0;
+        loop {
+            let deleted = writes::prune_events(&client, older_than, keep).await?;
+            total += deleted;
+            if deleted < writes::PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn create_key(&self, new: NewKey, hash: String, hint: String) -> StorageResult<ApiKey> {
+        writes::create_key(&*self.client().await?, &new, &hash, &hint).await
+    }
+
+    async fn list_keys(&self) -> StorageResult<Vec<ApiKey>> {
+        reads::list_keys(&*self.client().await?).await
+    }
+
+    async fn revoke_key(&self, id: &str) -> StorageResult<ApiKey> {
+        writes::revoke_key(&mut *self.client().await?, id).await
+    }
+
+    async fn find_key(&self, hash: &str) -> StorageResult<Option<ApiKey>> {
+        reads::find_key(&*self.client().await?, hash).await
+    }
+
+    async fn import(&self, sessions: Vec<ImportSession>) -> StorageResult<()> {
+        writes::import(&mut *self.client().await?, sessions).await
+    }
+
+    fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    fn writer_queue_depth(&self) -> usize {
+        self.writer.queue_depth()
+    }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        Some(self.size.load(Ordering::Relaxed))
+    }
+
+    async fn check(&self) -> StorageResult<()> {
+        let client = self.client().await?;
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .map_err(db("running the readiness check"))?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.listener.abort();
+        self.sizing.abort();
+        self.pool.close();
+    }
+}

@@ -1,0 +1,449 @@
+//! The read queries: keyset pages over the same indexes as SQLite's, each read a single
+//! statement so it sees one snapshot.
+
+use anyhow::Context;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::{Conn, db};
+use crate::domain::keys::{ApiKey, Scope};
+use crate::domain::{
+    ArchivedFilter, Message, MessageCursor, MessageId, Order, Page, Role, Session, SessionCursor,
+    SessionId,
+};
+use crate::events::{Event, EventFilter, EventKind};
+use crate::storage::{
+    EventBounds, MessageListQuery, SessionFilter, SessionListQuery, SessionText, StorageError,
+    StorageResult,
+};
+
+pub const SESSION_COLUMNS: &str = "id, directory, title, parent_id, created_at, updated_at, \
+     archived_at, message_count, version";
+
+pub fn session(row: &Row) -> StorageResult<Session> {
+    let read = || -> Result<Session, tokio_postgres::Error> {
+        Ok(Session {
+            id: SessionId::from_trusted(row.try_get(0)?),
+            directory: row.try_get(1)?,
+            title: row.try_get(2)?,
+            parent_id: row
+                .try_get::<_, Option<String>>(3)?
+                .map(SessionId::from_trusted),
+            created_at: row.try_get(4)?,
+            updated_at: row.try_get(5)?,
+            archived_at: row.try_get(6)?,
+            message_count: row.try_get(7)?,
+            version: row.try_get(8)?,
+        })
+    };
+    read().map_err(db("reading a session row"))
+}
+
+pub const MESSAGE_COLUMNS: &str = "id, session_id, role, parts, metadata, created_at";
+
+/// A message from `row`, whose columns start at `at` in [`MESSAGE_COLUMNS`] order.
+pub fn message_at(row: &Row, at: usize) -> StorageResult<Message> {
+    let role: String = row.try_get(at + 2).map_err(db("reading a message row"))?;
+    let raw = |index: usize| -> StorageResult<Box<serde_json::value::RawValue>> {
+        let text: String = row.try_get(index).map_err(db("reading a message row"))?;
+        Ok(serde_json::value::RawValue::from_string(text)
+            .context("a stored message holds invalid JSON")?)
+    };
+    Ok(Message {
+        id: MessageId::from_trusted(row.try_get(at).map_err(db("reading a message row"))?),
+        session_id: SessionId::from_trusted(
+            row.try_get(at + 1).map_err(db("reading a message row"))?,
+        ),
+        role: Role::parse(&role)
+            .with_context(|| format!("a stored message has the unknown role {role:?}"))?,
+        parts: raw(at + 3)?,
+        metadata: raw(at + 4)?,
+        created_at: row.try_get(at + 5).map_err(db("reading a message row"))?,
+    })
+}
+
+pub async fn get_session(client: &Conn, id: &SessionId) -> StorageResult<Session> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+        ))
+        .await
+        .map_err(db("preparing a session lookup"))?;
+    match client
+        .query_opt(&statement, &[&id.as_str()])
+        .await
+        .map_err(db("loading a session"))?
+    {
+        Some(row) => session(&row),
+        None => Err(StorageError::session_not_found(id.as_str())),
+    }
+}
+
+pub async fn get_message(client: &Conn, id: &MessageId) -> StorageResult<Message> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1"
+        ))
+        .await
+        .map_err(db("preparing a message lookup"))?;
+    match client
+        .query_opt(&statement, &[&id.as_str()])
+        .await
+        .map_err(db("loading a message"))?
+    {
+        Some(row) => message_at(&row, 0),
+        None => Err(StorageError::message_not_found(id.as_str())),
+    }
+}
+
+/// A parameter list that numbers its own placeholders.
+#[derive(Default)]
+struct Params {
+    values: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl Params {
+    fn push(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+        self.values.push(Box::new(value));
+        format!("${}", self.values.len())
+    }
+
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.values
+            .iter()
+            .map(|v| v.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+pub async fn list_sessions(
+    client: &Conn,
+    query: &SessionListQuery,
+) -> StorageResult<Page<Session, SessionCursor>> {
+    let SessionFilter {
+        directory,
+        roots_only,
+        updated_after,
+        title_contains,
+        archived,
+    } = &query.filter;
+    let mut params = Params::default();
+    let mut conditions = String::new();
+    if let Some(directory) = directory {
+        let p = params.push(directory.clone());
+        conditions.push_str(&format!(" AND directory = {p}"));
+    }
+    if *roots_only {
+        conditions.push_str(" AND parent_id IS NULL");
+    }
+    if let Some(after) = updated_after {
+        let p = params.push(*after);
+        conditions.push_str(&format!(" AND updated_at >= {p}"));
+    }
+    if let Some(needle) = title_contains {
+        let p = params.push(needle.clone());
+        conditions.push_str(&format!(" AND strpos(title_fold, {p}) > 0"));
+    }
+    if let Some(cursor) = &query.after {
+        let a = params.push(cursor.updated_at);
+        let b = params.push(cursor.id.as_str().to_owned());
+        conditions.push_str(&format!(" AND (updated_at, id) < ({a}, {b})"));
+    }
+    let limit = params.push(i64::from(query.limit.get()) + 1);
+    let arm = |archived: bool| {
+        format!(
+            "(SELECT {SESSION_COLUMNS} FROM sessions WHERE archived = {archived}{conditions} \
+             ORDER BY updated_at DESC, id DESC LIMIT {limit})"
+        )
+    };
+    let sql = match archived {
+        ArchivedFilter::Hide => arm(false),
+        ArchivedFilter::Only => arm(true),
+        // Two index walks merged in order, as with SQLite.
+        ArchivedFilter::All => format!(
+            "SELECT * FROM ({} UNION ALL {}) s ORDER BY updated_at DESC, id DESC LIMIT {limit}",
+            arm(false),
+            arm(true)
+        ),
+    };
+    let statement = client
+        .prepare_cached(&sql)
+        .await
+        .map_err(db("preparing a session list"))?;
+    let rows = client
+        .query(&statement, &params.refs())
+        .await
+        .map_err(db("listing sessions"))?;
+    let items = rows
+        .iter()
+        .map(session)
+        .collect::<StorageResult<Vec<_>>>()?;
+    Ok(paginate(items, query.limit.get(), |s| SessionCursor {
+        updated_at: s.updated_at,
+        id: s.id.clone(),
+    }))
+}
+
+/// Splits the `limit + 1` rows fetched into a page and the cursor after it.
+pub fn paginate<T, C>(mut items: Vec<T>, limit: u32, cursor: impl Fn(&T) -> C) -> Page<T, C> {
+    let limit = limit as usize;
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(cursor)
+    } else {
+        None
+    };
+    Page { items, next }
+}
+
+pub async fn list_messages(
+    client: &Conn,
+    session: &SessionId,
+    query: &MessageListQuery,
+) -> StorageResult<(Page<Message, MessageCursor>, i64)> {
+    let (cmp, dir) = match query.order {
+        Order::Asc => (">", "ASC"),
+        Order::Desc => ("<", "DESC"),
+    };
+    let after = if query.after.is_some() {
+        format!(" AND (created_at, id) {cmp} ($3, $4)")
+    } else {
+        String::new()
+    };
+    // One statement, one snapshot: the version always describes the page it comes with.
+    let sql = format!(
+        "SELECT s.version, m.* FROM (SELECT version FROM sessions WHERE id = $1) s \
+         LEFT JOIN LATERAL (SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = $1{after} \
+         ORDER BY created_at {dir}, id {dir} LIMIT $2) m ON true"
+    );
+    let statement = client
+        .prepare_cached(&sql)
+        .await
+        .map_err(db("preparing a message list"))?;
+    let limit = i64::from(query.limit.get()) + 1;
+    let rows = match &query.after {
+        Some(cursor) => {
+            client
+                .query(
+                    &statement,
+                    &[
+                        &session.as_str(),
+                        &limit,
+                        &cursor.created_at,
+                        &cursor.id.as_str(),
+                    ],
+                )
+                .await
+        }
+        None => client.query(&statement, &[&session.as_str(), &limit]).await,
+    }
+    .map_err(db("listing messages"))?;
+    let Some(first) = rows.first() else {
+        return Err(StorageError::session_not_found(session.as_str()));
+    };
+    let version: i64 = first
+        .try_get(0)
+        .map_err(db("reading the session version"))?;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // The one row of a session without (more) messages has NULL message columns.
+        if row
+            .try_get::<_, Option<String>>(1)
+            .map_err(db("reading a message row"))?
+            .is_some()
+        {
+            items.push(message_at(row, 1)?);
+        }
+    }
+    let page = paginate(items, query.limit.get(), |m| MessageCursor {
+        order: query.order,
+        created_at: m.created_at,
+        id: m.id.clone(),
+    });
+    Ok((page, version))
+}
+
+pub async fn session_text(
+    client: &Conn,
+    id: &SessionId,
+    max_bytes: usize,
+) -> StorageResult<SessionText> {
+    // Newest first, cut where the budget runs out (the running total is computed by the
+    // database so only the rows needed travel).
+    let rows = client
+        .query(
+            "SELECT s.message_count, m.text FROM (SELECT message_count FROM sessions WHERE id = $1) s \
+             LEFT JOIN LATERAL (SELECT text, sum(octet_length(text)) OVER \
+                 (ORDER BY created_at DESC, id DESC) AS total \
+               FROM messages WHERE session_id = $1 AND text <> '' \
+               ORDER BY created_at DESC, id DESC) m ON true \
+             WHERE m.total IS NULL OR m.total - octet_length(m.text) < $2",
+            &[&id.as_str(), &(max_bytes as i64)],
+        )
+        .await
+        .map_err(db("reading the session text"))?;
+    let Some(first) = rows.first() else {
+        return Err(StorageError::session_not_found(id.as_str()));
+    };
+    let message_count: i64 = first.try_get(0).map_err(db("reading the session text"))?;
+    let mut texts = Vec::new();
+    let mut budget = max_bytes;
+    for row in &rows {
+        let Some(text) = row
+            .try_get::<_, Option<String>>(1)
+            .map_err(db("reading a message text"))?
+        else {
+            continue;
+        };
+        if text.len() > budget {
+            if texts.is_empty() {
+                // The newest message alone is over the budget: its end, not nothing.
+                let mut start = text.len() - budget;
+                while !text.is_char_boundary(start) {
+                    start += 1;
+                }
+                texts.push(text[start..].to_owned());
+            }
+            break;
+        }
+        budget -= text.len();
+        texts.push(text);
+    }
+    texts.reverse();
+    Ok(SessionText {
+        message_count,
+        texts,
+    })
+}
+
+pub async fn event_bounds(client: &Conn) -> StorageResult<EventBounds> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT min(seq) FROM events), (SELECT seq FROM head WHERE id = 1)",
+            &[],
+        )
+        .await
+        .map_err(db("reading the event bounds"))?;
+    Ok(EventBounds {
+        oldest: row.try_get(0).map_err(db("reading the event bounds"))?,
+        newest: row.try_get(1).map_err(db("reading the event bounds"))?,
+    })
+}
+
+pub async fn events_after(
+    client: &Conn,
+    after: i64,
+    filter: &EventFilter,
+    limit: usize,
+) -> StorageResult<Vec<Event>> {
+    let mut params = Params::default();
+    let mut sql = format!(
+        "SELECT seq, type, session_id, directory, at, data FROM events WHERE seq > {}",
+        params.push(after)
+    );
+    if let Some(session) = &filter.session_id {
+        sql.push_str(&format!(
+            " AND session_id = {}",
+            params.push(session.clone())
+        ));
+    }
+    if let Some(directory) = &filter.directory {
+        sql.push_str(&format!(
+            " AND directory = {}",
+            params.push(directory.clone())
+        ));
+    }
+    sql.push_str(&format!(
+        " ORDER BY seq LIMIT {}",
+        params.push(i64::try_from(limit).unwrap_or(i64::MAX))
+    ));
+    let statement = client
+        .prepare_cached(&sql)
+        .await
+        .map_err(db("preparing an event replay"))?;
+    let rows = client
+        .query(&statement, &params.refs())
+        .await
+        .map_err(db("replaying events"))?;
+    rows.iter()
+        .map(|row| {
+            let read =
+                || -> Result<(i64, String, String, String, i64, String), tokio_postgres::Error> {
+                    Ok((
+                        row.try_get(0)?,
+                        row.try_get(1)?,
+                        row.try_get(2)?,
+                        row.try_get(3)?,
+                        row.try_get(4)?,
+                        row.try_get(5)?,
+                    ))
+                };
+            let (seq, kind, session_id, directory, at, data) =
+                read().map_err(db("reading an event"))?;
+            Ok(Event {
+                seq,
+                kind: EventKind::parse(&kind)
+                    .with_context(|| format!("the log holds an unknown event type {kind:?}"))?,
+                session_id: SessionId::from_trusted(session_id),
+                directory,
+                at,
+                data,
+            })
+        })
+        .collect()
+}
+
+pub const KEY_COLUMNS: &str = "id, name, scope, hint, created_at, expires_at, revoked_at";
+
+pub fn key(row: &Row) -> StorageResult<ApiKey> {
+    let read = || -> Result<(String, String, String, String, i64, Option<i64>, Option<i64>), tokio_postgres::Error> {
+        Ok((
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+            row.try_get(4)?,
+            row.try_get(5)?,
+            row.try_get(6)?,
+        ))
+    };
+    let (id, name, scope, hint, created_at, expires_at, revoked_at) =
+        read().map_err(db("reading a key"))?;
+    Ok(ApiKey {
+        id,
+        name,
+        scope: Scope::parse(&scope)
+            .map_err(|e| anyhow::anyhow!("a stored key has an invalid scope: {e}"))?,
+        hint,
+        created_at,
+        expires_at,
+        revoked_at,
+    })
+}
+
+pub async fn list_keys(client: &Conn) -> StorageResult<Vec<ApiKey>> {
+    let rows = client
+        .query(
+            &format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"),
+            &[],
+        )
+        .await
+        .map_err(db("listing keys"))?;
+    rows.iter().map(key).collect()
+}
+
+pub async fn find_key(client: &Conn, hash: &str) -> StorageResult<Option<ApiKey>> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = $1"
+        ))
+        .await
+        .map_err(db("preparing a key lookup"))?;
+    client
+        .query_opt(&statement, &[&hash])
+        .await
+        .map_err(db("looking up a key"))?
+        .as_ref()
+        .map(key)
+        .transpose()
+}

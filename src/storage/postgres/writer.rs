@@ -1,0 +1,400 @@
+//! The writer of one instance: a task that commits writes in groups, as SQLite's writer does.
+//!
+//! Jobs arrive on a bounded channel; the task takes every job waiting (up to a batch limit),
+//! runs them in one transaction that first locks the `head` row, commits once, hands the
+//! batch's events to the [`Feed`] (which delivers them in `seq` order, after any other
+//! instance's events before them) and only then answers each caller. Batching keeps the number
+//! of commits, and so of WAL flushes and of waits on the `head` lock, far below the number of
+//! writes. As with SQLite, a job refused before writing (not found) leaves its batch intact; a
+//! job that fails after it may have written rolls its whole batch back, and every caller in it
+//! gets an error.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use deadpool_postgres::{Object, Pool};
+use tokio::sync::{mpsc, oneshot};
+
+use super::feed::Feed;
+use super::{EVENTS_CHANNEL, get_client};
+use crate::domain::{IdGenerator, SessionId, wall_clock_ms};
+use crate::events::{Event, EventKind};
+use crate::storage::{StorageError, StorageResult};
+
+/// What a write job sees: the connection inside the batch transaction, the id generator and the
+/// events the batch has recorded so far.
+pub struct WriteCtx {
+    pub client: Object,
+    ids: IdGenerator,
+    /// The newest timestamp handed out in this batch.
+    last_at: i64,
+    next_seq: i64,
+    events: Vec<Event>,
+    /// Whether anything was written (a batch of refusals needs no commit).
+    wrote: bool,
+}
+
+impl WriteCtx {
+    /// A timestamp for a change happening now, never below any handed out before.
+    pub fn now(&mut self) -> i64 {
+        let now = self.ids.now(wall_clock_ms());
+        self.last_at = self.last_at.max(now);
+        self.wrote = true;
+        now
+    }
+
+    /// The next id value and its timestamp.
+    pub fn next_id(&mut self) -> (i64, u128) {
+        let (at, value) = self.ids.next(wall_clock_ms());
+        self.last_at = self.last_at.max(at);
+        self.wrote = true;
+        (at, value)
+    }
+
+    /// Takes the `seq` of the next event.
+    pub fn reserve_seq(&mut self) -> i64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.wrote = true;
+        seq
+    }
+
+    /// Records `kind` for a session in the event log under `seq` (from [`Self::reserve_seq`]).
+    pub async fn emit(
+        &mut self,
+        seq: i64,
+        kind: EventKind,
+        session_id: &SessionId,
+        directory: &str,
+        at: i64,
+        data: String,
+    ) -> StorageResult<()> {
+        let statement = self
+            .client
+            .prepare_cached(
+                "INSERT INTO events (seq, type, session_id, directory, at, data) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .await
+            .map_err(super::db("preparing an event insert"))?;
+        self.client
+            .execute(
+                &statement,
+                &[
+                    &seq,
+                    &kind.as_str(),
+                    &session_id.as_str(),
+                    &directory,
+                    &at,
+                    &data,
+                ],
+            )
+            .await
+            .map_err(super::db("appending to the event log"))?;
+        self.events.push(Event {
+            seq,
+            kind,
+            session_id: session_id.clone(),
+            directory: directory.to_owned(),
+            at,
+            data,
+        });
+        Ok(())
+    }
+}
+
+type JobFuture<'a> = Pin<Box<dyn Future<Output = JobStatus> + Send + 'a>>;
+type JobFn = Box<dyn for<'a> FnOnce(&'a mut WriteCtx) -> JobFuture<'a> + Send>;
+
+/// Boxes a job body (the bound is what lets the closure's future borrow the context).
+fn boxed<F>(f: F) -> JobFn
+where
+    F: for<'a> FnOnce(&'a mut WriteCtx) -> JobFuture<'a> + Send + 'static,
+{
+    Box::new(f)
+}
+
+/// A write: run inside a batch, then answered with the batch's outcome.
+struct Job {
+    run: JobFn,
+    /// Hears the commit's outcome (`Err` with why when the batch was not committed).
+    finish: Box<dyn FnOnce(Result<(), String>) + Send>,
+    /// Hears that the job was never run.
+    refuse: Box<dyn FnOnce(StorageError) + Send>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum JobStatus {
+    Done,
+    Refused,
+    Poisoned,
+}
+
+enum Command {
+    Write(Job),
+    Close(oneshot::Sender<()>),
+}
+
+pub struct Writer {
+    sender: mpsc::Sender<Command>,
+}
+
+impl Writer {
+    pub fn spawn(pool: Pool, feed: Arc<Feed>, queue: usize, max_batch: usize) -> Writer {
+        let (sender, receiver) = mpsc::channel(queue.max(1));
+        tokio::spawn(run(pool, feed, receiver, max_batch));
+        Writer { sender }
+    }
+
+    /// Runs `op` in the next batch and returns its result once the batch is committed.
+    pub async fn write<T, F>(&self, op: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(
+                &'a mut WriteCtx,
+            )
+                -> Pin<Box<dyn Future<Output = StorageResult<T>> + Send + 'a>>
+            + Send
+            + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<StorageResult<T>>();
+        let result: Arc<std::sync::Mutex<Option<StorageResult<T>>>> = Arc::default();
+        let slot = result.clone();
+        let run = boxed(move |ctx| {
+            Box::pin(async move {
+                let outcome = op(ctx).await;
+                let status = match &outcome {
+                    Ok(_) => JobStatus::Done,
+                    Err(StorageError::NotFound { .. } | StorageError::Unavailable(_)) => {
+                        JobStatus::Refused
+                    }
+                    Err(StorageError::Internal(_)) => JobStatus::Poisoned,
+                };
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+                status
+            })
+        });
+        // Exactly one of `finish` and `refuse` runs; both may answer.
+        let shared = Arc::new(std::sync::Mutex::new(Some(tx)));
+        let for_refuse = shared.clone();
+        let job = Job {
+            run,
+            finish: Box::new(move |commit| {
+                let outcome = result
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .unwrap_or_else(|| {
+                        Err(StorageError::Internal(anyhow::anyhow!(
+                            "a write job left no result"
+                        )))
+                    });
+                let outcome = match commit {
+                    Ok(()) => outcome,
+                    Err(_) if outcome.is_err() => outcome,
+                    Err(why) => Err(StorageError::Internal(anyhow::anyhow!(
+                        "the write batch was not committed: {why}"
+                    ))),
+                };
+                if let Some(tx) = shared.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let _ = tx.send(outcome);
+                }
+            }),
+            refuse: Box::new(move |error| {
+                if let Some(tx) = for_refuse.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let _ = tx.send(Err(error));
+                }
+            }),
+        };
+        self.sender
+            .send(Command::Write(job))
+            .await
+            .map_err(|_| StorageError::Unavailable("the writer has stopped"))?;
+        rx.await.map_err(|_| {
+            StorageError::Internal(anyhow::anyhow!(
+                "the writer dropped the write without committing it (see the writer's log)"
+            ))
+        })?
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
+    }
+
+    /// Commits everything queued, then stops the task. Idempotent.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.sender.send(Command::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// This process's name in `head.owner`.
+fn instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(crate::domain::random_token)
+}
+
+async fn run(pool: Pool, feed: Arc<Feed>, mut receiver: mpsc::Receiver<Command>, max_batch: usize) {
+    let mut ids = IdGenerator::default();
+    let mut closing: Option<oneshot::Sender<()>> = None;
+    while closing.is_none() {
+        let Some(first) = receiver.recv().await else {
+            return;
+        };
+        let mut batch = Vec::new();
+        match first {
+            Command::Write(job) => batch.push(job),
+            Command::Close(done) => closing = Some(done),
+        }
+        while closing.is_none() && batch.len() < max_batch {
+            match receiver.try_recv() {
+                Ok(Command::Write(job)) => batch.push(job),
+                Ok(Command::Close(done)) => closing = Some(done),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            ids = run_batch(&pool, &feed, ids, batch).await;
+        }
+    }
+    receiver.close();
+    // Anything that raced the close is refused, not lost silently.
+    while let Ok(command) = receiver.try_recv() {
+        if let Command::Write(job) = command {
+            (job.refuse)(StorageError::Unavailable("the server is shutting down"));
+        }
+    }
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+/// Runs one batch; returns the id generator for the next.
+async fn run_batch(pool: &Pool, feed: &Feed, ids: IdGenerator, batch: Vec<Job>) -> IdGenerator {
+    let client = match get_client(pool).await {
+        Ok(client) => client,
+        Err(error) => {
+            let why = error.to_string();
+            for job in batch {
+                (job.refuse)(StorageError::Unavailable("the database cannot be reached"));
+            }
+            tracing::warn!(error = why, "a write batch found no database connection");
+            return ids;
+        }
+    };
+    let begun = async {
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| format!("starting the batch: {e}"))?;
+        let row = client
+            .query_one(
+                "SELECT seq, at, owner FROM head WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(|e| format!("locking the head: {e}"))?;
+        Ok::<_, String>((
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, String>(2),
+        ))
+    }
+    .await;
+    let (seq, at, owner) = match begun {
+        Ok(head) => head,
+        Err(why) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            tracing::error!(error = why, "a write batch could not start");
+            for job in batch {
+                (job.refuse)(StorageError::Unavailable(
+                    "the database is not taking writes right now",
+                ));
+            }
+            return ids;
+        }
+    };
+    // Another instance wrote last: continue after its newest timestamp, so ids and times keep
+    // increasing across instances.
+    let ids = if owner != instance_id() {
+        IdGenerator::starting_after(at)
+    } else {
+        ids
+    };
+    let mut ctx = WriteCtx {
+        client,
+        ids,
+        last_at: at,
+        next_seq: seq + 1,
+        events: Vec::new(),
+        wrote: false,
+    };
+    let mut poisoned = false;
+    let mut finishers = Vec::with_capacity(batch.len());
+    for job in batch {
+        if poisoned {
+            (job.refuse)(StorageError::Internal(anyhow::anyhow!(
+                "the write batch was rolled back after another write in it failed"
+            )));
+            continue;
+        }
+        let status = (job.run)(&mut ctx).await;
+        poisoned = status == JobStatus::Poisoned;
+        finishers.push(job.finish);
+    }
+    let committing = std::time::Instant::now();
+    let outcome = if poisoned {
+        Err("a write in the batch failed".to_owned())
+    } else if ctx.wrote {
+        commit(&ctx).await
+    } else {
+        Ok(())
+    };
+    metrics::histogram!(crate::telemetry::metrics::WRITER_COMMIT)
+        .record(committing.elapsed().as_secs_f64());
+    metrics::histogram!(crate::telemetry::metrics::WRITER_BATCH_SIZE)
+        .record(finishers.len() as f64);
+    if outcome.is_err() || !ctx.wrote {
+        let _ = ctx.client.batch_execute("ROLLBACK").await;
+    }
+    if let Err(why) = &outcome {
+        tracing::error!(error = why, "a write batch was rolled back");
+    }
+    let WriteCtx { ids, events, .. } = ctx;
+    if outcome.is_ok() {
+        // Subscribers and caches hear of the changes before the writers do, so a writer's next
+        // read and next stream see what it wrote.
+        feed.deliver(&events).await;
+    }
+    for finish in finishers {
+        finish(outcome.clone());
+    }
+    ids
+}
+
+async fn commit(ctx: &WriteCtx) -> Result<(), String> {
+    let last_seq = ctx.next_seq - 1;
+    ctx.client
+        .execute(
+            "UPDATE head SET seq = $1, at = $2, owner = $3 WHERE id = 1",
+            &[&last_seq, &ctx.last_at, &instance_id()],
+        )
+        .await
+        .map_err(|e| format!("moving the head: {e}"))?;
+    if !ctx.events.is_empty() {
+        ctx.client
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&EVENTS_CHANNEL, &last_seq.to_string()],
+            )
+            .await
+            .map_err(|e| format!("notifying other instances: {e}"))?;
+    }
+    ctx.client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| format!("committing: {e}"))
+}
