@@ -4,6 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{Application, shutdown_signal};
@@ -34,6 +35,19 @@ pub enum Command {
     Bench(Box<crate::bench::BenchArgs>),
     /// Manage API keys (works while a server runs on the data dir).
     Keys(KeysArgs),
+    /// Copy a whole database (sessions, messages, keys) between backends and verify the counts.
+    MigrateData(MigrateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// The database to copy: `sqlite:DATA_DIR` or a `postgres://` URL (no server may be
+    /// writing to it)
+    #[arg(long, value_name = "DATABASE")]
+    pub from: String,
+    /// The empty database to fill: `sqlite:DATA_DIR` or a `postgres://` URL
+    #[arg(long, value_name = "DATABASE")]
+    pub to: String,
 }
 
 #[derive(Args, Debug)]
@@ -103,6 +117,73 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => with_runtime(serve(*args)),
         Command::Seed(args) => with_runtime(seed_command(args)),
         Command::Keys(args) => keys_command(args),
+        Command::MigrateData(args) => with_runtime(migrate_command(args)),
+    }
+}
+
+/// `sqlite:PATH` (a data dir, or the `sessiond.db` in one) or a `postgres://` URL, as the
+/// data dir and `--database` value [`open_database`] takes.
+fn location(raw: &str) -> anyhow::Result<(std::path::PathBuf, String)> {
+    if let Some(path) = raw.strip_prefix("sqlite:") {
+        let path = std::path::PathBuf::from(path);
+        let dir = if path
+            .file_name()
+            .is_some_and(|name| name == crate::storage::sqlite::DATABASE_FILE)
+        {
+            path.parent().map(Into::into).unwrap_or_default()
+        } else {
+            path
+        };
+        if !dir.join(crate::storage::sqlite::DATABASE_FILE).exists() {
+            anyhow::bail!("no sessiond database in {}", dir.display());
+        }
+        return Ok((dir, "sqlite".to_owned()));
+    }
+    crate::config::Database::parse(raw).map_err(|e| anyhow::anyhow!("{e} (or sqlite:PATH)"))?;
+    Ok((std::path::PathBuf::from("."), raw.to_owned()))
+}
+
+async fn migrate_command(args: MigrateArgs) -> ExitCode {
+    telemetry::init("warn", crate::config::LogFormat::Pretty);
+    let run = async {
+        let (from_dir, from) = location(&args.from).context("--from")?;
+        let (to_dir, to) = location(&args.to)
+            .or_else(|error| {
+                // A new SQLite target is created by opening it.
+                match args.to.strip_prefix("sqlite:") {
+                    Some(path) => Ok((std::path::PathBuf::from(path), "sqlite".to_owned())),
+                    None => Err(error),
+                }
+            })
+            .context("--to")?;
+        let source = open_database(&from_dir, &from)
+            .await
+            .context("opening --from")?;
+        let target = open_database(&to_dir, &to).await.context("opening --to")?;
+        let result = crate::migrate::migrate_data(source.clone(), target.clone(), |done| {
+            eprint!("\rcopied {done} sessions");
+        })
+        .await;
+        eprintln!();
+        source.close().await;
+        target.close().await;
+        result
+    };
+    match run.await {
+        Ok(report) => {
+            println!(
+                "copied {} sessions, {} messages and {} keys in {:.1}s; counts verified",
+                report.counts.sessions,
+                report.counts.messages,
+                report.counts.keys,
+                report.elapsed.as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sessiond migrate-data: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

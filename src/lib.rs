@@ -13,6 +13,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod migrate;
 pub mod ratelimit;
 pub mod seed;
 pub mod server;

@@ -108,6 +108,11 @@ impl TryFrom<CreateMessage> for NewMessage {
     }
 }
 
+/// The search text of a stored (already valid) parts array.
+pub fn search_text(parts: &str) -> Result<String, Invalid> {
+    inspect_parts(parts)
+}
+
 /// Checks the parts array and returns its search text.
 fn inspect_parts(raw: &str) -> Result<String, Invalid> {
     if !raw.starts_with('[') {

@@ -113,6 +113,14 @@ pub struct ImportMessage {
     pub text: String,
 }
 
+/// What a database holds, counted (`sessiond migrate-data` compares them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub sessions: u64,
+    pub messages: u64,
+    pub keys: u64,
+}
+
 /// The range of the retained event log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventBounds {
@@ -177,6 +185,15 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Writes complete sessions in bulk (seeding, copying between backends).
     async fn import(&self, sessions: Vec<ImportSession>) -> StorageResult<()>;
+
+    /// Every key with the hash of its secret (copying between backends).
+    async fn export_keys(&self) -> StorageResult<Vec<(ApiKey, String)>>;
+
+    /// Stores keys as exported by [`Storage::export_keys`].
+    async fn import_keys(&self, keys: Vec<(ApiKey, String)>) -> StorageResult<()>;
+
+    /// How many sessions, messages and keys are stored.
+    async fn counts(&self) -> StorageResult<Counts>;
 
     /// Names this database and its bulk-import generation: part of every validator, so data
     /// that changed without events (another database, a bulk load) never matches an old ETag.

@@ -30,7 +30,11 @@ async fn secured(
 
 fn keys_cli(data_dir: &std::path::Path, args: &[&str]) -> String {
     let mut command = Command::new(Process::binary());
-    command.arg("keys").args(args).arg("--data-dir").arg(data_dir);
+    command
+        .arg("keys")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir);
     if let Some(url) = crate::helpers::postgres_database_for(data_dir) {
         command.args(["--database", &url]);
     }
@@ -311,7 +315,11 @@ async fn an_expired_key_is_refused() {
             expires_at: Some(sessiond::domain::wall_clock_ms() - 1_000),
         };
         storage
-            .create_key(expired, sessiond::domain::keys::hash(secret), "x".to_owned())
+            .create_key(
+                expired,
+                sessiond::domain::keys::hash(secret),
+                "x".to_owned(),
+            )
             .await
             .unwrap();
         storage.close().await;

@@ -29,6 +29,16 @@ pub struct Sse {
 }
 
 impl Sse {
+    /// A reader of an already opened stream.
+    pub fn from_response(response: reqwest::Response) -> Sse {
+        assert_eq!(response.status(), StatusCode::OK);
+        Sse {
+            response,
+            buffer: String::new(),
+            comments: Vec::new(),
+        }
+    }
+
     pub async fn open(app: &TestApp, path: &str, last_event_id: Option<i64>) -> Sse {
         let mut request = app.client.get(app.url(path));
         if let Some(id) = last_event_id {

@@ -389,8 +389,8 @@ async fn a_data_dir_serves_one_process_at_a_time() {
 #[tokio::test]
 async fn seed_fills_a_data_dir_that_the_server_then_serves() {
     let dir = tempfile::tempdir().unwrap();
-    let database = crate::helpers::postgres_database_for(dir.path())
-        .unwrap_or_else(|| "sqlite".to_owned());
+    let database =
+        crate::helpers::postgres_database_for(dir.path()).unwrap_or_else(|| "sqlite".to_owned());
     let output = run(
         &[
             "seed",

@@ -105,7 +105,10 @@ async fn writes_on_either_instance_reach_subscribers_of_both_once_and_in_order()
         texts,
         (0..writes).map(|i| format!("a{i}")).collect::<Vec<_>>()
     );
-    assert!(on_a.next(Duration::from_millis(300)).await.is_none(), "nothing more");
+    assert!(
+        on_a.next(Duration::from_millis(300)).await.is_none(),
+        "nothing more"
+    );
 
     // Resuming on the other instance from the middle replays exactly the rest.
     let middle = seen_a[total / 2]["seq"].as_i64().unwrap();
@@ -216,4 +219,295 @@ async fn a_key_revoked_on_one_instance_stops_working_on_the_other() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     eprintln!("b refused the revoked key after {:?}", started.elapsed());
+}
+
+fn sessiond(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::helpers::Process::binary())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run sessiond")
+}
+
+#[tokio::test]
+async fn migrate_data_copies_a_sqlite_database_to_postgres_and_verifies_it() {
+    let Some(base) = postgres_required() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_dir = dir.path().join("sqlite");
+    let data = sqlite_dir.to_str().unwrap();
+    let seeded = sessiond(&[
+        "seed",
+        "--database",
+        "sqlite",
+        "--data-dir",
+        data,
+        "--sessions",
+        "60",
+        "--messages-per-session",
+        "7",
+    ]);
+    assert!(
+        seeded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+    let key = sessiond(&["keys", "create", "--scope", "read", "--data-dir", data]);
+    assert!(key.status.success());
+    let secret = String::from_utf8(key.stdout).unwrap().trim().to_owned();
+    std::fs::create_dir_all(dir.path().join("pg")).unwrap();
+    let url = postgres_database_at(&base, &dir.path().join("pg"));
+
+    let from = format!("sqlite:{data}");
+    let output = sessiond(&["migrate-data", "--from", &from, "--to", &url]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("copied 60 sessions, 420 messages and 1 keys")
+            && stdout.contains("verified"),
+        "{stdout}"
+    );
+    // A second run refuses: the target is no longer empty.
+    let again = sessiond(&["migrate-data", "--from", &from, "--to", &url]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+    // Nonsense is named.
+    let bad = sessiond(&["migrate-data", "--from", "mysql://x", "--to", &url]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--from"));
+
+    // Both backends serve the same data, in the same order, and the key works on the copy.
+    let old = TestApp::spawn_in(
+        &sqlite_dir,
+        |c| c.database = Database::Sqlite,
+        Router::new(),
+    )
+    .await;
+    let pg_dir = dir.path().join("pg");
+    let new = TestApp::spawn_in(
+        &pg_dir,
+        |c| {
+            c.database = Database::Postgres(url.clone());
+            c.auth = AuthMode::Required;
+        },
+        Router::new(),
+    )
+    .await;
+    let authed = |path: &str| new.client.get(new.url(path)).bearer_auth(&secret).send();
+    let sessions_old = old
+        .collect_pages("/v1/sessions?archived=all&limit=13")
+        .await;
+    let mut sessions_new = Vec::new();
+    let mut path = "/v1/sessions?archived=all&limit=13".to_owned();
+    loop {
+        let page: Value = authed(&path).await.unwrap().json().await.unwrap();
+        sessions_new.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/sessions?archived=all&limit=13&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(sessions_old, sessions_new);
+    let id = sessions_old[0]["id"].as_str().unwrap();
+    let messages_old = old
+        .get_json(&format!("/v1/sessions/{id}/messages?limit=100"))
+        .await;
+    let messages_new: Value = authed(&format!("/v1/sessions/{id}/messages?limit=100"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(messages_old["items"], messages_new["items"]);
+    // Search found the copied text.
+    let word = messages_old["items"][0]["parts"][0]["text"]
+        .as_str()
+        .unwrap()
+        .split(|c: char| !c.is_alphanumeric())
+        .find(|w| w.len() > 3)
+        .unwrap()
+        .to_owned();
+    let hits: Value = authed(&format!("/v1/search?q={word}&session_id={id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !hits["items"].as_array().unwrap().is_empty(),
+        "{word}: {hits}"
+    );
+}
+
+/// `deploy/cluster.sh` running: two instances and nginx; stopped (SIGTERM) on drop.
+struct Cluster {
+    child: std::process::Child,
+    instances: Vec<String>,
+    nginx: String,
+}
+
+impl Cluster {
+    fn start(database: &str) -> Option<Cluster> {
+        use std::io::BufRead;
+        if std::process::Command::new("nginx")
+            .arg("-v")
+            .output()
+            .is_err()
+        {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true but nginx is not installed");
+            }
+            eprintln!("skipped: nginx is not installed");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = std::process::Command::new(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/cluster.sh"),
+        )
+        .env("DATABASE_URL", database)
+        .env("SESSIOND_BIN", crate::helpers::Process::binary())
+        .env("LISTEN", format!("127.0.0.1:{port}"))
+        .env("INSTANCES", "2")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("deploy/cluster.sh starts");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut instances = Vec::new();
+        let nginx = loop {
+            let line = lines
+                .next()
+                .expect("cluster.sh printed where nginx is")
+                .unwrap();
+            if let Some(url) = line.strip_prefix("nginx at ") {
+                break url.to_owned();
+            }
+            if let Some((_, url)) = line.split_once(" at ") {
+                instances.push(url.to_owned());
+            }
+        };
+        Some(Cluster {
+            child,
+            instances,
+            nginx,
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn through_nginx_every_subscriber_of_every_instance_gets_every_event_once_in_order() {
+    let Some(base) = postgres_required() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = postgres_database_at(&base, dir.path());
+    let Some(cluster) = tokio::task::block_in_place(|| Cluster::start(&url)) else {
+        return;
+    };
+    assert_eq!(cluster.instances.len(), 2);
+    let client = reqwest::Client::new();
+    let open = |base: String| {
+        let client = client.clone();
+        async move {
+            Sse::from_response(
+                client
+                    .get(format!("{base}/v1/events"))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    // Subscribers on each instance directly, and one through nginx (SSE proxied unbuffered).
+    let mut streams = vec![
+        open(cluster.instances[0].clone()).await,
+        open(cluster.instances[1].clone()).await,
+        open(cluster.nginx.clone()).await,
+    ];
+    let ws_url = format!("{}/v1/ws", cluster.nginx.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
+        .await
+        .expect("a WebSocket through nginx");
+    // Give the streams a moment to register before the writes start.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Writes through nginx, which spreads them over both instances, four at a time.
+    let session: Value = client
+        .post(format!("{}/v1/sessions", cluster.nginx))
+        .json(&json!({"directory": "/nginx", "title": "through nginx"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = session["id"].as_str().unwrap().to_owned();
+    let writes = 60;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..4 {
+        let (client, nginx, id) = (client.clone(), cluster.nginx.clone(), id.clone());
+        tasks.spawn(async move {
+            for i in 0..writes / 4 {
+                let response = client
+                    .post(format!("{nginx}/v1/sessions/{id}/messages"))
+                    .json(&json!({"role": "user", "parts": [{"type": "text", "text": format!("w{worker}-{i}")}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::CREATED);
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let total = 1 + writes;
+    let mut logs = Vec::new();
+    for sse in &mut streams {
+        let events = read_events(sse, total).await;
+        let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+        assert_eq!(
+            seqs,
+            (1..=total as i64).collect::<Vec<_>>(),
+            "once and in order"
+        );
+        assert!(
+            sse.next(Duration::from_millis(300)).await.is_none(),
+            "nothing more"
+        );
+        logs.push(events);
+    }
+    assert_eq!(logs[0], logs[1]);
+    assert_eq!(logs[0], logs[2]);
+    // The WebSocket through nginx carries the same events.
+    use futures_util::StreamExt;
+    let mut over_ws = Vec::new();
+    while over_ws.len() < total {
+        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a WebSocket message in time")
+            .expect("open")
+            .expect("ok");
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            over_ws.push(serde_json::from_str::<Value>(&text).unwrap());
+        }
+    }
+    assert_eq!(over_ws, logs[0]);
 }

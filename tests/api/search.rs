@@ -338,7 +338,11 @@ async fn a_swap_in_ranking_between_pages_neither_skips_nor_repeats() {
     // A fresh search sees the new order (bm25 on SQLite; PostgreSQL's ts_rank does not depend
     // on the rest of the corpus, so there the order never changed).
     let fresh = app.get_json("/v1/search?q=needle&limit=1").await;
-    let expected = if crate::helpers::on_postgres() { &b } else { &a };
+    let expected = if crate::helpers::on_postgres() {
+        &b
+    } else {
+        &a
+    };
     assert_eq!(fresh["items"][0]["message_id"], expected["id"]);
 }
 

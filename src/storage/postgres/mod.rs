@@ -28,8 +28,8 @@ use self::feed::Feed;
 use self::writer::Writer;
 use super::sqlite::CommitHook;
 use super::{
-    EventBounds, ImportSession, MessageListQuery, SearchQuery, SessionListQuery, SessionText,
-    Storage, StorageError, StorageResult,
+    Counts, EventBounds, ImportSession, MessageListQuery, SearchQuery, SessionListQuery,
+    SessionText, Storage, StorageError, StorageResult,
 };
 use crate::domain::keys::{ApiKey, NewKey};
 use crate::domain::{
@@ -203,7 +203,10 @@ async fn watch_size(pool: Pool, size: Arc<AtomicU64>) {
             .query_one("SELECT pg_database_size(current_database())", &[])
             .await
         {
-            size.store(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0), Ordering::Relaxed);
+            size.store(
+                u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+                Ordering::Relaxed,
+            );
         }
     }
 }
@@ -325,6 +328,32 @@ impl Storage for PgStorage {
 
     async fn import(&self, sessions: Vec<ImportSession>) -> StorageResult<()> {
         writes::import(&mut *self.client().await?, sessions).await
+    }
+
+    async fn export_keys(&self) -> StorageResult<Vec<(ApiKey, String)>> {
+        reads::export_keys(&*self.client().await?).await
+    }
+
+    async fn import_keys(&self, keys: Vec<(ApiKey, String)>) -> StorageResult<()> {
+        writes::import_keys(&*self.client().await?, &keys).await
+    }
+
+    async fn counts(&self) -> StorageResult<Counts> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM messages), \
+                        (SELECT count(*) FROM api_keys)",
+                &[],
+            )
+            .await
+            .map_err(db("counting"))?;
+        let count = |i: usize| row.get::<_, i64>(i) as u64;
+        Ok(Counts {
+            sessions: count(0),
+            messages: count(1),
+            keys: count(2),
+        })
     }
 
     fn identity(&self) -> &str {

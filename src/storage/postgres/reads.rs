@@ -432,6 +432,20 @@ pub async fn list_keys(client: &Conn) -> StorageResult<Vec<ApiKey>> {
     rows.iter().map(key).collect()
 }
 
+/// Every key with its secret's hash.
+pub async fn export_keys(client: &Conn) -> StorageResult<Vec<(ApiKey, String)>> {
+    let rows = client
+        .query(
+            &format!("SELECT {KEY_COLUMNS}, hash FROM api_keys ORDER BY created_at, id"),
+            &[],
+        )
+        .await
+        .map_err(db("exporting keys"))?;
+    rows.iter()
+        .map(|row| Ok((key(row)?, row.try_get(7).map_err(db("reading a key"))?)))
+        .collect()
+}
+
 pub async fn find_key(client: &Conn, hash: &str) -> StorageResult<Option<ApiKey>> {
     let statement = client
         .prepare_cached(&format!(

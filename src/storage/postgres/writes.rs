@@ -320,10 +320,12 @@ pub async fn import(
     .await
     .map_err(db("moving the database generation"))?;
     let mut newest = 0_i64;
+    let mut version = 0_i64;
     let mut session_rows: Vec<&Session> = Vec::new();
     let mut message_rows: Vec<(&Message, &str)> = Vec::new();
     for item in &sessions {
         newest = newest.max(item.session.updated_at);
+        version = version.max(item.session.version);
         session_rows.push(&item.session);
         for m in &item.messages {
             newest = newest.max(m.message.created_at);
@@ -386,9 +388,10 @@ pub async fn import(
         .await
         .map_err(db("importing messages"))?;
     }
+    // Past the imported versions too: a session's version (its ETag) must keep increasing.
     tx.execute(
-        "UPDATE head SET at = GREATEST(at, $1), owner = '' WHERE id = 1",
-        &[&newest],
+        "UPDATE head SET at = GREATEST(at, $1), seq = GREATEST(seq, $2), owner = '' WHERE id = 1",
+        &[&newest, &version],
     )
     .await
     .map_err(db("moving the head past the imported data"))?;
@@ -453,6 +456,33 @@ pub async fn create_key(
         .await
         .map_err(db("storing a key"))?;
     Ok(created)
+}
+
+/// Stores exported keys as they are.
+pub async fn import_keys(
+    client: &tokio_postgres::Client,
+    keys: &[(ApiKey, String)],
+) -> StorageResult<()> {
+    for (key, hash) in keys {
+        client
+            .execute(
+                "INSERT INTO api_keys (id, name, scope, hash, hint, created_at, expires_at, \
+                 revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &key.id,
+                    &key.name,
+                    &key.scope.as_str(),
+                    hash,
+                    &key.hint,
+                    &key.created_at,
+                    &key.expires_at,
+                    &key.revoked_at,
+                ],
+            )
+            .await
+            .map_err(db("importing a key"))?;
+    }
+    Ok(())
 }
 
 /// Revokes a key (keeping the first revocation time) and tells every instance; `NotFound` for

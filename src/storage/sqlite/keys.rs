@@ -67,6 +67,45 @@ pub fn list(conn: &Connection) -> StorageResult<Vec<ApiKey>> {
     Ok(keys)
 }
 
+/// Every key with its secret's hash.
+pub fn export(conn: &Connection) -> StorageResult<Vec<(ApiKey, String)>> {
+    let keys = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS}, hash FROM api_keys ORDER BY created_at, id"
+        ))
+        .context("preparing the key export")?
+        .query_map([], |row| Ok((key(row)?, row.get(7)?)))
+        .context("exporting keys")?
+        .collect::<Result<_, _>>()
+        .context("reading keys")?;
+    Ok(keys)
+}
+
+/// Stores exported keys as they are.
+pub fn import(conn: &Connection, keys: &[(ApiKey, String)]) -> StorageResult<()> {
+    let mut statement = conn
+        .prepare_cached(
+            "INSERT INTO api_keys (id, name, scope, hash, hint, created_at, expires_at, \
+             revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .context("preparing a key import")?;
+    for (key, hash) in keys {
+        statement
+            .execute(params![
+                key.id,
+                key.name,
+                key.scope.as_str(),
+                hash,
+                key.hint,
+                key.created_at,
+                key.expires_at,
+                key.revoked_at,
+            ])
+            .context("importing a key")?;
+    }
+    Ok(())
+}
+
 pub fn find(conn: &Connection, hash: &str) -> StorageResult<Option<ApiKey>> {
     Ok(conn
         .prepare_cached(&format!("SELECT {COLUMNS} FROM api_keys WHERE hash = ?1"))

@@ -27,8 +27,8 @@ pub use writer::CommitHook;
 use self::pool::ReadPool;
 use self::writer::{WriterHandle, WriterOptions};
 use super::{
-    EventBounds, ImportSession, MessageListQuery, SearchQuery, SessionListQuery, SessionText,
-    Storage, StorageResult,
+    Counts, EventBounds, ImportSession, MessageListQuery, SearchQuery, SessionListQuery,
+    SessionText, Storage, StorageResult,
 };
 use crate::domain::keys::{ApiKey, NewKey};
 use crate::domain::{
@@ -367,6 +367,20 @@ impl Storage for SqliteStorage {
         self.writer
             .write(move |ctx| writes::import(ctx, sessions))
             .await
+    }
+
+    async fn export_keys(&self) -> StorageResult<Vec<(ApiKey, String)>> {
+        self.readers.read(keys::export).await
+    }
+
+    async fn import_keys(&self, list: Vec<(ApiKey, String)>) -> StorageResult<()> {
+        self.writer
+            .write(move |ctx| keys::import(ctx.conn, &list))
+            .await
+    }
+
+    async fn counts(&self) -> StorageResult<Counts> {
+        self.readers.read(reads::counts).await
     }
 
     fn identity(&self) -> &str {

@@ -613,6 +613,22 @@ pub fn events_after(
     Ok(events)
 }
 
+pub fn counts(conn: &Connection) -> StorageResult<crate::storage::Counts> {
+    let (sessions, messages, keys): (i64, i64, i64) = conn
+        .prepare_cached(
+            "SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM messages), \
+                    (SELECT count(*) FROM api_keys)",
+        )
+        .context("preparing the counts")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .context("counting")?;
+    Ok(crate::storage::Counts {
+        sessions: sessions as u64,
+        messages: messages as u64,
+        keys: keys as u64,
+    })
+}
+
 pub fn check(conn: &Connection) -> StorageResult<()> {
     conn.prepare_cached("SELECT count(*) FROM (SELECT 1 FROM sessions LIMIT 1)")
         .context("preparing the readiness check")?
