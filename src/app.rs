@@ -54,9 +54,22 @@ impl Application {
         let keys = Arc::new(KeyCache::default());
         let storage = open_storage(&config, &hub, &cache, &keys).await?;
         hub.set_head(storage.event_bounds().await?.newest);
+        let redis = match &config.redis {
+            Some(url) => Some(crate::cluster::Redis::connect(url)?),
+            None => None,
+        };
+        let limiter: Option<Arc<dyn Limiter>> = match (config.rate_limit, &redis) {
+            (false, _) => None,
+            (true, Some(redis)) => Some(Arc::new(crate::cluster::RedisLimits::new(
+                redis.clone(),
+                config.rate_limits,
+            ))),
+            (true, None) => Some(Arc::new(LocalLimits::new(config.rate_limits))),
+        };
         let (stopping, stopping_rx) = watch::channel(false);
         let state: SharedState = Arc::new(AppState {
             storage,
+            redis,
             summarizer: WorkPool::new(config.summarize_workers, config.summarize_queue),
             searches: WorkPool::new(config.search_concurrency, config.search_queue),
             settings: HttpSettings {
@@ -81,9 +94,7 @@ impl Application {
             live: LiveStats::default(),
             streams: StreamCounts::default(),
             keys,
-            limiter: config
-                .rate_limit
-                .then(|| Arc::new(LocalLimits::new(config.rate_limits)) as Arc<dyn Limiter>),
+            limiter,
         });
         let router = http::router_with(state.clone(), extra);
         let listener = TcpListener::bind(config.listen)

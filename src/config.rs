@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// PostgreSQL connections per instance for reads and side writes [env: SESSIOND_DATABASE_POOL] [default: 16]
     #[arg(long, value_name = "N")]
     pub database_pool: Option<String>,
+    /// Redis URL for rate limits shared by every instance, e.g. redis://127.0.0.1:6379 [env: SESSIOND_REDIS] [default: none]
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
     /// Log filter, e.g. `info` or `warn,sessiond=debug` [env: SESSIOND_LOG_LEVEL] [default: info]
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -187,6 +190,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database: Database,
     pub database_pool: usize,
+    pub redis: Option<String>,
     pub log_level: String,
     pub log_format: LogFormat,
     pub read_connections: usize,
@@ -259,6 +263,13 @@ impl Config {
             database: r.get("database", &args.database, "sqlite", Database::parse)?,
             database_pool: r.get("database_pool", &args.database_pool, "16", |v| {
                 parse_count(v, 1, 1024)
+            })?,
+            redis: r.get("redis", &args.redis, "", |v| {
+                if v.is_empty() {
+                    return Ok(None);
+                }
+                redis::Client::open(v).map_err(|e| format!("not a valid Redis URL: {e}"))?;
+                Ok(Some(v.to_owned()))
             })?,
             log_level: r.get("log_level", &args.log_level, "info", parse_log_level)?,
             log_format: r.get("log_format", &args.log_format, "pretty", parse_log_format)?,
@@ -463,6 +474,7 @@ const FILE_KEYS: &[&str] = &[
     "data_dir",
     "database",
     "database_pool",
+    "redis",
     "log_level",
     "log_format",
     "read_connections",
@@ -576,7 +588,7 @@ impl Resolver<'_> {
         };
         parse(value.trim()).map_err(|message| {
             // A database URL may carry a password.
-            let shown = if key == "database" {
+            let shown = if key == "database" || key == "redis" {
                 crate::storage::postgres::redact(&value)
             } else {
                 value.clone()

@@ -8,6 +8,7 @@ pub mod app;
 pub mod bench;
 pub mod cache;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod error;

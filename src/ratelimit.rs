@@ -33,7 +33,7 @@ impl Tier {
         }
     }
 
-    fn index(self) -> usize {
+    pub fn index(self) -> usize {
         match self {
             Tier::Default => 0,
             Tier::Read => 1,
@@ -115,8 +115,9 @@ pub enum Decision {
 }
 
 /// Decides whether a caller may make a request in a tier.
+#[async_trait::async_trait]
 pub trait Limiter: Send + Sync {
-    fn check(&self, tier: Tier, caller: &str) -> Decision;
+    async fn check(&self, tier: Tier, caller: &str) -> Decision;
     fn policy(&self, tier: Tier) -> Policy;
     /// Forgets callers idle long enough to be back at full burst (bounded memory).
     fn forget_idle(&self);
@@ -161,12 +162,35 @@ impl<C: Clock + Clone> LocalLimits<C> {
     }
 }
 
+#[async_trait::async_trait]
 impl<C> Limiter for LocalLimits<C>
 where
     C: Clock + Send + Sync,
     C::Instant: Reference + Send + Sync,
 {
-    fn check(&self, tier: Tier, caller: &str) -> Decision {
+    async fn check(&self, tier: Tier, caller: &str) -> Decision {
+        self.check_now(tier, caller)
+    }
+
+    fn policy(&self, tier: Tier) -> Policy {
+        self.policies[tier.index()]
+    }
+
+    fn forget_idle(&self) {
+        for limiter in &self.limiters {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+impl<C> LocalLimits<C>
+where
+    C: Clock + Send + Sync,
+    C::Instant: Reference + Send + Sync,
+{
+    /// The decision, in process.
+    pub fn check_now(&self, tier: Tier, caller: &str) -> Decision {
         let policy = self.policies[tier.index()];
         match self.limiters[tier.index()].check_key(&caller.to_owned()) {
             Ok(snapshot) => {
@@ -184,17 +208,6 @@ where
                     .ceil()
                     .max(1.0) as u64,
             },
-        }
-    }
-
-    fn policy(&self, tier: Tier) -> Policy {
-        self.policies[tier.index()]
-    }
-
-    fn forget_idle(&self) {
-        for limiter in &self.limiters {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
         }
     }
 }
@@ -215,24 +228,24 @@ mod tests {
         let clock = FakeRelativeClock::default();
         let limits = limits(clock.clone());
         for expected in [2, 1, 0] {
-            match limits.check(Tier::Read, "key_a") {
+            match limits.check_now(Tier::Read, "key_a") {
                 Decision::Allowed { remaining, .. } => assert_eq!(remaining, expected),
                 other => panic!("{other:?}"),
             }
         }
         assert_eq!(
-            limits.check(Tier::Read, "key_a"),
+            limits.check_now(Tier::Read, "key_a"),
             Decision::Limited {
                 retry_after_seconds: 1
             }
         );
         // Callers and tiers are independent.
         assert!(matches!(
-            limits.check(Tier::Read, "key_b"),
+            limits.check_now(Tier::Read, "key_b"),
             Decision::Allowed { .. }
         ));
         assert!(matches!(
-            limits.check(Tier::Default, "key_a"),
+            limits.check_now(Tier::Default, "key_a"),
             Decision::Allowed { .. }
         ));
     }
@@ -243,25 +256,25 @@ mod tests {
         let limits = limits(clock.clone());
         for _ in 0..2 {
             assert!(matches!(
-                limits.check(Tier::Expensive, "ip"),
+                limits.check_now(Tier::Expensive, "ip"),
                 Decision::Allowed { .. }
             ));
         }
         // 30/m: one more every 2 s.
         assert_eq!(
-            limits.check(Tier::Expensive, "ip"),
+            limits.check_now(Tier::Expensive, "ip"),
             Decision::Limited {
                 retry_after_seconds: 2
             }
         );
         clock.advance(Duration::from_millis(1999));
         assert!(matches!(
-            limits.check(Tier::Expensive, "ip"),
+            limits.check_now(Tier::Expensive, "ip"),
             Decision::Limited { .. }
         ));
         clock.advance(Duration::from_millis(1));
         assert_eq!(
-            limits.check(Tier::Expensive, "ip"),
+            limits.check_now(Tier::Expensive, "ip"),
             Decision::Allowed {
                 remaining: 0,
                 reset_seconds: 4
@@ -270,7 +283,7 @@ mod tests {
         // A long quiet period gives the whole burst back, never more.
         clock.advance(Duration::from_secs(60));
         assert_eq!(
-            limits.check(Tier::Expensive, "ip"),
+            limits.check_now(Tier::Expensive, "ip"),
             Decision::Allowed {
                 remaining: 1,
                 reset_seconds: 2

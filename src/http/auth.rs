@@ -304,7 +304,7 @@ pub async fn rate_limit(
             )
         ),
     };
-    match limiter.check(tier, &caller) {
+    match limiter.check(tier, &caller).await {
         Decision::Allowed {
             remaining,
             reset_seconds,

@@ -87,6 +87,8 @@ pub enum CorsOrigins {
 /// What every handler can reach.
 pub struct AppState {
     pub storage: Arc<dyn Storage>,
+    /// Redis, when configured (cluster-wide rate limits).
+    pub redis: Option<Arc<crate::cluster::Redis>>,
     pub summarizer: WorkPool,
     /// Full-text searches in progress (bm25 ranks every match: CPU-heavy on common words).
     pub searches: WorkPool,

@@ -89,9 +89,43 @@ pub async fn ready(State(state): State<SharedState>) -> ApiResult<Response> {
         },
     };
     let up = database.status == "ok";
+    let mut checks = BTreeMap::from([("database", database)]);
+    let mut degraded = false;
+    if let Some(redis) = &state.redis {
+        // Optional: without it limits are per instance, but everything is served.
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(READY_TIMEOUT, redis.ping()).await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let check = match outcome {
+            Ok(Ok(())) => Check {
+                status: "ok",
+                latency_ms,
+                error: None,
+            },
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "readiness: Redis check failed");
+                Check {
+                    status: "down",
+                    latency_ms,
+                    error: Some("Redis does not answer; rate limits are per instance"),
+                }
+            }
+            Err(_) => Check {
+                status: "down",
+                latency_ms,
+                error: Some("the Redis check timed out; rate limits are per instance"),
+            },
+        };
+        degraded = check.status != "ok";
+        checks.insert("redis", check);
+    }
     let body = Readiness {
-        status: if up { "ok" } else { "down" },
-        checks: BTreeMap::from([("database", database)]),
+        status: match (up, degraded) {
+            (false, _) => "down",
+            (true, true) => "degraded",
+            (true, false) => "ok",
+        },
+        checks,
     };
     let status = if up {
         StatusCode::OK

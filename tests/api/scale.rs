@@ -70,7 +70,7 @@ async fn writes_on_either_instance_reach_subscribers_of_both_once_and_in_order()
         session_b["id"].as_str().unwrap().to_owned(),
     );
     let writes = 40;
-    let (left, right) = tokio::join!(
+    tokio::join!(
         async {
             for i in 0..writes {
                 a.append(&ib, "user", &format!("a{i}")).await;
@@ -82,7 +82,6 @@ async fn writes_on_either_instance_reach_subscribers_of_both_once_and_in_order()
             }
         }
     );
-    let ((), ()) = (left, right);
     let total = 2 + 2 * writes;
     let seen_a = read_events(&mut on_a, total).await;
     let seen_b = read_events(&mut on_b, total).await;
@@ -510,4 +509,217 @@ async fn through_nginx_every_subscriber_of_every_instance_gets_every_event_once_
         }
     }
     assert_eq!(over_ws, logs[0]);
+}
+
+/// The Redis for tests: `SESSIOND_TEST_REDIS`, else the local one; missing is a failure in CI
+/// and a skip (said on stderr) elsewhere.
+fn redis_required() -> Option<String> {
+    let url = std::env::var("SESSIOND_TEST_REDIS")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    if std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], 6379)),
+        Duration::from_secs(2),
+    )
+    .is_ok()
+        || std::env::var("SESSIOND_TEST_REDIS").is_ok()
+    {
+        return Some(url);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but no Redis answers at {url}");
+    }
+    eprintln!("skipped: no Redis at {url}");
+    None
+}
+
+/// A server limited through `redis`, believing loopback's X-Forwarded-For (so each test run can
+/// be a caller of its own).
+async fn limited(redis: String, read_policy: &str) -> TestApp {
+    let policy = sessiond::ratelimit::Policy::parse(read_policy).unwrap();
+    let app = TestApp::spawn_configured(move |config| {
+        config.redis = Some(redis);
+        config.rate_limit = true;
+        config.rate_limits[1] = policy;
+        config.trusted_proxies = vec![sessiond::http::auth::Cidr::parse("127.0.0.1").unwrap()];
+    })
+    .await;
+    wait_for_ready(&app, "ok").await;
+    app
+}
+
+async fn wait_for_ready(app: &TestApp, status: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        // As a caller of its own each time: /ready is rate limited like any read.
+        let ready: Value = app
+            .client
+            .get(app.url("/ready"))
+            .header("x-forwarded-for", random_ip())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["status"] == status {
+            return ready;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "/ready never said {status}: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn read_as(app: &TestApp, ip: &str) -> StatusCode {
+    app.client
+        .get(app.url("/v1/sessions"))
+        .header("x-forwarded-for", ip)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+fn random_ip() -> String {
+    format!(
+        "10.{}.{}.{}",
+        fastrand::u8(..),
+        fastrand::u8(..),
+        fastrand::u8(1..)
+    )
+}
+
+#[tokio::test]
+async fn rate_limits_are_shared_by_instances_through_redis() {
+    let Some(redis) = redis_required() else {
+        return;
+    };
+    let a = limited(redis.clone(), "6/m,3").await;
+    let b = limited(redis, "6/m,3").await;
+    let caller = random_ip();
+    // A burst of three in all, whichever instance serves it.
+    assert_eq!(read_as(&a, &caller).await, StatusCode::OK);
+    assert_eq!(read_as(&b, &caller).await, StatusCode::OK);
+    assert_eq!(read_as(&a, &caller).await, StatusCode::OK);
+    let refused = b
+        .client
+        .get(b.url("/v1/sessions"))
+        .header("x-forwarded-for", &caller)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=10).contains(&retry), "{retry}");
+    assert_eq!(read_as(&a, &caller).await, StatusCode::TOO_MANY_REQUESTS);
+    // Another caller has a budget of its own.
+    assert_eq!(read_as(&b, &random_ip()).await, StatusCode::OK);
+}
+
+/// A Redis server of the test's own, so it can be stopped and started again.
+struct OwnRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> OwnRedis {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server)");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OwnRedis { port, child }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_redis_the_server_keeps_serving_degraded_and_recovers_by_itself() {
+    if redis_required().is_none() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = tokio::task::block_in_place(|| OwnRedis::start(port));
+    let app = limited(format!("redis://127.0.0.1:{}", redis.port), "60/m,2").await;
+    let caller = random_ip();
+    assert_eq!(read_as(&app, &caller).await, StatusCode::OK);
+
+    drop(redis);
+    let ready = wait_for_ready(&app, "degraded").await;
+    assert_eq!(ready["checks"]["database"]["status"], "ok");
+    assert_eq!(ready["checks"]["redis"]["status"], "down");
+    let response = app
+        .client
+        .get(app.url("/ready"))
+        .header("x-forwarded-for", random_ip())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "degraded is still ready");
+    // Still served, and still limited (by this instance alone).
+    let other = random_ip();
+    assert_eq!(read_as(&app, &other).await, StatusCode::OK);
+    assert_eq!(read_as(&app, &other).await, StatusCode::OK);
+    assert_eq!(read_as(&app, &other).await, StatusCode::TOO_MANY_REQUESTS);
+    let session = app.create_session("/r", "writes work too").await;
+    assert!(session["id"].is_string());
+
+    let _redis = tokio::task::block_in_place(|| OwnRedis::start(port));
+    wait_for_ready(&app, "ok").await;
+    // Decisions go to Redis again (within a probe interval): a fresh caller's state appears
+    // in the new Redis.
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let started = Instant::now();
+    loop {
+        let caller = random_ip();
+        assert_eq!(read_as(&app, &caller).await, StatusCode::OK);
+        let stored: bool = redis::cmd("EXISTS")
+            .arg(format!("sessiond:rl:read:ip:{caller}"))
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if stored {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "limits never went back to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("limits back in Redis after {:?}", started.elapsed());
 }

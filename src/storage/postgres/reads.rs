@@ -396,29 +396,25 @@ pub async fn events_after(
 pub const KEY_COLUMNS: &str = "id, name, scope, hint, created_at, expires_at, revoked_at";
 
 pub fn key(row: &Row) -> StorageResult<ApiKey> {
-    let read = || -> Result<(String, String, String, String, i64, Option<i64>, Option<i64>), tokio_postgres::Error> {
-        Ok((
-            row.try_get(0)?,
-            row.try_get(1)?,
-            row.try_get(2)?,
-            row.try_get(3)?,
-            row.try_get(4)?,
-            row.try_get(5)?,
-            row.try_get(6)?,
-        ))
-    };
-    let (id, name, scope, hint, created_at, expires_at, revoked_at) =
-        read().map_err(db("reading a key"))?;
+    let scope: String = get(row, 2)?;
     Ok(ApiKey {
-        id,
-        name,
+        id: get(row, 0)?,
+        name: get(row, 1)?,
         scope: Scope::parse(&scope)
             .map_err(|e| anyhow::anyhow!("a stored key has an invalid scope: {e}"))?,
-        hint,
-        created_at,
-        expires_at,
-        revoked_at,
+        hint: get(row, 3)?,
+        created_at: get(row, 4)?,
+        expires_at: get(row, 5)?,
+        revoked_at: get(row, 6)?,
     })
+}
+
+/// Column `index` of `row`.
+pub fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    index: usize,
+) -> StorageResult<T> {
+    row.try_get(index).map_err(db("reading a row"))
 }
 
 pub async fn list_keys(client: &Conn) -> StorageResult<Vec<ApiKey>> {
