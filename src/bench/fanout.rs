@@ -18,11 +18,18 @@ use super::stats::{
 };
 use super::workload::Op;
 
+/// Tries a subscriber makes before it gives up, and the pause between them.
+const MAX_ATTEMPTS: u32 = 50;
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// Marker the publisher puts in each message's metadata; subscribers find it in the event.
 const MARKER: &[u8] = b"\"bench_seq\":";
 
 pub struct FanoutSpec {
+    /// Where messages are published.
     pub target: Target,
+    /// Where the subscribers connect (the target, or another instance of its cluster).
+    pub subscribe: Target,
     pub subscribers: usize,
     pub rate: f64,
     pub duration: Duration,
@@ -73,11 +80,12 @@ pub async fn run(
     let delivery = Arc::new(std::sync::Mutex::new(histogram()));
     let delivered = Arc::new(AtomicU64::new(0));
     let connected = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
 
     eprintln!("connecting {} subscribers …", spec.subscribers);
     let mut tasks = tokio::task::JoinSet::new();
     let authorization = spec
-        .target
+        .subscribe
         .authorization
         .as_ref()
         .and_then(|value| value.to_str().ok())
@@ -85,35 +93,60 @@ pub async fn run(
         .unwrap_or_default();
     let request = format!(
         "GET {}/v1/events?session_id={session_id} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{authorization}\r\n",
-        spec.target.base_path, spec.target.authority
+        spec.subscribe.base_path, spec.subscribe.authority
     );
     for index in 0..spec.subscribers {
-        let addr = spec.target.addr;
+        let addr = spec.subscribe.addr;
         let request = request.clone();
         let sent = sent.clone();
         let delivery = delivery.clone();
         let delivered = delivered.clone();
         let connected = connected.clone();
+        let refused = refused.clone();
         tasks.spawn(async move {
-            let Ok(mut stream) = TcpStream::connect(addr).await else {
-                return;
-            };
-            if stream.write_all(request.as_bytes()).await.is_err() {
-                return;
-            }
             let mut buffer = vec![0u8; 16 * 1024];
             let mut pending: Vec<u8> = Vec::new();
-            let mut counted = false;
+            // Connected only on a 200: a server shedding load (503) or limiting (429) refuses
+            // some of a connection storm, and a real client tries again, as this one does.
+            let mut attempts = 0;
+            let mut stream = loop {
+                attempts += 1;
+                if attempts > MAX_ATTEMPTS {
+                    return;
+                }
+                pending.clear();
+                let Ok(mut stream) = TcpStream::connect(addr).await else {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                };
+                if stream.write_all(request.as_bytes()).await.is_err() {
+                    continue;
+                }
+                let head_end = loop {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => pending.extend_from_slice(&buffer[..n]),
+                    }
+                    if let Some(at) = find(&pending, b"\r\n\r\n") {
+                        break Some(at + 4);
+                    }
+                };
+                let Some(head_end) = head_end else { continue };
+                if pending.starts_with(b"HTTP/1.1 200") {
+                    pending.drain(..head_end);
+                    connected.fetch_add(1, Ordering::Relaxed);
+                    break stream;
+                }
+                refused.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(RETRY_PAUSE + Duration::from_millis(fastrand::u64(0..200)))
+                    .await;
+            };
             loop {
                 let n = match stream.read(&mut buffer).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
                 let now = Instant::now();
-                if !counted {
-                    counted = true;
-                    connected.fetch_add(1, Ordering::Relaxed);
-                }
                 pending.extend_from_slice(&buffer[..n]);
                 // Only complete frames: a marker may straddle two reads.
                 let Some(end) = pending.windows(2).rposition(|w| w == b"\n\n") else {
@@ -227,6 +260,7 @@ pub async fn run(
         report: FanoutReport {
             subscribers: spec.subscribers,
             connected: connected_count,
+            refused: refused.load(Ordering::Relaxed),
             published: total as u64,
             delivered: delivered.load(Ordering::Relaxed),
             expected,

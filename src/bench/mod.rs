@@ -112,6 +112,10 @@ pub struct BenchArgs {
     /// Fan-out: event-stream subscribers to hold open
     #[arg(long, default_value_t = 1000)]
     pub subscribers: usize,
+    /// Fan-out: where the subscribers connect, when not to --target (another instance of the
+    /// same cluster: the latency then includes the hop between instances)
+    #[arg(long, value_name = "URL")]
+    pub subscribe_target: Option<String>,
     /// API key sent as `Authorization: Bearer …` (for a server with auth required); a key
     /// with the write scope runs every scenario
     #[arg(
@@ -361,8 +365,20 @@ impl Scenario {
             Model::Open { rate, .. } => rate,
             Model::Closed { .. } => 20.0,
         });
+        let subscribe = match &args.subscribe_target {
+            Some(url) => {
+                let mut other = Target::parse(url).context("--subscribe-target")?;
+                if let Some(key) = &args.api_key {
+                    other = other.with_api_key(key)?;
+                }
+                wait_until_healthy(&other).await?;
+                other
+            }
+            None => target.clone(),
+        };
         let spec = fanout::FanoutSpec {
             target: target.clone(),
+            subscribe,
             subscribers: args.subscribers,
             rate,
             duration: args.duration.unwrap_or(self.duration),

@@ -263,9 +263,10 @@ pub fn summary(result: &BenchResult) -> String {
     if let Some(fanout) = &result.fanout {
         let _ = writeln!(
             out,
-            "fan-out: {} of {} subscribers connected; {} events published, {} of {} deliveries; delivery p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}",
+            "fan-out: {} of {} subscribers connected ({} refusals retried); {} events published, {} of {} deliveries; delivery p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}",
             fanout.connected,
             fanout.subscribers,
+            fanout.refused,
             fanout.published,
             fanout.delivered,
             fanout.expected,

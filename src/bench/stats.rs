@@ -124,6 +124,10 @@ pub struct RampReport {
 pub struct FanoutReport {
     pub subscribers: usize,
     pub connected: usize,
+    /// Subscription attempts the server refused (load shedding, rate limits) and that were
+    /// tried again.
+    #[serde(default)]
+    pub refused: u64,
     pub published: u64,
     pub delivered: u64,
     pub expected: u64,

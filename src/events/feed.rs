@@ -52,16 +52,21 @@ impl Feed {
         since: Option<i64>,
     ) -> StorageResult<Feed> {
         let subscription = hub.subscribe(filter.clone());
-        let bounds = storage.event_bounds().await?;
+        // "From now on" is from the last event this instance has published, not from the
+        // log's head: an event committed (here, or on another instance) but not yet published
+        // here is still on its way through the hub, and must not be taken as seen.
+        let published = hub.head();
         let mut feed = Feed {
             storage,
             subscription,
             filter,
-            last_seq: bounds.newest,
+            last_seq: published,
             replaying: false,
             pending: VecDeque::new(),
         };
         if let Some(since) = since {
+            // Only a resume needs the log's bounds (a fresh stream costs no database call).
+            let bounds = feed.storage.event_bounds().await?;
             let retained =
                 since >= bounds.newest || bounds.oldest.is_some_and(|oldest| oldest <= since + 1);
             if since > bounds.newest || !retained {

@@ -99,6 +99,39 @@ pub struct SessionText {
     pub texts: Vec<String>,
 }
 
+impl SessionText {
+    /// Takes message texts, newest first, until `max_bytes` are taken (the newest alone, when
+    /// over the budget, is cut to its end), and keeps them in chronological order.
+    pub fn within_budget<E>(
+        message_count: i64,
+        newest_first: impl IntoIterator<Item = Result<String, E>>,
+        max_bytes: usize,
+    ) -> Result<SessionText, E> {
+        let mut texts = Vec::new();
+        let mut budget = max_bytes;
+        for text in newest_first {
+            let text = text?;
+            if text.len() > budget {
+                if texts.is_empty() {
+                    let mut start = text.len() - budget;
+                    while !text.is_char_boundary(start) {
+                        start += 1;
+                    }
+                    texts.push(text[start..].to_owned());
+                }
+                break;
+            }
+            budget -= text.len();
+            texts.push(text);
+        }
+        texts.reverse();
+        Ok(SessionText {
+            message_count,
+            texts,
+        })
+    }
+}
+
 /// A complete session with its messages, ids and timestamps already assigned: bulk loads
 /// (`sessiond seed`, migrations between backends) write these as they are, without events.
 #[derive(Clone, Debug)]

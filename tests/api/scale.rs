@@ -723,3 +723,44 @@ async fn without_redis_the_server_keeps_serving_degraded_and_recovers_by_itself(
     }
     eprintln!("limits back in Redis after {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn a_stream_opened_on_one_instance_while_another_writes_has_no_gap() {
+    let Some((a, b, _url, _dir)) = two_instances(|_| {}).await else {
+        return;
+    };
+    let id = a.create_session("/g", "gaps").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (client, url, writing) = (
+            a.client.clone(),
+            a.url(&format!("/v1/sessions/{id}/messages")),
+            writing.clone(),
+        );
+        tokio::spawn(async move {
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                let response = client
+                    .post(&url)
+                    .json(&json!({"role": "user", "parts": [{"type": "text", "text": "w"}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::CREATED);
+            }
+        })
+    };
+    // Streams opened on b at random moments of a's writing: each sees a run without holes,
+    // whatever b was relaying when it opened.
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..20))).await;
+        let mut sse = Sse::open(&b, "/v1/events", None).await;
+        let events = read_events(&mut sse, 10).await;
+        let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "a gap: {seqs:?}");
+    }
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+}

@@ -98,17 +98,18 @@ pub async fn get_message(client: &Conn, id: &MessageId) -> StorageResult<Message
 
 /// A parameter list that numbers its own placeholders.
 #[derive(Default)]
-struct Params {
+pub struct Params {
     values: Vec<Box<dyn ToSql + Sync + Send>>,
 }
 
 impl Params {
-    fn push(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+    /// Adds a value; returns its placeholder (`$n`).
+    pub fn push(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
         self.values.push(Box::new(value));
         format!("${}", self.values.len())
     }
 
-    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+    pub fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
         self.values
             .iter()
             .map(|v| v.as_ref() as &(dyn ToSql + Sync))
@@ -285,35 +286,12 @@ pub async fn session_text(
     let Some(first) = rows.first() else {
         return Err(StorageError::session_not_found(id.as_str()));
     };
-    let message_count: i64 = first.try_get(0).map_err(db("reading the session text"))?;
-    let mut texts = Vec::new();
-    let mut budget = max_bytes;
-    for row in &rows {
-        let Some(text) = row
-            .try_get::<_, Option<String>>(1)
-            .map_err(db("reading a message text"))?
-        else {
-            continue;
-        };
-        if text.len() > budget {
-            if texts.is_empty() {
-                // The newest message alone is over the budget: its end, not nothing.
-                let mut start = text.len() - budget;
-                while !text.is_char_boundary(start) {
-                    start += 1;
-                }
-                texts.push(text[start..].to_owned());
-            }
-            break;
-        }
-        budget -= text.len();
-        texts.push(text);
-    }
-    texts.reverse();
-    Ok(SessionText {
-        message_count,
-        texts,
-    })
+    let message_count: i64 = get(first, 0)?;
+    // A session without text has one row, with no text.
+    let texts = rows
+        .iter()
+        .filter_map(|row| get::<Option<String>>(row, 1).transpose());
+    SessionText::within_budget(message_count, texts, max_bytes)
 }
 
 pub async fn event_bounds(client: &Conn) -> StorageResult<EventBounds> {

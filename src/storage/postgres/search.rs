@@ -9,12 +9,11 @@
 //! the corpus, unlike bm25), so later pages continue by `(score, seq)` exactly: no page skips or
 //! repeats a hit, whichever instance serves it.
 
-use super::reads::paginate;
+use super::reads::{Params, paginate};
 use super::{Conn, db};
 use crate::domain::{MessageId, Page, Role, SearchCursor, SearchHit, SearchTerms, SessionId, Term};
 use crate::storage::{SearchQuery, StorageResult};
 use anyhow::Context;
-use tokio_postgres::types::ToSql;
 
 /// The `to_tsquery` text for `terms` (all required); `None` when there is nothing to match.
 pub fn tsquery(terms: &SearchTerms) -> Option<String> {
@@ -45,29 +44,25 @@ pub fn tsquery(terms: &SearchTerms) -> Option<String> {
 const QUERY: &str = "to_tsquery('sessiond'::regconfig, $1)";
 const SCORE: &str = "ts_rank(m.tsv, to_tsquery('sessiond'::regconfig, $1))::float8";
 
-/// The filters every search statement shares (`$1` is the query, `$2` the cap, `$3` the floor,
-/// then the session or directory when filtered).
-fn scope(query: &SearchQuery, params: &mut Vec<Box<dyn ToSql + Sync + Send>>) -> String {
+/// The parameters and filters every search statement shares: `$1` the query, `$2` the cap,
+/// `$3` the floor, then the session or directory when filtered.
+fn scope(query: &SearchQuery, expression: &str, cap: i64, floor: i64) -> (Params, String) {
+    let mut params = Params::default();
+    params.push(expression.to_owned());
+    params.push(cap);
+    params.push(floor);
     let mut filters = format!("m.tsv @@ {QUERY} AND m.seq <= $2 AND m.seq >= $3");
     if let Some(session) = &query.session_id {
-        params.push(Box::new(session.as_str().to_owned()));
-        filters.push_str(&format!(" AND m.session_id = ${}", params.len()));
+        let p = params.push(session.as_str().to_owned());
+        filters.push_str(&format!(" AND m.session_id = {p}"));
     }
     if let Some(directory) = &query.directory {
-        params.push(Box::new(directory.clone()));
+        let p = params.push(directory.clone());
         filters.push_str(&format!(
-            " AND m.session_id IN (SELECT id FROM sessions WHERE directory = ${})",
-            params.len()
+            " AND m.session_id IN (SELECT id FROM sessions WHERE directory = {p})"
         ));
     }
-    filters
-}
-
-fn refs(params: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
-    params
-        .iter()
-        .map(|v| v.as_ref() as &(dyn ToSql + Sync))
-        .collect()
+    (params, filters)
 }
 
 pub async fn search(
@@ -91,30 +86,25 @@ pub async fn search(
             (cap, window_floor(client, query, &expression, cap).await?)
         }
     };
-    let mut params: Vec<Box<dyn ToSql + Sync + Send>> =
-        vec![Box::new(expression.clone()), Box::new(cap), Box::new(floor)];
-    let mut filters = scope(query, &mut params);
+    let (mut params, mut filters) = scope(query, &expression, cap, floor);
     if let Some(cursor) = &query.after {
-        params.push(Box::new(cursor.rank));
-        let rank = params.len();
-        params.push(Box::new(cursor.seq));
-        let seq = params.len();
+        let rank = params.push(cursor.rank);
+        let seq = params.push(cursor.seq);
         filters.push_str(&format!(
-            " AND ({SCORE} < ${rank} OR ({SCORE} = ${rank} AND m.seq > ${seq}))"
+            " AND ({SCORE} < {rank} OR ({SCORE} = {rank} AND m.seq > {seq}))"
         ));
     }
-    params.push(Box::new(i64::from(query.limit.get()) + 1));
+    let limit = params.push(i64::from(query.limit.get()) + 1);
     let sql = format!(
         "SELECT m.seq, {SCORE} AS score FROM messages m WHERE {filters} \
-         ORDER BY score DESC, m.seq LIMIT ${}",
-        params.len()
+         ORDER BY score DESC, m.seq LIMIT {limit}"
     );
     let statement = client
         .prepare_cached(&sql)
         .await
         .map_err(db("preparing a search"))?;
     let ranked: Vec<(i64, f64)> = client
-        .query(&statement, &refs(&params))
+        .query(&statement, &params.refs())
         .await
         .map_err(db("searching"))?
         .iter()
@@ -209,23 +199,17 @@ async fn window_floor(
     if query.session_id.is_some() {
         return Ok(0);
     }
-    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
-        Box::new(expression.to_owned()),
-        Box::new(cap),
-        Box::new(0_i64),
-    ];
-    let filters = scope(query, &mut params);
-    params.push(Box::new(i64::from(window) - 1));
+    let (mut params, filters) = scope(query, expression, cap, 0);
+    let offset = params.push(i64::from(window) - 1);
     let sql = format!(
-        "SELECT m.seq FROM messages m WHERE {filters} ORDER BY m.seq DESC LIMIT 1 OFFSET ${}",
-        params.len()
+        "SELECT m.seq FROM messages m WHERE {filters} ORDER BY m.seq DESC LIMIT 1 OFFSET {offset}"
     );
     let statement = client
         .prepare_cached(&sql)
         .await
         .map_err(db("preparing the search window"))?;
     Ok(client
-        .query_opt(&statement, &refs(&params))
+        .query_opt(&statement, &params.refs())
         .await
         .map_err(db("finding the search window"))?
         .map(|row| row.get(0))

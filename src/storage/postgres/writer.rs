@@ -341,7 +341,15 @@ async fn run_batch(pool: &Pool, feed: &Feed, ids: IdGenerator, batch: Vec<Job>) 
             )));
             continue;
         }
-        let status = (job.run)(&mut ctx).await;
+        // A panicking write must not take the writer down with it: it poisons its batch only.
+        let status = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+            (job.run)(&mut ctx),
+        ))
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!("a write panicked; rolling back its batch");
+            JobStatus::Poisoned
+        });
         poisoned = status == JobStatus::Poisoned;
         finishers.push(job.finish);
     }

@@ -519,32 +519,11 @@ pub fn session_text(
                  ORDER BY created_at DESC, id DESC",
             )
             .context("preparing the session text")?;
-        let mut rows = statement
-            .query([id.as_str()])
+        let rows = statement
+            .query_map([id.as_str()], |row| row.get::<_, String>(0))
             .context("reading the session text")?;
-        let mut texts = Vec::new();
-        let mut budget = max_bytes;
-        while let Some(row) = rows.next().context("reading the session text")? {
-            let text: String = row.get(0).context("reading a message text")?;
-            if text.len() > budget {
-                if texts.is_empty() {
-                    // The newest message alone is over the budget: its end, not nothing.
-                    let mut start = text.len() - budget;
-                    while !text.is_char_boundary(start) {
-                        start += 1;
-                    }
-                    texts.push(text[start..].to_owned());
-                }
-                break;
-            }
-            budget -= text.len();
-            texts.push(text);
-        }
-        texts.reverse();
-        Ok(SessionText {
-            message_count,
-            texts,
-        })
+        Ok(SessionText::within_budget(message_count, rows, max_bytes)
+            .context("reading a message text")?)
     })
 }
 
