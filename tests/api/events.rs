@@ -547,3 +547,31 @@ async fn websocket_clients_get_a_close_frame_at_shutdown() {
     assert_eq!(code, Some(1001));
     stop.await.unwrap();
 }
+
+#[tokio::test]
+async fn refused_writes_leave_no_hole_in_the_log() {
+    let app = TestApp::spawn().await;
+    let mut sse = Sse::open(&app, "/v1/events", None).await;
+    let id = sid(&app.create_session("/holes", "h").await);
+    let missing = "ses_00000000000000000000000000";
+    for round in 0..3 {
+        let refused = app
+            .post_json(
+                &format!("/v1/sessions/{missing}/messages"),
+                &json!({"role": "user", "parts": [{"type": "text", "text": "lost"}]}),
+            )
+            .await;
+        assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+        let patched = app
+            .patch_json(&format!("/v1/sessions/{missing}"), &json!({"title": "x"}))
+            .await;
+        assert_eq!(patched.status(), StatusCode::NOT_FOUND);
+        app.append(&id, "user", &format!("kept {round}")).await;
+    }
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(sse.expect().await.id.unwrap());
+    }
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
+    assert!(sse.next(Duration::from_millis(200)).await.is_none());
+}

@@ -60,6 +60,12 @@ impl WriteCtx {
         seq
     }
 
+    /// Gives back the `seq` just reserved, for a write refused before it wrote anything (the
+    /// log stays gapless).
+    pub fn unreserve_seq(&mut self) {
+        self.next_seq -= 1;
+    }
+
     /// Records `kind` for a session in the event log under `seq` (from [`Self::reserve_seq`]).
     pub async fn emit(
         &mut self,
@@ -70,6 +76,22 @@ impl WriteCtx {
         at: i64,
         data: String,
     ) -> StorageResult<()> {
+        let event = Event {
+            seq,
+            kind,
+            session_id: session_id.clone(),
+            directory: directory.to_owned(),
+            at,
+            data,
+        };
+        self.log(&event).await?;
+        self.logged(event);
+        Ok(())
+    }
+
+    /// Writes `event` to the log. Takes `&self`, so a job can send it together with its other
+    /// statements (one round trip for all, pipelined on the connection); then [`Self::logged`].
+    pub async fn log(&self, event: &Event) -> StorageResult<()> {
         let statement = self
             .client
             .prepare_cached(
@@ -82,25 +104,22 @@ impl WriteCtx {
             .execute(
                 &statement,
                 &[
-                    &seq,
-                    &kind.as_str(),
-                    &session_id.as_str(),
-                    &directory,
-                    &at,
-                    &data,
+                    &event.seq,
+                    &event.kind.as_str(),
+                    &event.session_id.as_str(),
+                    &event.directory,
+                    &event.at,
+                    &event.data,
                 ],
             )
             .await
             .map_err(super::db("appending to the event log"))?;
-        self.events.push(Event {
-            seq,
-            kind,
-            session_id: session_id.clone(),
-            directory: directory.to_owned(),
-            at,
-            data,
-        });
         Ok(())
+    }
+
+    /// Counts a logged event in the batch (delivered to subscribers after the commit).
+    pub fn logged(&mut self, event: Event) {
+        self.events.push(event);
     }
 }
 

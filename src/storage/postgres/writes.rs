@@ -14,7 +14,7 @@ use crate::domain::{
     Message, MessageId, NewMessage, NewSession, ParentRef, Session, SessionId, SessionPatch,
     fold_title, random_token, wall_clock_ms,
 };
-use crate::events::EventKind;
+use crate::events::{Event, EventKind};
 use crate::storage::{ImportSession, StorageError, StorageResult};
 
 fn to_json<T: serde::Serialize>(value: &T) -> StorageResult<String> {
@@ -231,71 +231,72 @@ pub async fn append_message(
     session_id: SessionId,
     new: NewMessage,
 ) -> StorageResult<Message> {
-    let lookup = ctx
-        .client
-        .prepare_cached("SELECT directory FROM sessions WHERE id = $1")
-        .await
-        .map_err(db("preparing a session lookup"))?;
-    let directory: String = ctx
-        .client
-        .query_opt(&lookup, &[&session_id.as_str()])
-        .await
-        .map_err(db("looking up the session of a new message"))?
-        .ok_or_else(|| StorageError::session_not_found(session_id.as_str()))?
-        .get(0);
     let (now, value) = ctx.next_id();
     let seq = ctx.reserve_seq();
+    // The bump finds the session and writes its new version in one statement: no row, no
+    // session, and nothing was written.
     let bump = ctx
         .client
         .prepare_cached(
             "UPDATE sessions SET updated_at = $2, message_count = message_count + 1, version = $3 \
-             WHERE id = $1",
+             WHERE id = $1 RETURNING directory",
         )
         .await
         .map_err(db("preparing a session bump"))?;
-    ctx.client
-        .execute(&bump, &[&session_id.as_str(), &now, &seq])
+    let Some(row) = ctx
+        .client
+        .query_opt(&bump, &[&session_id.as_str(), &now, &seq])
         .await
-        .map_err(db("bumping the session of a new message"))?;
-    let id = MessageId::from_value(value);
+        .map_err(db("bumping the session of a new message"))?
+    else {
+        ctx.unreserve_seq();
+        return Err(StorageError::session_not_found(session_id.as_str()));
+    };
+    let directory: String = row
+        .try_get(0)
+        .map_err(db("reading the session's directory"))?;
+    let message = Message {
+        id: MessageId::from_value(value),
+        session_id,
+        role: new.role,
+        parts: RawValue::from_string(new.parts.clone()).context("re-reading validated parts")?,
+        metadata: RawValue::from_string(new.metadata.clone())
+            .context("re-reading validated metadata")?,
+        created_at: now,
+    };
+    let event = Event {
+        seq,
+        kind: EventKind::MessageCreated,
+        session_id: message.session_id.clone(),
+        directory,
+        at: now,
+        data: to_json(&message)?,
+    };
     let insert = ctx
         .client
         .prepare_cached(INSERT_MESSAGE)
         .await
         .map_err(db("preparing a message insert"))?;
-    ctx.client
-        .execute(
-            &insert,
-            &[
-                &id.as_str(),
-                &session_id.as_str(),
-                &new.role.as_str(),
-                &new.parts,
-                &new.metadata,
-                &new.text,
-                &now,
-            ],
-        )
-        .await
-        .map_err(db("inserting a message"))?;
-    let message = Message {
-        id,
-        session_id,
-        role: new.role,
-        parts: RawValue::from_string(new.parts).context("re-reading validated parts")?,
-        metadata: RawValue::from_string(new.metadata).context("re-reading validated metadata")?,
-        created_at: now,
+    // The message and its event go out together: one round trip, not two.
+    let inserting = async {
+        ctx.client
+            .execute(
+                &insert,
+                &[
+                    &message.id.as_str(),
+                    &message.session_id.as_str(),
+                    &message.role.as_str(),
+                    &new.parts,
+                    &new.metadata,
+                    &new.text,
+                    &now,
+                ],
+            )
+            .await
+            .map_err(db("inserting a message"))
     };
-    let data = to_json(&message)?;
-    ctx.emit(
-        seq,
-        EventKind::MessageCreated,
-        &message.session_id,
-        &directory,
-        now,
-        data,
-    )
-    .await?;
+    tokio::try_join!(inserting, ctx.log(&event))?;
+    ctx.logged(event);
     Ok(message)
 }
 
