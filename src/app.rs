@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cache::ResponseCache;
+use crate::cluster::Broadcast;
 use crate::config::{Config, Database};
 use crate::events::{Event, EventKind, Hub};
 use crate::http::auth::KeyCache;
@@ -34,6 +35,8 @@ pub struct Application {
     state: SharedState,
     config: Config,
     stopping: watch::Sender<bool>,
+    /// The Redis broadcast subscriber, stopped with the server.
+    listening: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -52,12 +55,24 @@ impl Application {
         let hub = Hub::new(config.event_client_buffer);
         let cache = Arc::new(ResponseCache::new(config.cache_size));
         let keys = Arc::new(KeyCache::default());
-        let storage = open_storage(&config, &hub, &cache, &keys).await?;
-        hub.set_head(storage.event_bounds().await?.newest);
         let redis = match &config.redis {
             Some(url) => Some(crate::cluster::Redis::connect(url)?),
             None => None,
         };
+        let storage = open_storage(&config, &hub, &cache, &keys, redis.as_ref()).await?;
+        // What other instances broadcast: forget it here too.
+        let listening = redis.as_ref().map(|redis| {
+            let (cache, keys) = (cache.clone(), keys.clone());
+            redis.listen(move |message| match message {
+                Broadcast::Invalidate {
+                    session,
+                    version,
+                    deleted,
+                } => cache.invalidate_session(&session, version, deleted),
+                Broadcast::Revoke { key } => keys.forget(&key),
+            })
+        });
+        hub.set_head(storage.event_bounds().await?.newest);
         let limiter: Option<Arc<dyn Limiter>> = match (config.rate_limit, &redis) {
             (false, _) => None,
             (true, Some(redis)) => Some(Arc::new(crate::cluster::RedisLimits::new(
@@ -106,6 +121,7 @@ impl Application {
             state,
             config,
             stopping,
+            listening,
         })
     }
 
@@ -162,6 +178,9 @@ impl Application {
         };
         let drained = server::serve(self.listener, self.router, options, shutdown).await;
         pruning.abort();
+        if let Some(task) = &self.listening {
+            task.abort();
+        }
         sampling.abort();
         if let Some(task) = forgetting {
             task.abort();
@@ -183,6 +202,7 @@ async fn open_storage(
     hub: &Arc<Hub>,
     cache: &Arc<ResponseCache>,
     keys: &Arc<KeyCache>,
+    redis: Option<&Arc<crate::cluster::Redis>>,
 ) -> anyhow::Result<Arc<dyn Storage>> {
     let publisher = hub.clone();
     let cache = cache.clone();
@@ -206,6 +226,18 @@ async fn open_storage(
             max_batch: config.write_batch,
             on_commit: Some(Arc::new(on_commit)),
             on_revoke: Some(Arc::new(move |id: &str| keys.forget(id))),
+            on_local_commit: redis.map(|redis| {
+                let redis = redis.clone();
+                Arc::new(move |events: &[Event]| {
+                    for event in events {
+                        redis.broadcast(Broadcast::Invalidate {
+                            session: event.session_id.as_str().to_owned(),
+                            version: event.seq,
+                            deleted: event.kind == EventKind::SessionDeleted,
+                        });
+                    }
+                }) as crate::storage::sqlite::CommitHook
+            }),
         };
         return Ok(Arc::new(PgStorage::open(options).await?));
     }

@@ -89,5 +89,11 @@ pub async fn revoke(
 ) -> ApiResult<Response> {
     let key = state.storage.revoke_key(&id).await?;
     state.keys.forget(&key.id);
+    if let Some(redis) = &state.redis {
+        // The fast path to the other instances (PostgreSQL's NOTIFY is the other).
+        redis.broadcast(crate::cluster::Broadcast::Revoke {
+            key: key.id.clone(),
+        });
+    }
     ok(&key)
 }

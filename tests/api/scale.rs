@@ -764,3 +764,63 @@ async fn a_stream_opened_on_one_instance_while_another_writes_has_no_gap() {
     writing.store(false, std::sync::atomic::Ordering::Relaxed);
     writer.await.unwrap();
 }
+
+#[tokio::test]
+async fn broadcasts_reach_other_instances_through_redis_and_not_their_sender() {
+    use sessiond::cluster::{Broadcast, Redis};
+    let Some(url) = redis_required() else {
+        return;
+    };
+    let (a, b) = (Redis::connect(&url).unwrap(), Redis::connect(&url).unwrap());
+    let (to_a, mut at_a) = tokio::sync::mpsc::unbounded_channel();
+    let (to_b, mut at_b) = tokio::sync::mpsc::unbounded_channel();
+    let listening = [
+        a.listen(move |m| {
+            let _ = to_a.send(m);
+        }),
+        b.listen(move |m| {
+            let _ = to_b.send(m);
+        }),
+    ];
+    let tag = format!("{:016x}", fastrand::u64(..));
+    let revoke = Broadcast::Revoke {
+        key: format!("key_{tag}"),
+    };
+    // Subscribing is asynchronous: say it until b has heard it once.
+    let started = Instant::now();
+    'heard: loop {
+        a.broadcast(revoke.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, at_b.recv()).await {
+            if message == revoke {
+                break 'heard;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "b never heard a"
+        );
+    }
+    let invalidate = Broadcast::Invalidate {
+        session: format!("ses_{tag}"),
+        version: 7,
+        deleted: true,
+    };
+    let sent = Instant::now();
+    b.broadcast(invalidate.clone());
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), at_a.recv())
+            .await
+            .expect("a hears b")
+            .unwrap();
+        // a hears b's invalidation, and never its own revocations.
+        assert_ne!(message, revoke, "a heard itself");
+        if message == invalidate {
+            break;
+        }
+    }
+    eprintln!("a broadcast arrived after {:?}", sent.elapsed());
+    for task in listening {
+        task.abort();
+    }
+}

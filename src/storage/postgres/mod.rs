@@ -59,6 +59,9 @@ pub struct PgOptions {
     pub on_commit: Option<CommitHook>,
     /// Called when a key is revoked on any instance.
     pub on_revoke: Option<RevokeHook>,
+    /// Called with the events of this instance's own commits only (after `on_commit`), e.g.
+    /// to tell other instances through another channel.
+    pub on_local_commit: Option<CommitHook>,
 }
 
 impl PgOptions {
@@ -70,6 +73,7 @@ impl PgOptions {
             max_batch: 512,
             on_commit: None,
             on_revoke: None,
+            on_local_commit: None,
         }
     }
 }
@@ -153,6 +157,7 @@ impl PgStorage {
         let writer = Writer::spawn(
             pool.clone(),
             feed.clone(),
+            options.on_local_commit.clone(),
             options.writer_queue,
             options.max_batch.max(1),
         );

@@ -20,6 +20,7 @@ use super::feed::Feed;
 use super::{EVENTS_CHANNEL, get_client};
 use crate::domain::{IdGenerator, SessionId, wall_clock_ms};
 use crate::events::{Event, EventKind};
+use crate::storage::sqlite::CommitHook;
 use crate::storage::{StorageError, StorageResult};
 
 /// What a write job sees: the connection inside the batch transaction, the id generator and the
@@ -160,9 +161,15 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(pool: Pool, feed: Arc<Feed>, queue: usize, max_batch: usize) -> Writer {
+    pub fn spawn(
+        pool: Pool,
+        feed: Arc<Feed>,
+        local: Option<CommitHook>,
+        queue: usize,
+        max_batch: usize,
+    ) -> Writer {
         let (sender, receiver) = mpsc::channel(queue.max(1));
-        tokio::spawn(run(pool, feed, receiver, max_batch));
+        tokio::spawn(run(pool, feed, local, receiver, max_batch));
         Writer { sender }
     }
 
@@ -256,7 +263,13 @@ fn instance_id() -> &'static str {
     ID.get_or_init(crate::domain::random_token)
 }
 
-async fn run(pool: Pool, feed: Arc<Feed>, mut receiver: mpsc::Receiver<Command>, max_batch: usize) {
+async fn run(
+    pool: Pool,
+    feed: Arc<Feed>,
+    local: Option<CommitHook>,
+    mut receiver: mpsc::Receiver<Command>,
+    max_batch: usize,
+) {
     let mut ids = IdGenerator::default();
     let mut closing: Option<oneshot::Sender<()>> = None;
     while closing.is_none() {
@@ -276,7 +289,7 @@ async fn run(pool: Pool, feed: Arc<Feed>, mut receiver: mpsc::Receiver<Command>,
             }
         }
         if !batch.is_empty() {
-            ids = run_batch(&pool, &feed, ids, batch).await;
+            ids = run_batch(&pool, &feed, local.as_ref(), ids, batch).await;
         }
     }
     receiver.close();
@@ -292,7 +305,13 @@ async fn run(pool: Pool, feed: Arc<Feed>, mut receiver: mpsc::Receiver<Command>,
 }
 
 /// Runs one batch; returns the id generator for the next.
-async fn run_batch(pool: &Pool, feed: &Feed, ids: IdGenerator, batch: Vec<Job>) -> IdGenerator {
+async fn run_batch(
+    pool: &Pool,
+    feed: &Feed,
+    local: Option<&CommitHook>,
+    ids: IdGenerator,
+    batch: Vec<Job>,
+) -> IdGenerator {
     let client = match get_client(pool).await {
         Ok(client) => client,
         Err(error) => {
@@ -395,6 +414,11 @@ async fn run_batch(pool: &Pool, feed: &Feed, ids: IdGenerator, batch: Vec<Job>) 
         // Subscribers and caches hear of the changes before the writers do, so a writer's next
         // read and next stream see what it wrote.
         feed.deliver(&events).await;
+        if let Some(hook) = local
+            && !events.is_empty()
+        {
+            hook(&events);
+        }
     }
     for finish in finishers {
         finish(outcome.clone());
