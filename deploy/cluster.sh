@@ -18,6 +18,8 @@ command -v nginx >/dev/null || { echo "nginx is not installed (apt-get install n
 [ -x "$bin" ] || { echo "no sessiond binary at $bin (cargo build --release)" >&2; exit 2; }
 
 work="$(mktemp -d -t sessiond-cluster.XXXXXX)"
+# nginx's workers (user nobody when started as root) must reach their temp directories.
+chmod 755 "$work"
 pids=()
 stop() {
   trap - INT TERM EXIT
@@ -25,7 +27,8 @@ stop() {
   wait 2>/dev/null || true
   rm -rf "$work"
 }
-trap stop INT TERM EXIT
+trap 'stop; exit 130' INT TERM
+trap stop EXIT
 
 upstreams=""
 for i in $(seq 1 "$instances"); do

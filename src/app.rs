@@ -205,6 +205,18 @@ async fn open_storage(
     redis: Option<&Arc<crate::cluster::Redis>>,
 ) -> anyhow::Result<Arc<dyn Storage>> {
     let publisher = hub.clone();
+    let stale = {
+        let cache = cache.clone();
+        move |events: &[Event]| {
+            for event in events {
+                cache.invalidate_session(
+                    event.session_id.as_str(),
+                    event.seq,
+                    event.kind == EventKind::SessionDeleted,
+                );
+            }
+        }
+    };
     let cache = cache.clone();
     // Runs after each commit and before its writers hear back: their next read is fresh.
     let on_commit = move |events: &[Event]| {
@@ -225,7 +237,12 @@ async fn open_storage(
             writer_queue: config.writer_queue,
             max_batch: config.write_batch,
             on_commit: Some(Arc::new(on_commit)),
-            on_revoke: Some(Arc::new(move |id: &str| keys.forget(id))),
+            // `None`: the listener reconnected and may have missed revocations.
+            on_revoke: Some(Arc::new(move |id: Option<&str>| match id {
+                Some(id) => keys.forget(id),
+                None => keys.forget_all(),
+            })),
+            on_stale: Some(Arc::new(stale)),
             on_local_commit: redis.map(|redis| {
                 let redis = redis.clone();
                 Arc::new(move |events: &[Event]| {

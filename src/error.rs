@@ -135,6 +135,7 @@ impl From<StorageError> for ApiError {
             StorageError::Unavailable(why) => ApiError::Unavailable(format!(
                 "the server cannot take this request right now ({why}); retry shortly"
             )),
+            StorageError::Rejected(why) => ApiError::InvalidRequest(why),
             StorageError::Internal(cause) => ApiError::Internal(cause),
         }
     }

@@ -56,7 +56,9 @@ CREATE TABLE messages (
     metadata   TEXT NOT NULL,
     text       TEXT NOT NULL,
     created_at BIGINT NOT NULL,
-    tsv        TSVECTOR GENERATED ALWAYS AS (to_tsvector('sessiond', text)) STORED
+    -- The first 256 KiB of the text: a tsvector holds at most 1 MB, and a 10 MiB message of
+    -- distinct words would exceed it (failing the write).
+    tsv        TSVECTOR GENERATED ALWAYS AS (to_tsvector('sessiond', left(text, 262144))) STORED
 );
 CREATE INDEX messages_session ON messages (session_id, created_at, id);
 CREATE INDEX messages_search ON messages USING GIN (tsv);

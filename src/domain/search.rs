@@ -46,6 +46,14 @@ impl SearchTerms {
                 "q is {chars} characters long; the maximum is {MAX_QUERY_CHARS}"
             )));
         }
+        // A NUL separates words, as a space does (no engine reads one inside a term).
+        let spaced;
+        let q = if q.contains('\0') {
+            spaced = q.replace('\0', " ");
+            spaced.as_str()
+        } else {
+            q
+        };
         let mut terms = Vec::new();
         let mut rest = q;
         loop {

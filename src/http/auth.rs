@@ -47,6 +47,9 @@ pub enum Caller {
 pub struct KeyCache {
     known: moka::sync::Cache<String, ApiKey>,
     unknown: moka::sync::Cache<String, ()>,
+    /// Moves at every revocation: a lookup that started before one does not cache its
+    /// (possibly stale) answer.
+    generation: AtomicU64,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
 }
@@ -65,6 +68,7 @@ impl Default for KeyCache {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(5))
                 .build(),
+            generation: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -87,18 +91,28 @@ impl KeyCache {
             return Ok(None);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
+        let generation = self.generation.load(Ordering::Acquire);
         let found = storage.find_key(&hash).await?;
-        match &found {
-            Some(key) => self.known.insert(hash, key.clone()),
-            None => self.unknown.insert(hash, ()),
+        if self.generation.load(Ordering::Acquire) == generation {
+            match &found {
+                Some(key) => self.known.insert(hash, key.clone()),
+                None => self.unknown.insert(hash, ()),
+            }
         }
         Ok(found)
     }
 
-    /// Forgets a key at once (it was revoked on this instance).
+    /// Forgets a key at once (it was revoked).
     pub fn forget(&self, id: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let id = id.to_owned();
         let _ = self.known.invalidate_entries_if(move |_, key| key.id == id);
+    }
+
+    /// Forgets every key (revocations may have been missed).
+    pub fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.known.invalidate_all();
     }
 }
 

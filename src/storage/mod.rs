@@ -28,6 +28,10 @@ pub enum StorageError {
     /// The backend is closing or its writer is gone; the caller may retry elsewhere.
     #[error("storage is not accepting requests: {0}")]
     Unavailable(&'static str),
+    /// Input this backend cannot store or match (the message is safe to show to clients);
+    /// refused before anything was written.
+    #[error("{0}")]
+    Rejected(String),
     /// Anything else; carries context for the logs, never shown to clients.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),

@@ -312,3 +312,49 @@ async fn a_500_logs_its_cause_with_the_request_id() {
             .any(|l| l.contains("\"request_id\":\"req-log-500\"") && l.contains("\"status\":500"))
     );
 }
+
+#[tokio::test]
+async fn nul_characters_are_kept_or_refused_clearly_never_a_500() {
+    let app = TestApp::spawn().await;
+    // A title with NUL: SQLite keeps it, PostgreSQL's text cannot hold it (400, saying why).
+    let titled = app
+        .post_json(
+            "/v1/sessions",
+            &json!({"directory": "/nul", "title": "a\u{0}b"}),
+        )
+        .await;
+    match titled.status() {
+        StatusCode::CREATED => {}
+        StatusCode::BAD_REQUEST => {
+            let problem: Value = titled.json().await.unwrap();
+            assert!(
+                problem["detail"].as_str().unwrap().contains("NUL"),
+                "{problem}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+    // In message text it is always kept (the parts are stored as JSON, which escapes it).
+    let id = app.create_session("/nul", "t").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let message = app.append(&id, "user", "before\u{0}after words").await;
+    let stored = app
+        .get_json(&format!("/v1/messages/{}", message["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(stored["parts"][0]["text"], "before\u{0}after words");
+    let found = app.get_json("/v1/search?q=after").await;
+    assert_eq!(found["items"].as_array().unwrap().len(), 1, "{found}");
+    for query in [
+        "/v1/search?q=a%00b",
+        "/v1/sessions?directory=%2Fnul%00",
+        "/v1/search?q=x&directory=%00",
+    ] {
+        let status = app.get(query).await.status();
+        assert!(
+            status == StatusCode::OK || status == StatusCode::BAD_REQUEST,
+            "{query}: {status}"
+        );
+    }
+}

@@ -509,6 +509,34 @@ async fn through_nginx_every_subscriber_of_every_instance_gets_every_event_once_
         }
     }
     assert_eq!(over_ws, logs[0]);
+
+    // Large bodies pass nginx both ways (they go through its temp files).
+    let big = "word ".repeat(40_000);
+    let response = client
+        .post(format!("{}/v1/sessions/{id}/messages", cluster.nginx))
+        .json(&json!({"role": "user", "parts": [{"type": "text", "text": big}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let listed: Value = client
+        .get(format!(
+            "{}/v1/sessions/{id}/messages?order=desc&limit=1",
+            cluster.nginx
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["items"][0]["parts"][0]["text"]
+            .as_str()
+            .unwrap()
+            .len(),
+        big.len()
+    );
 }
 
 /// The Redis for tests: `SESSIOND_TEST_REDIS`, else the local one; missing is a failure in CI

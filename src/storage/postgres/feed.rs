@@ -48,25 +48,35 @@ impl Feed {
     }
 
     /// Delivers a batch this instance committed, after any earlier event not yet delivered.
-    pub async fn deliver(&self, events: &[Event]) {
+    /// Returns `false` when the events before it could not be read: then nothing is delivered
+    /// out of order, and the listener or the poll delivers the batch from the log later.
+    pub async fn deliver(&self, events: &[Event]) -> bool {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
-            return;
+            return true;
         };
         let mut head = self.head.lock().await;
         if last.seq <= *head {
             // The listener already read them from the log.
-            return;
+            return true;
         }
-        if first.seq > *head + 1
-            && let Err(error) = self.read_until(&mut head, first.seq - 1).await
-        {
-            // The database answered our commit a moment ago; if it cannot be read now, deliver
-            // what we have rather than hold it back, and let the poll fill in.
-            tracing::warn!(error = %error, "could not read the events before a committed batch");
+        if first.seq > *head + 1 {
+            let mut tries = 0;
+            while let Err(error) = self.read_until(&mut head, first.seq - 1).await {
+                tries += 1;
+                if tries == 3 {
+                    tracing::warn!(
+                        error = %error,
+                        "could not read the events before a committed batch; they follow from the log"
+                    );
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         let fresh: Vec<Event> = events.iter().filter(|e| e.seq > *head).cloned().collect();
         self.publish(&fresh);
         *head = (*head).max(last.seq);
+        true
     }
 
     /// Delivers every event up to `upto` (or up to the newest, when `None`) not yet delivered.
@@ -147,7 +157,11 @@ async fn listen_once(url: &str, feed: &Feed, on_revoke: Option<&RevokeHook>) -> 
             .batch_execute(&format!("LISTEN {EVENTS_CHANNEL}; LISTEN {KEYS_CHANNEL}"))
             .await
             .context("subscribing to notifications")?;
-        // Whatever was committed while we were not listening.
+        // Whatever was committed while we were not listening; revocations are not in the
+        // log, so every cached key is looked up again.
+        if let Some(hook) = on_revoke {
+            hook(None);
+        }
         feed.catch_up(None).await?;
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -159,7 +173,7 @@ async fn listen_once(url: &str, feed: &Feed, on_revoke: Option<&RevokeHook>) -> 
                     };
                     if n.channel() == KEYS_CHANNEL {
                         if let Some(hook) = on_revoke {
-                            hook(n.payload());
+                            hook(Some(n.payload()));
                         }
                     } else if let Ok(seq) = n.payload().parse::<i64>() {
                         feed.catch_up(Some(seq)).await?;

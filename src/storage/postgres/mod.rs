@@ -41,15 +41,17 @@ use crate::events::{Event, EventFilter};
 /// A pooled connection (it caches prepared statements).
 type Conn = deadpool_postgres::ClientWrapper;
 
-/// Called with the id of a key revoked on any instance.
-pub type RevokeHook = Arc<dyn Fn(&str) + Send + Sync>;
+/// Called with the id of a key revoked on any instance, or `None` when revocations may have
+/// been missed (the listener reconnected): then every cached key must be forgotten.
+pub type RevokeHook = Arc<dyn Fn(Option<&str>) + Send + Sync>;
 
 /// How to open the PostgreSQL backend.
 #[derive(Clone)]
 pub struct PgOptions {
     /// A `postgres://` URL (or key=value connection string).
     pub url: String,
-    /// Connections in the pool (the writer and the listener take one more each).
+    /// Connections in the pool (the writer takes one of them per batch; the listener has
+    /// its own).
     pub pool_size: usize,
     /// Writes that may wait for the writer before callers are made to wait.
     pub writer_queue: usize,
@@ -62,6 +64,9 @@ pub struct PgOptions {
     /// Called with the events of this instance's own commits only (after `on_commit`), e.g.
     /// to tell other instances through another channel.
     pub on_local_commit: Option<CommitHook>,
+    /// Called with this instance's committed events when they cannot be delivered in order
+    /// yet (the log could not be read): caches must forget them at once; the events follow.
+    pub on_stale: Option<CommitHook>,
 }
 
 impl PgOptions {
@@ -74,6 +79,7 @@ impl PgOptions {
             on_commit: None,
             on_revoke: None,
             on_local_commit: None,
+            on_stale: None,
         }
     }
 }
@@ -95,9 +101,15 @@ pub struct PgStorage {
 
 /// A pool of connections to `url`.
 pub fn connect_pool(url: &str, size: usize) -> anyhow::Result<Pool> {
-    let config: tokio_postgres::Config = url
+    let mut config: tokio_postgres::Config = url
         .parse()
         .context("parsing the PostgreSQL connection URL (setting `database`)")?;
+    if config.get_options().is_none() {
+        // A stalled instance must not hold the `head` lock (and so every instance's writes)
+        // for long: its transaction is ended after a minute of silence, and a writer waits at
+        // most ten seconds for the lock (then its callers get 503 and may retry).
+        config.options("-c idle_in_transaction_session_timeout=60000 -c lock_timeout=10000");
+    }
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -157,7 +169,10 @@ impl PgStorage {
         let writer = Writer::spawn(
             pool.clone(),
             feed.clone(),
-            options.on_local_commit.clone(),
+            writer::WriterHooks {
+                local: options.on_local_commit.clone(),
+                stale: options.on_stale.clone(),
+            },
             options.writer_queue,
             options.max_batch.max(1),
         );
@@ -229,8 +244,41 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Context for a failed statement.
+/// Context for a failed read or stand-alone statement: a lost or refused connection is
+/// `Unavailable` (503, retry), a NUL character in a parameter (which PostgreSQL's text cannot
+/// hold, so it can match nothing) is `Rejected` (400), anything else `Internal`.
 fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StorageError {
+    move |error| {
+        if let Some(unavailable) = unavailable(&error) {
+            return unavailable;
+        }
+        if error.code() == Some(&tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE) {
+            return StorageError::Rejected(
+                "text with a NUL character (U+0000) cannot be stored or searched on this server"
+                    .to_owned(),
+            );
+        }
+        StorageError::Internal(anyhow::Error::new(error).context(what))
+    }
+}
+
+/// Context for a failed statement inside the writer's batch: always `Internal`, which rolls
+/// the batch back (PostgreSQL aborts the whole transaction after any error, so no later write
+/// of the batch could succeed). Writes check what PostgreSQL would refuse before they write.
+fn db_write(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StorageError {
     move |error| StorageError::Internal(anyhow::Error::new(error).context(what))
+}
+
+/// `Unavailable` for errors that mean the database cannot serve right now.
+fn unavailable(error: &tokio_postgres::Error) -> Option<StorageError> {
+    let class = error.code().map(|code| &code.code()[..2]);
+    if error.is_closed() || matches!(class, Some("08" | "53" | "57")) {
+        tracing::warn!(%error, "PostgreSQL is not serving");
+        return Some(StorageError::Unavailable(
+            "the database is not serving right now",
+        ));
+    }
+    None
 }
 
 #[async_trait]
@@ -387,5 +435,13 @@ impl Storage for PgStorage {
         self.listener.abort();
         self.sizing.abort();
         self.pool.close();
+    }
+}
+
+impl Drop for PgStorage {
+    fn drop(&mut self) {
+        // Closed or not, nothing of this storage outlives it.
+        self.listener.abort();
+        self.sizing.abort();
     }
 }

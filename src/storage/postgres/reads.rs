@@ -274,11 +274,11 @@ pub async fn session_text(
     let rows = client
         .query(
             "SELECT s.message_count, m.text FROM (SELECT message_count FROM sessions WHERE id = $1) s \
-             LEFT JOIN LATERAL (SELECT text, sum(octet_length(text)) OVER \
-                 (ORDER BY created_at DESC, id DESC) AS total \
-               FROM messages WHERE session_id = $1 AND text <> '' \
-               ORDER BY created_at DESC, id DESC) m ON true \
-             WHERE m.total IS NULL OR m.total - octet_length(m.text) < $2",
+             LEFT JOIN LATERAL (SELECT text FROM (SELECT text, created_at, id, \
+                   sum(octet_length(text)) OVER (ORDER BY created_at DESC, id DESC) AS total \
+                 FROM messages WHERE session_id = $1 AND text <> '') t \
+               WHERE t.total - octet_length(t.text) < $2 \
+               ORDER BY created_at DESC, id DESC) m ON true",
             &[&id.as_str(), &(max_bytes as i64)],
         )
         .await

@@ -30,6 +30,8 @@ pub fn tsquery(terms: &SearchTerms) -> Option<String> {
             match c {
                 '\'' => out.push_str("''"),
                 '\\' => out.push_str("\\\\"),
+                // PostgreSQL's text cannot hold it; it separates words like a space.
+                '\0' => out.push(' '),
                 c => out.push(c),
             }
         }

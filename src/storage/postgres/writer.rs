@@ -100,7 +100,7 @@ impl WriteCtx {
                  VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .await
-            .map_err(super::db("preparing an event insert"))?;
+            .map_err(super::db_write("preparing an event insert"))?;
         self.client
             .execute(
                 &statement,
@@ -114,7 +114,7 @@ impl WriteCtx {
                 ],
             )
             .await
-            .map_err(super::db("appending to the event log"))?;
+            .map_err(super::db_write("appending to the event log"))?;
         Ok(())
     }
 
@@ -160,16 +160,26 @@ pub struct Writer {
     sender: mpsc::Sender<Command>,
 }
 
+/// What the writer tells about its own commits, besides delivering them through the feed.
+pub struct WriterHooks {
+    /// Every batch's events (e.g. to broadcast them to other instances).
+    pub local: Option<CommitHook>,
+    /// A batch the feed could not deliver in order yet: caches must forget it now.
+    pub stale: Option<CommitHook>,
+}
+
 impl Writer {
     pub fn spawn(
         pool: Pool,
         feed: Arc<Feed>,
-        local: Option<CommitHook>,
+        hooks: WriterHooks,
         queue: usize,
         max_batch: usize,
     ) -> Writer {
         let (sender, receiver) = mpsc::channel(queue.max(1));
-        tokio::spawn(run(pool, feed, local, receiver, max_batch));
+        // This writer's name in `head.owner` (one per storage, even within one process).
+        let instance = crate::domain::random_token();
+        tokio::spawn(run(pool, feed, hooks, instance, receiver, max_batch));
         Writer { sender }
     }
 
@@ -192,9 +202,11 @@ impl Writer {
                 let outcome = op(ctx).await;
                 let status = match &outcome {
                     Ok(_) => JobStatus::Done,
-                    Err(StorageError::NotFound { .. } | StorageError::Unavailable(_)) => {
-                        JobStatus::Refused
-                    }
+                    Err(
+                        StorageError::NotFound { .. }
+                        | StorageError::Unavailable(_)
+                        | StorageError::Rejected(_),
+                    ) => JobStatus::Refused,
                     Err(StorageError::Internal(_)) => JobStatus::Poisoned,
                 };
                 *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
@@ -257,16 +269,11 @@ impl Writer {
     }
 }
 
-/// This process's name in `head.owner`.
-fn instance_id() -> &'static str {
-    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(crate::domain::random_token)
-}
-
 async fn run(
     pool: Pool,
     feed: Arc<Feed>,
-    local: Option<CommitHook>,
+    hooks: WriterHooks,
+    instance: String,
     mut receiver: mpsc::Receiver<Command>,
     max_batch: usize,
 ) {
@@ -289,7 +296,7 @@ async fn run(
             }
         }
         if !batch.is_empty() {
-            ids = run_batch(&pool, &feed, local.as_ref(), ids, batch).await;
+            ids = run_batch(&pool, &feed, &hooks, &instance, ids, batch).await;
         }
     }
     receiver.close();
@@ -308,7 +315,8 @@ async fn run(
 async fn run_batch(
     pool: &Pool,
     feed: &Feed,
-    local: Option<&CommitHook>,
+    hooks: &WriterHooks,
+    instance: &str,
     ids: IdGenerator,
     batch: Vec<Job>,
 ) -> IdGenerator {
@@ -357,7 +365,7 @@ async fn run_batch(
     };
     // Another instance wrote last: continue after its newest timestamp, so ids and times keep
     // increasing across instances.
-    let ids = if owner != instance_id() {
+    let ids = if owner != instance {
         IdGenerator::starting_after(at)
     } else {
         ids
@@ -395,7 +403,7 @@ async fn run_batch(
     let outcome = if poisoned {
         Err("a write in the batch failed".to_owned())
     } else if ctx.wrote {
-        commit(&ctx).await
+        commit(&ctx, instance).await
     } else {
         Ok(())
     };
@@ -409,14 +417,24 @@ async fn run_batch(
     if let Err(why) = &outcome {
         tracing::error!(error = why, "a write batch was rolled back");
     }
-    let WriteCtx { ids, events, .. } = ctx;
-    if outcome.is_ok() {
+    // The connection goes back to the pool now: delivering may need one to read the log.
+    let WriteCtx {
+        ids,
+        events,
+        client,
+        ..
+    } = ctx;
+    drop(client);
+    if outcome.is_ok() && !events.is_empty() {
         // Subscribers and caches hear of the changes before the writers do, so a writer's next
         // read and next stream see what it wrote.
-        feed.deliver(&events).await;
-        if let Some(hook) = local
-            && !events.is_empty()
+        if !feed.deliver(&events).await
+            && let Some(hook) = hooks.stale.as_ref()
         {
+            // Not deliverable in order yet: the caches still forget at once.
+            hook(&events);
+        }
+        if let Some(hook) = hooks.local.as_ref() {
             hook(&events);
         }
     }
@@ -426,12 +444,12 @@ async fn run_batch(
     ids
 }
 
-async fn commit(ctx: &WriteCtx) -> Result<(), String> {
+async fn commit(ctx: &WriteCtx, instance: &str) -> Result<(), String> {
     let last_seq = ctx.next_seq - 1;
     ctx.client
         .execute(
             "UPDATE head SET seq = $1, at = $2, owner = $3 WHERE id = 1",
-            &[&last_seq, &ctx.last_at, &instance_id()],
+            &[&last_seq, &ctx.last_at, &instance],
         )
         .await
         .map_err(|e| format!("moving the head: {e}"))?;

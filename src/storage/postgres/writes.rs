@@ -8,7 +8,7 @@ use tokio_postgres::types::ToSql;
 
 use super::reads::{self, SESSION_COLUMNS};
 use super::writer::WriteCtx;
-use super::{KEYS_CHANNEL, db};
+use super::{KEYS_CHANNEL, db_write};
 use crate::domain::keys::{ApiKey, NewKey};
 use crate::domain::{
     Message, MessageId, NewMessage, NewSession, ParentRef, Session, SessionId, SessionPatch,
@@ -16,6 +16,16 @@ use crate::domain::{
 };
 use crate::events::{Event, EventKind};
 use crate::storage::{ImportSession, StorageError, StorageResult};
+
+/// Refuses text PostgreSQL cannot store (before anything is written).
+fn storable(field: &str, value: &str) -> StorageResult<()> {
+    if value.contains('\0') {
+        return Err(StorageError::Rejected(format!(
+            "{field} contains a NUL character (U+0000), which this server's database cannot store"
+        )));
+    }
+    Ok(())
+}
 
 fn to_json<T: serde::Serialize>(value: &T) -> StorageResult<String> {
     Ok(serde_json::to_string(value).context("encoding an event")?)
@@ -28,12 +38,12 @@ async fn load_session(ctx: &WriteCtx, id: &SessionId) -> StorageResult<Session> 
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
         ))
         .await
-        .map_err(db("preparing a session lookup"))?;
+        .map_err(db_write("preparing a session lookup"))?;
     let row = ctx
         .client
         .query_opt(&statement, &[&id.as_str()])
         .await
-        .map_err(db("loading a session"))?;
+        .map_err(db_write("loading a session"))?;
     match row {
         Some(row) => reads::session(&row),
         None => Err(StorageError::session_not_found(id.as_str())),
@@ -49,7 +59,7 @@ async fn insert_session(ctx: &WriteCtx, session: &Session) -> StorageResult<()> 
         .client
         .prepare_cached(INSERT_SESSION)
         .await
-        .map_err(db("preparing a session insert"))?;
+        .map_err(db_write("preparing a session insert"))?;
     ctx.client
         .execute(
             &statement,
@@ -67,11 +77,13 @@ async fn insert_session(ctx: &WriteCtx, session: &Session) -> StorageResult<()> 
             ],
         )
         .await
-        .map_err(db("inserting a session"))?;
+        .map_err(db_write("inserting a session"))?;
     Ok(())
 }
 
 pub async fn create_session(ctx: &mut WriteCtx, new: NewSession) -> StorageResult<Session> {
+    storable("directory", &new.directory)?;
+    storable("title", &new.title)?;
     let parent_id = match new.parent_id {
         None => None,
         Some(ParentRef::Unknown(raw)) => return Err(StorageError::session_not_found(raw)),
@@ -80,12 +92,12 @@ pub async fn create_session(ctx: &mut WriteCtx, new: NewSession) -> StorageResul
                 .client
                 .prepare_cached("SELECT 1 FROM sessions WHERE id = $1")
                 .await
-                .map_err(db("preparing a parent lookup"))?;
+                .map_err(db_write("preparing a parent lookup"))?;
             let exists = ctx
                 .client
                 .query_opt(&statement, &[&id.as_str()])
                 .await
-                .map_err(db("looking up the parent session"))?
+                .map_err(db_write("looking up the parent session"))?
                 .is_some();
             if !exists {
                 return Err(StorageError::session_not_found(id.into_string()));
@@ -125,6 +137,9 @@ pub async fn update_session(
     id: SessionId,
     patch: SessionPatch,
 ) -> StorageResult<Session> {
+    if let Some(title) = &patch.title {
+        storable("title", title)?;
+    }
     let mut session = load_session(ctx, &id).await?;
     let now = ctx.now();
     patch.apply(&mut session, now);
@@ -136,7 +151,7 @@ pub async fn update_session(
              version = $6 WHERE id = $1",
         )
         .await
-        .map_err(db("preparing a session update"))?;
+        .map_err(db_write("preparing a session update"))?;
     ctx.client
         .execute(
             &statement,
@@ -150,7 +165,7 @@ pub async fn update_session(
             ],
         )
         .await
-        .map_err(db("updating a session"))?;
+        .map_err(db_write("updating a session"))?;
     let data = to_json(&session)?;
     ctx.emit(
         session.version,
@@ -173,7 +188,7 @@ pub async fn delete_session(ctx: &mut WriteCtx, id: SessionId) -> StorageResult<
             &[&id.as_str()],
         )
         .await
-        .map_err(db("deleting a session's messages"))?;
+        .map_err(db_write("deleting a session's messages"))?;
     let rows = ctx
         .client
         .query(
@@ -181,7 +196,7 @@ pub async fn delete_session(ctx: &mut WriteCtx, id: SessionId) -> StorageResult<
             &[&id.as_str()],
         )
         .await
-        .map_err(db("finding child sessions"))?;
+        .map_err(db_write("finding child sessions"))?;
     for row in rows {
         let mut child = reads::session(&row)?;
         child.parent_id = None;
@@ -193,7 +208,7 @@ pub async fn delete_session(ctx: &mut WriteCtx, id: SessionId) -> StorageResult<
                 &[&child.id.as_str(), &now, &child.version],
             )
             .await
-            .map_err(db("detaching a child session"))?;
+            .map_err(db_write("detaching a child session"))?;
         let data = to_json(&child)?;
         ctx.emit(
             child.version,
@@ -208,7 +223,7 @@ pub async fn delete_session(ctx: &mut WriteCtx, id: SessionId) -> StorageResult<
     ctx.client
         .execute("DELETE FROM sessions WHERE id = $1", &[&id.as_str()])
         .await
-        .map_err(db("deleting a session"))?;
+        .map_err(db_write("deleting a session"))?;
     let data = to_json(&session)?;
     let seq = ctx.reserve_seq();
     ctx.emit(
@@ -242,19 +257,19 @@ pub async fn append_message(
              WHERE id = $1 RETURNING directory",
         )
         .await
-        .map_err(db("preparing a session bump"))?;
+        .map_err(db_write("preparing a session bump"))?;
     let Some(row) = ctx
         .client
         .query_opt(&bump, &[&session_id.as_str(), &now, &seq])
         .await
-        .map_err(db("bumping the session of a new message"))?
+        .map_err(db_write("bumping the session of a new message"))?
     else {
         ctx.unreserve_seq();
         return Err(StorageError::session_not_found(session_id.as_str()));
     };
     let directory: String = row
         .try_get(0)
-        .map_err(db("reading the session's directory"))?;
+        .map_err(db_write("reading the session's directory"))?;
     let message = Message {
         id: MessageId::from_value(value),
         session_id,
@@ -276,7 +291,13 @@ pub async fn append_message(
         .client
         .prepare_cached(INSERT_MESSAGE)
         .await
-        .map_err(db("preparing a message insert"))?;
+        .map_err(db_write("preparing a message insert"))?;
+    // The search document only: the parts keep every character (JSON escapes NUL).
+    let text = if new.text.contains('\0') {
+        std::borrow::Cow::Owned(new.text.replace('\0', " "))
+    } else {
+        std::borrow::Cow::Borrowed(new.text.as_str())
+    };
     // The message and its event go out together: one round trip, not two.
     let inserting = async {
         ctx.client
@@ -288,12 +309,12 @@ pub async fn append_message(
                     &message.role.as_str(),
                     &new.parts,
                     &new.metadata,
-                    &new.text,
+                    &text.as_ref(),
                     &now,
                 ],
             )
             .await
-            .map_err(db("inserting a message"))
+            .map_err(db_write("inserting a message"))
     };
     tokio::try_join!(inserting, ctx.log(&event))?;
     ctx.logged(event);
@@ -313,13 +334,13 @@ pub async fn import(
     let tx = client
         .transaction()
         .await
-        .map_err(db("starting an import"))?;
+        .map_err(db_write("starting an import"))?;
     tx.execute(
         "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'generation'",
         &[],
     )
     .await
-    .map_err(db("moving the database generation"))?;
+    .map_err(db_write("moving the database generation"))?;
     let mut newest = 0_i64;
     let mut version = 0_i64;
     let mut session_rows: Vec<&Session> = Vec::new();
@@ -361,7 +382,7 @@ pub async fn import(
             &params,
         )
         .await
-        .map_err(db("importing sessions"))?;
+        .map_err(db_write("importing sessions"))?;
     }
     for chunk in message_rows.chunks(IMPORT_CHUNK) {
         let mut columns: [Vec<String>; 6] = Default::default();
@@ -387,7 +408,7 @@ pub async fn import(
             &params,
         )
         .await
-        .map_err(db("importing messages"))?;
+        .map_err(db_write("importing messages"))?;
     }
     // Past the imported versions too: a session's version (its ETag) must keep increasing.
     tx.execute(
@@ -395,8 +416,10 @@ pub async fn import(
         &[&newest, &version],
     )
     .await
-    .map_err(db("moving the head past the imported data"))?;
-    tx.commit().await.map_err(db("committing an import"))?;
+    .map_err(db_write("moving the head past the imported data"))?;
+    tx.commit()
+        .await
+        .map_err(db_write("committing an import"))?;
     Ok(())
 }
 
@@ -421,7 +444,7 @@ pub async fn prune_events(
             &[&older_than, &keep, &PRUNE_BATCH],
         )
         .await
-        .map_err(db("pruning events"))?;
+        .map_err(db_write("pruning events"))?;
     Ok(deleted)
 }
 
@@ -431,6 +454,7 @@ pub async fn create_key(
     hash: &str,
     hint: &str,
 ) -> StorageResult<ApiKey> {
+    storable("name", &new.name)?;
     let created = ApiKey {
         id: format!("key_{}", random_token()),
         name: new.name.clone(),
@@ -455,7 +479,7 @@ pub async fn create_key(
             ],
         )
         .await
-        .map_err(db("storing a key"))?;
+        .map_err(db_write("storing a key"))?;
     Ok(created)
 }
 
@@ -481,7 +505,7 @@ pub async fn import_keys(
                 ],
             )
             .await
-            .map_err(db("importing a key"))?;
+            .map_err(db_write("importing a key"))?;
     }
     Ok(())
 }
@@ -492,7 +516,7 @@ pub async fn revoke_key(client: &mut tokio_postgres::Client, id: &str) -> Storag
     let tx = client
         .transaction()
         .await
-        .map_err(db("starting a key revocation"))?;
+        .map_err(db_write("starting a key revocation"))?;
     let row = tx
         .query_opt(
             &format!(
@@ -503,7 +527,7 @@ pub async fn revoke_key(client: &mut tokio_postgres::Client, id: &str) -> Storag
             &[&id, &wall_clock_ms()],
         )
         .await
-        .map_err(db("revoking a key"))?;
+        .map_err(db_write("revoking a key"))?;
     let Some(row) = row else {
         return Err(StorageError::NotFound {
             what: "API key",
@@ -513,9 +537,9 @@ pub async fn revoke_key(client: &mut tokio_postgres::Client, id: &str) -> Storag
     let key = reads::key(&row)?;
     tx.execute("SELECT pg_notify($1, $2)", &[&KEYS_CHANNEL, &id])
         .await
-        .map_err(db("announcing a key revocation"))?;
+        .map_err(db_write("announcing a key revocation"))?;
     tx.commit()
         .await
-        .map_err(db("committing a key revocation"))?;
+        .map_err(db_write("committing a key revocation"))?;
     Ok(key)
 }

@@ -162,9 +162,11 @@ impl WriterHandle {
             };
             let status = match &result {
                 Ok(_) => JobStatus::Done,
-                Err(StorageError::NotFound { .. } | StorageError::Unavailable(_)) => {
-                    JobStatus::Refused
-                }
+                Err(
+                    StorageError::NotFound { .. }
+                    | StorageError::Unavailable(_)
+                    | StorageError::Rejected(_),
+                ) => JobStatus::Refused,
                 Err(StorageError::Internal(_)) => JobStatus::Poisoned,
             };
             let reply: Reply = Box::new(move |commit| {
