@@ -253,7 +253,7 @@ async fn open_storage(
                             deleted: event.kind == EventKind::SessionDeleted,
                         });
                     }
-                }) as crate::storage::sqlite::CommitHook
+                }) as crate::storage::CommitHook
             }),
         };
         return Ok(Arc::new(PgStorage::open(options).await?));

@@ -6,6 +6,7 @@
 //! and timestamps are assigned by the backend in commit order, so keyset pages never skip or
 //! repeat; every change is recorded in the event log in the same transaction.
 
+pub(crate) mod batch;
 pub mod postgres;
 pub mod sqlite;
 
@@ -18,6 +19,9 @@ use crate::domain::{
     ArchivedFilter, Limit, Message, MessageCursor, MessageId, NewMessage, NewSession, Order, Page,
     SearchCursor, SearchHit, SearchTerms, Session, SessionCursor, SessionId, SessionPatch,
 };
+
+/// Called with the events of every committed batch, in `seq` order.
+pub type CommitHook = std::sync::Arc<dyn Fn(&[Event]) + Send + Sync>;
 
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]

@@ -15,8 +15,8 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::{EVENTS_CHANNEL, KEYS_CHANNEL, RevokeHook, get_client, reads};
 use crate::events::{Event, EventFilter};
+use crate::storage::CommitHook;
 use crate::storage::StorageResult;
-use crate::storage::sqlite::CommitHook;
 
 /// Events read from the log per query while catching up.
 const CATCH_UP_CHUNK: usize = 1000;

@@ -26,7 +26,7 @@ use tokio_postgres::NoTls;
 
 use self::feed::Feed;
 use self::writer::Writer;
-use super::sqlite::CommitHook;
+use super::CommitHook;
 use super::{
     Counts, EventBounds, ImportSession, MessageListQuery, SearchQuery, SessionListQuery,
     SessionText, Storage, StorageError, StorageResult,

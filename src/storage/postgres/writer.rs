@@ -20,7 +20,8 @@ use super::feed::Feed;
 use super::{EVENTS_CHANNEL, get_client};
 use crate::domain::{IdGenerator, SessionId, wall_clock_ms};
 use crate::events::{Event, EventKind};
-use crate::storage::sqlite::CommitHook;
+use crate::storage::CommitHook;
+use crate::storage::batch::{JobStatus, dropped, settle};
 use crate::storage::{StorageError, StorageResult};
 
 /// What a write job sees: the connection inside the batch transaction, the id generator and the
@@ -144,13 +145,6 @@ struct Job {
     refuse: Box<dyn FnOnce(StorageError) + Send>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum JobStatus {
-    Done,
-    Refused,
-    Poisoned,
-}
-
 enum Command {
     Write(Job),
     Close(oneshot::Sender<()>),
@@ -200,15 +194,7 @@ impl Writer {
         let run = boxed(move |ctx| {
             Box::pin(async move {
                 let outcome = op(ctx).await;
-                let status = match &outcome {
-                    Ok(_) => JobStatus::Done,
-                    Err(
-                        StorageError::NotFound { .. }
-                        | StorageError::Unavailable(_)
-                        | StorageError::Rejected(_),
-                    ) => JobStatus::Refused,
-                    Err(StorageError::Internal(_)) => JobStatus::Poisoned,
-                };
+                let status = JobStatus::of(&outcome);
                 *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
                 status
             })
@@ -228,13 +214,7 @@ impl Writer {
                             "a write job left no result"
                         )))
                     });
-                let outcome = match commit {
-                    Ok(()) => outcome,
-                    Err(_) if outcome.is_err() => outcome,
-                    Err(why) => Err(StorageError::Internal(anyhow::anyhow!(
-                        "the write batch was not committed: {why}"
-                    ))),
-                };
+                let outcome = settle(outcome, commit.as_ref().map(|_| ()).map_err(String::as_str));
                 if let Some(tx) = shared.lock().unwrap_or_else(|e| e.into_inner()).take() {
                     let _ = tx.send(outcome);
                 }
@@ -249,11 +229,7 @@ impl Writer {
             .send(Command::Write(job))
             .await
             .map_err(|_| StorageError::Unavailable("the writer has stopped"))?;
-        rx.await.map_err(|_| {
-            StorageError::Internal(anyhow::anyhow!(
-                "the writer dropped the write without committing it (see the writer's log)"
-            ))
-        })?
+        rx.await.map_err(|_| dropped())?
     }
 
     pub fn queue_depth(&self) -> usize {

@@ -15,7 +15,6 @@
 //! acknowledged is lost.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
@@ -24,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{IdGenerator, SessionId, wall_clock_ms};
 use crate::events::{Event, EventKind};
+use crate::storage::batch::{JobStatus, dropped, settle};
 use crate::storage::{StorageError, StorageResult};
 
 /// What a write job sees: the connection inside the batch transaction, the id generator and the
@@ -92,8 +92,7 @@ impl WriteCtx<'_> {
     }
 }
 
-/// Called with the events of every committed batch, in `seq` order.
-pub type CommitHook = Arc<dyn Fn(&[Event]) + Send + Sync>;
+pub use crate::storage::CommitHook;
 
 #[derive(Clone, Debug)]
 struct CommitFailed(String);
@@ -102,16 +101,6 @@ type Reply = Box<dyn FnOnce(Result<(), CommitFailed>) + Send>;
 /// A write: run with a context inside a batch, or with `None` to refuse it unrun (the writer is
 /// stopping or could not open a transaction).
 type Job = Box<dyn FnOnce(Option<&mut WriteCtx<'_>>) -> (JobStatus, Reply) + Send>;
-
-/// How a job ended, which decides the fate of its batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum JobStatus {
-    Done,
-    /// Refused before writing anything (e.g. not found): the batch is unaffected.
-    Refused,
-    /// Failed after it may have written: the batch must be rolled back.
-    Poisoned,
-}
 
 enum Command {
     Write(Job),
@@ -160,23 +149,12 @@ impl WriterHandle {
                     "the database is not taking writes right now",
                 )),
             };
-            let status = match &result {
-                Ok(_) => JobStatus::Done,
-                Err(
-                    StorageError::NotFound { .. }
-                    | StorageError::Unavailable(_)
-                    | StorageError::Rejected(_),
-                ) => JobStatus::Refused,
-                Err(StorageError::Internal(_)) => JobStatus::Poisoned,
-            };
+            let status = JobStatus::of(&result);
             let reply: Reply = Box::new(move |commit| {
-                let outcome = match commit {
-                    Ok(()) => result,
-                    Err(_) if result.is_err() => result,
-                    Err(CommitFailed(why)) => Err(StorageError::Internal(anyhow::anyhow!(
-                        "the write batch was not committed: {why}"
-                    ))),
-                };
+                let outcome = settle(
+                    result,
+                    commit.as_ref().map(|_| ()).map_err(|f| f.0.as_str()),
+                );
                 // The caller may have gone (client disconnected); the write stands regardless.
                 let _ = tx.send(outcome);
             });
@@ -186,11 +164,7 @@ impl WriterHandle {
             .send(Command::Write(job))
             .await
             .map_err(|_| StorageError::Unavailable("the writer has stopped"))?;
-        rx.await.map_err(|_| {
-            StorageError::Internal(anyhow::anyhow!(
-                "the writer dropped the write without committing it (see the writer's log)"
-            ))
-        })?
+        rx.await.map_err(|_| dropped())?
     }
 
     /// Writes queued so far (for metrics and readiness).
