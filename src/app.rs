@@ -207,26 +207,12 @@ async fn open_storage(
     let publisher = hub.clone();
     let stale = {
         let cache = cache.clone();
-        move |events: &[Event]| {
-            for event in events {
-                cache.invalidate_session(
-                    event.session_id.as_str(),
-                    event.seq,
-                    event.kind == EventKind::SessionDeleted,
-                );
-            }
-        }
+        move |events: &[Event]| forget_changed(&cache, events)
     };
     let cache = cache.clone();
     // Runs after each commit and before its writers hear back: their next read is fresh.
     let on_commit = move |events: &[Event]| {
-        for event in events {
-            cache.invalidate_session(
-                event.session_id.as_str(),
-                event.seq,
-                event.kind == EventKind::SessionDeleted,
-            );
-        }
+        forget_changed(&cache, events);
         publisher.publish(events);
     };
     if let Database::Postgres(url) = &config.database {
@@ -269,6 +255,17 @@ async fn open_storage(
         .await
         .context("opening the database")??;
     Ok(Arc::new(storage))
+}
+
+/// Drops the cached responses that `events` made stale.
+fn forget_changed(cache: &ResponseCache, events: &[Event]) {
+    for event in events {
+        cache.invalidate_session(
+            event.session_id.as_str(),
+            event.seq,
+            event.kind == EventKind::SessionDeleted,
+        );
+    }
 }
 
 /// Prunes the event log to its retention (age and count) every `event_prune_interval`.

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{Application, shutdown_signal};
-use crate::config::{Config, ServeArgs};
+use crate::config::{Config, Database, ServeArgs};
 use crate::seed::{SeedOptions, seed};
 use crate::storage::Storage;
 use crate::storage::sqlite::{SqliteOptions, SqliteStorage};
@@ -55,9 +55,15 @@ pub struct KeysArgs {
     /// Data dir of the database [env: SESSIOND_DATA_DIR] [default: ./data]
     #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<std::path::PathBuf>,
-    /// `sqlite` (the data dir's database) or a `postgres://` URL [env: SESSIOND_DATABASE] [default: sqlite]
-    #[arg(long, value_name = "URL", global = true)]
-    pub database: Option<String>,
+    /// `sqlite` (the data dir's database) or a `postgres://` URL
+    #[arg(
+        long,
+        value_name = "URL",
+        global = true,
+        env = "SESSIOND_DATABASE",
+        default_value = "sqlite"
+    )]
+    pub database: String,
     #[command(subcommand)]
     pub command: KeysCommand,
 }
@@ -91,9 +97,14 @@ pub struct SeedArgs {
     /// Data dir to fill (created when missing) [env: SESSIOND_DATA_DIR]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<std::path::PathBuf>,
-    /// `sqlite` (the data dir's database) or a `postgres://` URL [env: SESSIOND_DATABASE] [default: sqlite]
-    #[arg(long, value_name = "URL")]
-    pub database: Option<String>,
+    /// `sqlite` (the data dir's database) or a `postgres://` URL
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SESSIOND_DATABASE",
+        default_value = "sqlite"
+    )]
+    pub database: String,
     /// Sessions to create
     #[arg(long, default_value_t = 1000)]
     pub sessions: usize,
@@ -121,9 +132,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `sqlite:PATH` (a data dir, or the `sessiond.db` in one) or a `postgres://` URL, as the
-/// data dir and `--database` value [`open_database`] takes.
-fn location(raw: &str) -> anyhow::Result<(std::path::PathBuf, String)> {
+/// `sqlite:PATH` (a data dir, or the `sessiond.db` in one; it must hold a database when
+/// `existing`) or a `postgres://` URL, as the data dir and database [`open_database`] takes.
+fn location(raw: &str, existing: bool) -> anyhow::Result<(std::path::PathBuf, Database)> {
     if let Some(path) = raw.strip_prefix("sqlite:") {
         let path = std::path::PathBuf::from(path);
         let dir = if path
@@ -134,28 +145,21 @@ fn location(raw: &str) -> anyhow::Result<(std::path::PathBuf, String)> {
         } else {
             path
         };
-        if !dir.join(crate::storage::sqlite::DATABASE_FILE).exists() {
+        if existing && !dir.join(crate::storage::sqlite::DATABASE_FILE).exists() {
             anyhow::bail!("no sessiond database in {}", dir.display());
         }
-        return Ok((dir, "sqlite".to_owned()));
+        return Ok((dir, Database::Sqlite));
     }
-    crate::config::Database::parse(raw).map_err(|e| anyhow::anyhow!("{e} (or sqlite:PATH)"))?;
-    Ok((std::path::PathBuf::from("."), raw.to_owned()))
+    let database = Database::parse(raw).map_err(|e| anyhow::anyhow!("{e} (or sqlite:PATH)"))?;
+    Ok((std::path::PathBuf::from("."), database))
 }
 
 async fn migrate_command(args: MigrateArgs) -> ExitCode {
     telemetry::init("warn", crate::config::LogFormat::Pretty);
     let run = async {
-        let (from_dir, from) = location(&args.from).context("--from")?;
-        let (to_dir, to) = location(&args.to)
-            .or_else(|error| {
-                // A new SQLite target is created by opening it.
-                match args.to.strip_prefix("sqlite:") {
-                    Some(path) => Ok((std::path::PathBuf::from(path), "sqlite".to_owned())),
-                    None => Err(error),
-                }
-            })
-            .context("--to")?;
+        let (from_dir, from) = location(&args.from, true).context("--from")?;
+        // A new SQLite target is created by opening it.
+        let (to_dir, to) = location(&args.to, false).context("--to")?;
         let source = open_database(&from_dir, &from)
             .await
             .context("opening --from")?;
@@ -194,10 +198,6 @@ fn keys_command(args: KeysArgs) -> ExitCode {
         .data_dir
         .or_else(|| std::env::var_os("SESSIOND_DATA_DIR").map(Into::into))
         .unwrap_or_else(|| "./data".into());
-    let database = args
-        .database
-        .or_else(|| std::env::var("SESSIOND_DATABASE").ok())
-        .unwrap_or_else(|| "sqlite".to_owned());
     enum Op {
         Create(NewKey, Secret),
         List,
@@ -209,8 +209,8 @@ fn keys_command(args: KeysArgs) -> ExitCode {
         Revoked(ApiKey),
     }
     let run = || -> anyhow::Result<()> {
-        let database = crate::config::Database::parse(&database)
-            .map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+        let database =
+            Database::parse(&args.database).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
         let op = match args.command {
             KeysCommand::Create {
                 scope,
@@ -240,7 +240,7 @@ fn keys_command(args: KeysArgs) -> ExitCode {
             KeysCommand::Revoke { id } => Op::Revoke(id),
         };
         let (done, secret) = match database {
-            crate::config::Database::Sqlite => {
+            Database::Sqlite => {
                 // Create or upgrade the database when no server holds it; otherwise the running
                 // server already has (and `side_connection` says so if it has not).
                 if let Ok(storage) = SqliteStorage::open(SqliteOptions::new(&data_dir)) {
@@ -256,15 +256,14 @@ fn keys_command(args: KeysArgs) -> ExitCode {
                     Op::Revoke(id) => (Done::Revoked(keys::revoke(&conn, &id)?), None),
                 }
             }
-            crate::config::Database::Postgres(url) => {
+            Database::Postgres(_) => {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                runtime.block_on(async move {
-                    use crate::storage::postgres::{PgOptions, PgStorage};
+                runtime.block_on(async {
                     // Revocations are announced to every running instance, which forget the
                     // key at once.
-                    let storage = PgStorage::open(PgOptions::new(url)).await?;
+                    let storage = open_database(&data_dir, &database).await?;
                     let done = match op {
                         Op::Create(new, secret) => {
                             let (hash, hint) = (secret.hash(), secret.hint());
@@ -323,11 +322,10 @@ fn keys_command(args: KeysArgs) -> ExitCode {
 /// command, creating and migrating it when needed.
 pub async fn open_database(
     data_dir: &std::path::Path,
-    database: &str,
+    database: &Database,
 ) -> anyhow::Result<Arc<dyn Storage>> {
-    use crate::config::Database;
     use crate::storage::postgres::{PgOptions, PgStorage};
-    match Database::parse(database).map_err(|e| anyhow::anyhow!("--database: {e}"))? {
+    match database {
         Database::Sqlite => {
             let options = SqliteOptions::new(data_dir);
             let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(options))
@@ -335,7 +333,9 @@ pub async fn open_database(
                 .map_err(|e| anyhow::anyhow!("opening the database: {e}"))??;
             Ok(Arc::new(storage))
         }
-        Database::Postgres(url) => Ok(Arc::new(PgStorage::open(PgOptions::new(url)).await?)),
+        Database::Postgres(url) => Ok(Arc::new(
+            PgStorage::open(PgOptions::new(url.clone())).await?,
+        )),
     }
 }
 
@@ -408,11 +408,11 @@ async fn seed_command(args: SeedArgs) -> ExitCode {
         .data_dir
         .or_else(|| std::env::var_os("SESSIOND_DATA_DIR").map(Into::into))
         .unwrap_or_else(|| "./data".into());
-    let database = args
-        .database
-        .or_else(|| std::env::var("SESSIOND_DATABASE").ok())
-        .unwrap_or_else(|| "sqlite".to_owned());
-    let storage = match open_database(&data_dir, &database).await {
+    let opened = match Database::parse(&args.database) {
+        Ok(database) => open_database(&data_dir, &database).await,
+        Err(error) => Err(anyhow::anyhow!("--database: {error}")),
+    };
+    let storage = match opened {
         Ok(storage) => storage,
         Err(error) => {
             eprintln!("sessiond seed: {error:#}");

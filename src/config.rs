@@ -165,13 +165,25 @@ impl Database {
     }
 }
 
+/// A URL without its password, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 // Never print the password of a URL.
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Database::Sqlite => f.write_str("Sqlite"),
             Database::Postgres(url) => {
-                write!(f, "Postgres({})", crate::storage::postgres::redact(url))
+                write!(f, "Postgres({})", redact_url(url))
             }
         }
     }
@@ -589,7 +601,7 @@ impl Resolver<'_> {
         parse(value.trim()).map_err(|message| {
             // A database URL may carry a password.
             let shown = if key == "database" || key == "redis" {
-                crate::storage::postgres::redact(&value)
+                redact_url(&value)
             } else {
                 value.clone()
             };

@@ -65,57 +65,25 @@ pub struct Readiness {
         (status = 503, description = "Not ready (status `down`)", body = Readiness),
     ))]
 pub async fn ready(State(state): State<SharedState>) -> ApiResult<Response> {
-    let started = Instant::now();
-    let outcome = tokio::time::timeout(READY_TIMEOUT, state.storage.check()).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let database = match outcome {
-        Ok(Ok(())) => Check {
-            status: "ok",
-            latency_ms,
-            error: None,
-        },
-        Ok(Err(error)) => {
-            tracing::warn!(error = %error, "readiness: database check failed");
-            Check {
-                status: "down",
-                latency_ms,
-                error: Some("the database check failed"),
-            }
-        }
-        Err(_) => Check {
-            status: "down",
-            latency_ms,
-            error: Some("the database check timed out"),
-        },
-    };
+    let database = probe(
+        "database",
+        state.storage.check(),
+        "the database check failed",
+        "the database check timed out",
+    )
+    .await;
     let up = database.status == "ok";
     let mut checks = BTreeMap::from([("database", database)]);
     let mut degraded = false;
     if let Some(redis) = &state.redis {
         // Optional: without it limits are per instance, but everything is served.
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(READY_TIMEOUT, redis.ping()).await;
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let check = match outcome {
-            Ok(Ok(())) => Check {
-                status: "ok",
-                latency_ms,
-                error: None,
-            },
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "readiness: Redis check failed");
-                Check {
-                    status: "down",
-                    latency_ms,
-                    error: Some("Redis does not answer; rate limits are per instance"),
-                }
-            }
-            Err(_) => Check {
-                status: "down",
-                latency_ms,
-                error: Some("the Redis check timed out; rate limits are per instance"),
-            },
-        };
+        let check = probe(
+            "Redis",
+            redis.ping(),
+            "Redis does not answer; rate limits are per instance",
+            "the Redis check timed out; rate limits are per instance",
+        )
+        .await;
         degraded = check.status != "ok";
         checks.insert("redis", check);
     }
@@ -133,6 +101,32 @@ pub async fn ready(State(state): State<SharedState>) -> ApiResult<Response> {
         StatusCode::SERVICE_UNAVAILABLE
     };
     json(status, &body)
+}
+
+/// Runs one dependency's check with the readiness timeout; the cause of a failure goes to the
+/// log, the client sees `failed` or `timed_out`.
+async fn probe<E: std::fmt::Display>(
+    name: &str,
+    check: impl std::future::Future<Output = Result<(), E>>,
+    failed: &'static str,
+    timed_out: &'static str,
+) -> Check {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(READY_TIMEOUT, check).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let error = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "readiness: {name} check failed");
+            Some(failed)
+        }
+        Err(_) => Some(timed_out),
+    };
+    Check {
+        status: if error.is_none() { "ok" } else { "down" },
+        latency_ms,
+        error,
+    }
 }
 
 fn openapi_document() -> &'static [u8] {

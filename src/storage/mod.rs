@@ -154,6 +154,10 @@ pub struct ImportMessage {
     pub text: String,
 }
 
+/// The query of [`Counts`], the same on every backend.
+pub const COUNTS_SQL: &str = "SELECT (SELECT count(*) FROM sessions), \
+     (SELECT count(*) FROM messages), (SELECT count(*) FROM api_keys)";
+
 /// What a database holds, counted (`sessiond migrate-data` compares them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {

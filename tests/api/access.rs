@@ -306,6 +306,7 @@ async fn an_expired_key_is_refused() {
     {
         let database = crate::helpers::postgres_database_for(dir.path())
             .unwrap_or_else(|| "sqlite".to_owned());
+        let database = sessiond::config::Database::parse(&database).unwrap();
         let storage = sessiond::cli::open_database(dir.path(), &database)
             .await
             .unwrap();

@@ -42,6 +42,22 @@ async fn two_instances(
     Some((a, b, url, dir))
 }
 
+/// Polls `done` every `pause` until it holds, failing with `what` after `limit`; returns how
+/// long it took.
+async fn eventually(
+    limit: Duration,
+    pause: Duration,
+    what: &str,
+    mut done: impl AsyncFnMut() -> bool,
+) -> Duration {
+    let started = Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < limit, "{what}");
+        tokio::time::sleep(pause).await;
+    }
+    started.elapsed()
+}
+
 /// Reads `count` events from `sse`, failing after ten quiet seconds.
 async fn read_events(sse: &mut Sse, count: usize) -> Vec<Value> {
     let mut events = Vec::with_capacity(count);
@@ -133,20 +149,18 @@ async fn a_write_on_one_instance_is_read_fresh_on_the_other() {
     let response = a.patch_json(&path, &json!({"title": "after"})).await;
     assert_eq!(response.status(), StatusCode::OK);
     // b hears of the change through the event feed and drops its cached copies.
-    let started = Instant::now();
-    loop {
-        let single = b.get_json(&path).await;
-        let listed = b.get_json("/v1/sessions?directory=/c").await;
-        if single["title"] == "after" && listed["items"][0]["title"] == "after" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "b still serves the old title"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    eprintln!("b served the new title after {:?}", started.elapsed());
+    let took = eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(5),
+        "b still serves the old title",
+        async || {
+            let single = b.get_json(&path).await;
+            let listed = b.get_json("/v1/sessions?directory=/c").await;
+            single["title"] == "after" && listed["items"][0]["title"] == "after"
+        },
+    )
+    .await;
+    eprintln!("b served the new title after {took:?}");
 }
 
 #[tokio::test]
@@ -155,9 +169,12 @@ async fn a_key_revoked_on_one_instance_stops_working_on_the_other() {
         return;
     };
     let admin = {
-        let storage = sessiond::cli::open_database(std::path::Path::new("."), &url)
-            .await
-            .unwrap();
+        let storage = sessiond::cli::open_database(
+            std::path::Path::new("."),
+            &Database::Postgres(url.clone()),
+        )
+        .await
+        .unwrap();
         let secret = "sessiond_scaletestadminscaletestadminscaletestad";
         storage
             .create_key(
@@ -209,15 +226,14 @@ async fn a_key_revoked_on_one_instance_stops_working_on_the_other() {
         .await
         .unwrap();
     assert!(revoked.status().is_success(), "{}", revoked.status());
-    let started = Instant::now();
-    while status_on_b().await != StatusCode::UNAUTHORIZED {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "b still accepts the revoked key"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    eprintln!("b refused the revoked key after {:?}", started.elapsed());
+    let took = eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(5),
+        "b still accepts the revoked key",
+        async || status_on_b().await == StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    eprintln!("b refused the revoked key after {took:?}");
 }
 
 fn sessiond(args: &[&str]) -> std::process::Output {
@@ -731,25 +747,22 @@ async fn without_redis_the_server_keeps_serving_degraded_and_recovers_by_itself(
     // in the new Redis.
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let started = Instant::now();
-    loop {
-        let caller = random_ip();
-        assert_eq!(read_as(&app, &caller).await, StatusCode::OK);
-        let stored: bool = redis::cmd("EXISTS")
-            .arg(format!("sessiond:rl:read:ip:{caller}"))
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        if stored {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "limits never went back to Redis"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!("limits back in Redis after {:?}", started.elapsed());
+    let took = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        "limits never went back to Redis",
+        async || {
+            let caller = random_ip();
+            assert_eq!(read_as(&app, &caller).await, StatusCode::OK);
+            redis::cmd("EXISTS")
+                .arg(format!("sessiond:rl:read:ip:{caller}"))
+                .query_async::<bool>(&mut connection)
+                .await
+                .unwrap()
+        },
+    )
+    .await;
+    eprintln!("limits back in Redis after {took:?}");
 }
 
 #[tokio::test]

@@ -93,7 +93,6 @@ pub struct PgStorage {
     pool: Pool,
     identity: String,
     writer: Writer,
-    feed: Arc<Feed>,
     listener: tokio::task::JoinHandle<()>,
     size: Arc<AtomicU64>,
     sizing: tokio::task::JoinHandle<()>,
@@ -130,10 +129,12 @@ impl PgStorage {
     /// Connects, migrates the schema when needed, and starts the writer and the listener.
     pub async fn open(options: PgOptions) -> anyhow::Result<PgStorage> {
         let pool = connect_pool(&options.url, options.pool_size)?;
-        let mut client = pool
-            .get()
-            .await
-            .with_context(|| format!("connecting to PostgreSQL at {}", redact(&options.url)))?;
+        let mut client = pool.get().await.with_context(|| {
+            format!(
+                "connecting to PostgreSQL at {}",
+                crate::config::redact_url(&options.url)
+            )
+        })?;
         migrations::migrate(&mut client).await?;
         let identity: String = client
             .query_one(
@@ -150,13 +151,9 @@ impl PgStorage {
             .context("reading the head of the event log")?
             .get(0);
         let size = Arc::new(AtomicU64::new(
-            client
-                .query_one("SELECT pg_database_size(current_database())", &[])
+            database_size(&client)
                 .await
-                .context("reading the database size")?
-                .get::<_, i64>(0)
-                .try_into()
-                .unwrap_or(0),
+                .context("reading the database size")?,
         ));
         drop(client);
         let sizing = tokio::spawn(watch_size(pool.clone(), size.clone()));
@@ -180,70 +177,56 @@ impl PgStorage {
             pool,
             identity,
             writer,
-            feed,
             listener,
             size,
             sizing,
         })
     }
 
+    /// A pooled connection for a read (or a write outside the writer), its wait measured as
+    /// the read-pool wait is on SQLite.
     async fn client(&self) -> StorageResult<deadpool_postgres::Object> {
-        get_client(&self.pool).await
-    }
-
-    /// Waits until every event committed so far (by any instance) has been delivered here.
-    pub async fn sync_events(&self) -> StorageResult<()> {
-        self.feed.catch_up(None).await
+        let waited = std::time::Instant::now();
+        let client = get_client(&self.pool).await?;
+        metrics::histogram!(crate::telemetry::metrics::READ_WAIT)
+            .record(waited.elapsed().as_secs_f64());
+        Ok(client)
     }
 }
 
 /// A pooled connection, or `Unavailable` when the database cannot be reached.
 async fn get_client(pool: &Pool) -> StorageResult<deadpool_postgres::Object> {
-    let waited = std::time::Instant::now();
-    let client = pool.get().await.map_err(|error| {
+    pool.get().await.map_err(|error| {
         tracing::warn!(error = %error, "no PostgreSQL connection");
         StorageError::Unavailable("the database cannot be reached")
-    })?;
-    metrics::histogram!(crate::telemetry::metrics::READ_WAIT)
-        .record(waited.elapsed().as_secs_f64());
-    Ok(client)
+    })
 }
 
-/// Keeps `size` at the database's size on disk, read every few seconds (the status page and
-/// `/metrics` read it often; `pg_database_size` walks the database's files).
+/// The database's size on disk (`pg_database_size` walks its files: read it seldom).
+async fn database_size(client: &Conn) -> Result<u64, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await?;
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+}
+
+/// Keeps `size` at the database's size on disk, read every five seconds after the first read
+/// at open (the status page and `/metrics` read it often).
 async fn watch_size(pool: Pool, size: Arc<AtomicU64>) {
-    let mut interval = tokio::time::interval(Duration::from_secs(5));
+    let period = Duration::from_secs(5);
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
         let Ok(client) = pool.get().await else {
             continue;
         };
-        if let Ok(row) = client
-            .query_one("SELECT pg_database_size(current_database())", &[])
-            .await
-        {
-            size.store(
-                u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
-                Ordering::Relaxed,
-            );
+        if let Ok(bytes) = database_size(&client).await {
+            size.store(bytes, Ordering::Relaxed);
         }
     }
 }
 
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-/// Context for a failed statement.
 /// Context for a failed read or stand-alone statement: a lost or refused connection is
 /// `Unavailable` (503, retry), a NUL character in a parameter (which PostgreSQL's text cannot
 /// hold, so it can match nothing) is `Rejected` (400), anything else `Internal`.
@@ -394,11 +377,7 @@ impl Storage for PgStorage {
     async fn counts(&self) -> StorageResult<Counts> {
         let client = self.client().await?;
         let row = client
-            .query_one(
-                "SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM messages), \
-                        (SELECT count(*) FROM api_keys)",
-                &[],
-            )
+            .query_one(super::COUNTS_SQL, &[])
             .await
             .map_err(db("counting"))?;
         let count = |i: usize| row.get::<_, i64>(i) as u64;

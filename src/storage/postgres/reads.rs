@@ -21,44 +21,36 @@ pub const SESSION_COLUMNS: &str = "id, directory, title, parent_id, created_at, 
      archived_at, message_count, version";
 
 pub fn session(row: &Row) -> StorageResult<Session> {
-    let read = || -> Result<Session, tokio_postgres::Error> {
-        Ok(Session {
-            id: SessionId::from_trusted(row.try_get(0)?),
-            directory: row.try_get(1)?,
-            title: row.try_get(2)?,
-            parent_id: row
-                .try_get::<_, Option<String>>(3)?
-                .map(SessionId::from_trusted),
-            created_at: row.try_get(4)?,
-            updated_at: row.try_get(5)?,
-            archived_at: row.try_get(6)?,
-            message_count: row.try_get(7)?,
-            version: row.try_get(8)?,
-        })
-    };
-    read().map_err(db("reading a session row"))
+    Ok(Session {
+        id: SessionId::from_trusted(get(row, 0)?),
+        directory: get(row, 1)?,
+        title: get(row, 2)?,
+        parent_id: get::<Option<String>>(row, 3)?.map(SessionId::from_trusted),
+        created_at: get(row, 4)?,
+        updated_at: get(row, 5)?,
+        archived_at: get(row, 6)?,
+        message_count: get(row, 7)?,
+        version: get(row, 8)?,
+    })
 }
 
 pub const MESSAGE_COLUMNS: &str = "id, session_id, role, parts, metadata, created_at";
 
 /// A message from `row`, whose columns start at `at` in [`MESSAGE_COLUMNS`] order.
 pub fn message_at(row: &Row, at: usize) -> StorageResult<Message> {
-    let role: String = row.try_get(at + 2).map_err(db("reading a message row"))?;
+    let role: String = get(row, at + 2)?;
     let raw = |index: usize| -> StorageResult<Box<serde_json::value::RawValue>> {
-        let text: String = row.try_get(index).map_err(db("reading a message row"))?;
-        Ok(serde_json::value::RawValue::from_string(text)
+        Ok(serde_json::value::RawValue::from_string(get(row, index)?)
             .context("a stored message holds invalid JSON")?)
     };
     Ok(Message {
-        id: MessageId::from_trusted(row.try_get(at).map_err(db("reading a message row"))?),
-        session_id: SessionId::from_trusted(
-            row.try_get(at + 1).map_err(db("reading a message row"))?,
-        ),
+        id: MessageId::from_trusted(get(row, at)?),
+        session_id: SessionId::from_trusted(get(row, at + 1)?),
         role: Role::parse(&role)
             .with_context(|| format!("a stored message has the unknown role {role:?}"))?,
         parts: raw(at + 3)?,
         metadata: raw(at + 4)?,
-        created_at: row.try_get(at + 5).map_err(db("reading a message row"))?,
+        created_at: get(row, at + 5)?,
     })
 }
 
@@ -242,17 +234,11 @@ pub async fn list_messages(
     let Some(first) = rows.first() else {
         return Err(StorageError::session_not_found(session.as_str()));
     };
-    let version: i64 = first
-        .try_get(0)
-        .map_err(db("reading the session version"))?;
+    let version: i64 = get(first, 0)?;
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
         // The one row of a session without (more) messages has NULL message columns.
-        if row
-            .try_get::<_, Option<String>>(1)
-            .map_err(db("reading a message row"))?
-            .is_some()
-        {
+        if get::<Option<String>>(row, 1)?.is_some() {
             items.push(message_at(row, 1)?);
         }
     }
@@ -303,8 +289,8 @@ pub async fn event_bounds(client: &Conn) -> StorageResult<EventBounds> {
         .await
         .map_err(db("reading the event bounds"))?;
     Ok(EventBounds {
-        oldest: row.try_get(0).map_err(db("reading the event bounds"))?,
-        newest: row.try_get(1).map_err(db("reading the event bounds"))?,
+        oldest: get(&row, 0)?,
+        newest: get(&row, 1)?,
     })
 }
 
@@ -345,27 +331,15 @@ pub async fn events_after(
         .map_err(db("replaying events"))?;
     rows.iter()
         .map(|row| {
-            let read =
-                || -> Result<(i64, String, String, String, i64, String), tokio_postgres::Error> {
-                    Ok((
-                        row.try_get(0)?,
-                        row.try_get(1)?,
-                        row.try_get(2)?,
-                        row.try_get(3)?,
-                        row.try_get(4)?,
-                        row.try_get(5)?,
-                    ))
-                };
-            let (seq, kind, session_id, directory, at, data) =
-                read().map_err(db("reading an event"))?;
+            let kind: String = get(row, 1)?;
             Ok(Event {
-                seq,
+                seq: get(row, 0)?,
                 kind: EventKind::parse(&kind)
                     .with_context(|| format!("the log holds an unknown event type {kind:?}"))?,
-                session_id: SessionId::from_trusted(session_id),
-                directory,
-                at,
-                data,
+                session_id: SessionId::from_trusted(get(row, 2)?),
+                directory: get(row, 3)?,
+                at: get(row, 4)?,
+                data: get(row, 5)?,
             })
         })
         .collect()
@@ -416,7 +390,7 @@ pub async fn export_keys(client: &Conn) -> StorageResult<Vec<(ApiKey, String)>> 
         .await
         .map_err(db("exporting keys"))?;
     rows.iter()
-        .map(|row| Ok((key(row)?, row.try_get(7).map_err(db("reading a key"))?)))
+        .map(|row| Ok((key(row)?, get(row, 7)?)))
         .collect()
 }
 

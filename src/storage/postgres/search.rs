@@ -9,7 +9,7 @@
 //! the corpus, unlike bm25), so later pages continue by `(score, seq)` exactly: no page skips or
 //! repeats a hit, whichever instance serves it.
 
-use super::reads::{Params, paginate};
+use super::reads::{Params, get, paginate};
 use super::{Conn, db};
 use crate::domain::{MessageId, Page, Role, SearchCursor, SearchHit, SearchTerms, SessionId, Term};
 use crate::storage::{SearchQuery, StorageResult};
@@ -110,9 +110,8 @@ pub async fn search(
         .await
         .map_err(db("searching"))?
         .iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-        .collect::<Result<_, tokio_postgres::Error>>()
-        .map_err(db("reading a hit"))?;
+        .map(|row| Ok((get(row, 0)?, get(row, 1)?)))
+        .collect::<StorageResult<_>>()?;
     let page = paginate(ranked, query.limit.get(), |&(seq, rank)| SearchCursor {
         rank,
         seq,
@@ -153,21 +152,12 @@ async fn render(
         .map_err(db("rendering hits"))?;
     let mut found = std::collections::HashMap::with_capacity(rows.len());
     for row in &rows {
-        let read =
-            || -> Result<(i64, String, String, String, i64, String), tokio_postgres::Error> {
-                Ok((
-                    row.try_get(0)?,
-                    row.try_get(1)?,
-                    row.try_get(2)?,
-                    row.try_get(3)?,
-                    row.try_get(4)?,
-                    row.try_get(5)?,
-                ))
-            };
-        let (seq, id, session, role, created_at, snippet) = read().map_err(db("reading a hit"))?;
+        let role: String = get(row, 3)?;
         let role = Role::parse(&role)
             .with_context(|| format!("a stored message has the unknown role {role:?}"))?;
-        found.insert(seq, (id, session, role, created_at, snippet));
+        let hit: (String, String, Role, i64, String) =
+            (get(row, 1)?, get(row, 2)?, role, get(row, 4)?, get(row, 5)?);
+        found.insert(get::<i64>(row, 0)?, hit);
     }
     // Deleted since it was ranked: skipped (it no longer exists, nothing to show).
     Ok(page

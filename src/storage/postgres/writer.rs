@@ -136,13 +136,18 @@ where
     Box::new(f)
 }
 
-/// A write: run inside a batch, then answered with the batch's outcome.
+/// What became of a write, which its caller then hears.
+enum Fate {
+    /// It ran, and its batch committed (`Ok`) or was rolled back (`Err` with why).
+    Ran(Result<(), String>),
+    /// It never ran.
+    NotRun(StorageError),
+}
+
+/// A write: run inside a batch, then answered once with its fate.
 struct Job {
     run: JobFn,
-    /// Hears the commit's outcome (`Err` with why when the batch was not committed).
-    finish: Box<dyn FnOnce(Result<(), String>) + Send>,
-    /// Hears that the job was never run.
-    refuse: Box<dyn FnOnce(StorageError) + Send>,
+    answer: Box<dyn FnOnce(Fate) + Send>,
 }
 
 enum Command {
@@ -199,30 +204,26 @@ impl Writer {
                 status
             })
         });
-        // Exactly one of `finish` and `refuse` runs; both may answer.
-        let shared = Arc::new(std::sync::Mutex::new(Some(tx)));
-        let for_refuse = shared.clone();
         let job = Job {
             run,
-            finish: Box::new(move |commit| {
-                let outcome = result
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take()
-                    .unwrap_or_else(|| {
-                        Err(StorageError::Internal(anyhow::anyhow!(
-                            "a write job left no result"
-                        )))
-                    });
-                let outcome = settle(outcome, commit.as_ref().map(|_| ()).map_err(String::as_str));
-                if let Some(tx) = shared.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    let _ = tx.send(outcome);
-                }
-            }),
-            refuse: Box::new(move |error| {
-                if let Some(tx) = for_refuse.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    let _ = tx.send(Err(error));
-                }
+            answer: Box::new(move |fate| {
+                let outcome = match fate {
+                    Fate::NotRun(error) => Err(error),
+                    Fate::Ran(commit) => {
+                        let outcome = result
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .take()
+                            .unwrap_or_else(|| {
+                                Err(StorageError::Internal(anyhow::anyhow!(
+                                    "a write job left no result"
+                                )))
+                            });
+                        settle(outcome, commit.as_ref().map(|_| ()).map_err(String::as_str))
+                    }
+                };
+                // The caller may have gone (client disconnected); the write stands regardless.
+                let _ = tx.send(outcome);
             }),
         };
         self.sender
@@ -279,7 +280,9 @@ async fn run(
     // Anything that raced the close is refused, not lost silently.
     while let Ok(command) = receiver.try_recv() {
         if let Command::Write(job) = command {
-            (job.refuse)(StorageError::Unavailable("the server is shutting down"));
+            (job.answer)(Fate::NotRun(StorageError::Unavailable(
+                "the server is shutting down",
+            )));
         }
     }
     if let Some(done) = closing {
@@ -301,7 +304,9 @@ async fn run_batch(
         Err(error) => {
             let why = error.to_string();
             for job in batch {
-                (job.refuse)(StorageError::Unavailable("the database cannot be reached"));
+                (job.answer)(Fate::NotRun(StorageError::Unavailable(
+                    "the database cannot be reached",
+                )));
             }
             tracing::warn!(error = why, "a write batch found no database connection");
             return ids;
@@ -332,9 +337,9 @@ async fn run_batch(
             let _ = client.batch_execute("ROLLBACK").await;
             tracing::error!(error = why, "a write batch could not start");
             for job in batch {
-                (job.refuse)(StorageError::Unavailable(
+                (job.answer)(Fate::NotRun(StorageError::Unavailable(
                     "the database is not taking writes right now",
-                ));
+                )));
             }
             return ids;
         }
@@ -355,12 +360,12 @@ async fn run_batch(
         wrote: false,
     };
     let mut poisoned = false;
-    let mut finishers = Vec::with_capacity(batch.len());
+    let mut ran = Vec::with_capacity(batch.len());
     for job in batch {
         if poisoned {
-            (job.refuse)(StorageError::Internal(anyhow::anyhow!(
+            (job.answer)(Fate::NotRun(StorageError::Internal(anyhow::anyhow!(
                 "the write batch was rolled back after another write in it failed"
-            )));
+            ))));
             continue;
         }
         // A panicking write must not take the writer down with it: it poisons its batch only.
@@ -373,7 +378,7 @@ async fn run_batch(
             JobStatus::Poisoned
         });
         poisoned = status == JobStatus::Poisoned;
-        finishers.push(job.finish);
+        ran.push(job.answer);
     }
     let committing = std::time::Instant::now();
     let outcome = if poisoned {
@@ -385,8 +390,7 @@ async fn run_batch(
     };
     metrics::histogram!(crate::telemetry::metrics::WRITER_COMMIT)
         .record(committing.elapsed().as_secs_f64());
-    metrics::histogram!(crate::telemetry::metrics::WRITER_BATCH_SIZE)
-        .record(finishers.len() as f64);
+    metrics::histogram!(crate::telemetry::metrics::WRITER_BATCH_SIZE).record(ran.len() as f64);
     if outcome.is_err() || !ctx.wrote {
         let _ = ctx.client.batch_execute("ROLLBACK").await;
     }
@@ -414,8 +418,8 @@ async fn run_batch(
             hook(&events);
         }
     }
-    for finish in finishers {
-        finish(outcome.clone());
+    for answer in ran {
+        answer(Fate::Ran(outcome.clone()));
     }
     ids
 }

@@ -594,10 +594,7 @@ pub fn events_after(
 
 pub fn counts(conn: &Connection) -> StorageResult<crate::storage::Counts> {
     let (sessions, messages, keys): (i64, i64, i64) = conn
-        .prepare_cached(
-            "SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM messages), \
-                    (SELECT count(*) FROM api_keys)",
-        )
+        .prepare_cached(crate::storage::COUNTS_SQL)
         .context("preparing the counts")?
         .query_row([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
         .context("counting")?;
