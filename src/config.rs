@@ -9,6 +9,7 @@ use tower_http::compression::CompressionLevel;
 
 use crate::http::CorsOrigins;
 use crate::http::auth::{AuthMode, Cidr};
+use crate::http::origin::HostPolicy;
 use crate::ratelimit::Policy;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -83,6 +84,9 @@ pub struct ServeArgs {
     /// Silence after which SSE streams get a keep-alive comment [env: SESSIOND_EVENT_KEEPALIVE] [default: 15s]
     #[arg(long, value_name = "DURATION")]
     pub event_keepalive: Option<String>,
+    /// Time a lagged event-stream client gets to read its `lagged` notice before its connection is dropped [env: SESSIOND_EVENT_LAG_GRACE] [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    pub event_lag_grace: Option<String>,
     /// How often WebSocket clients are pinged [env: SESSIOND_WS_PING_INTERVAL] [default: 15s]
     #[arg(long, value_name = "DURATION")]
     pub ws_ping_interval: Option<String>,
@@ -113,6 +117,9 @@ pub struct ServeArgs {
     /// Serve CPU and heap profiles at /v1/admin/profile/{cpu,heap} to local clients (needs a build with --features profiling) [env: SESSIOND_PROFILING] [default: false]
     #[arg(long, value_name = "BOOL")]
     pub profiling: Option<String>,
+    /// Host names answered besides localhost, 127.0.0.1 and [::1] while auth is off (a guard against DNS rebinding): comma-separated names, `.example.com` for a domain and its subdomains, or `*` [env: SESSIOND_ALLOWED_HOSTS] [default: none]
+    #[arg(long, value_name = "HOSTS")]
+    pub allowed_hosts: Option<String>,
     /// `required` (callers need an API key) or `off` [env: SESSIOND_AUTH] [default: off on a loopback address, required otherwise]
     #[arg(long, value_name = "MODE")]
     pub auth: Option<String>,
@@ -219,6 +226,7 @@ pub struct Config {
     pub event_prune_interval: Duration,
     pub event_client_buffer: usize,
     pub event_keepalive: Duration,
+    pub event_lag_grace: Duration,
     pub ws_ping_interval: Duration,
     pub request_timeout: Duration,
     pub max_concurrency: usize,
@@ -228,6 +236,7 @@ pub struct Config {
     pub compression_level: CompressionLevel,
     pub compression_min_size: u16,
     pub cors_origins: CorsOrigins,
+    pub allowed_hosts: HostPolicy,
     pub profiling: bool,
     pub auth: AuthMode,
     pub rate_limit: bool,
@@ -354,6 +363,12 @@ impl Config {
                 "15s",
                 parse_positive_duration,
             )?,
+            event_lag_grace: r.get(
+                "event_lag_grace",
+                &args.event_lag_grace,
+                "1s",
+                parse_positive_duration,
+            )?,
             ws_ping_interval: r.get(
                 "ws_ping_interval",
                 &args.ws_ping_interval,
@@ -405,6 +420,7 @@ impl Config {
                 },
             )?,
             cors_origins: r.get("cors_origins", &args.cors_origins, "localhost", parse_cors)?,
+            allowed_hosts: r.get("allowed_hosts", &args.allowed_hosts, "", HostPolicy::parse)?,
             profiling: r.get("profiling", &args.profiling, "false", parse_profiling)?,
             auth: r.get(
                 "auth",
@@ -503,6 +519,7 @@ const FILE_KEYS: &[&str] = &[
     "event_prune_interval",
     "event_client_buffer",
     "event_keepalive",
+    "event_lag_grace",
     "ws_ping_interval",
     "request_timeout",
     "max_concurrency",
@@ -512,6 +529,7 @@ const FILE_KEYS: &[&str] = &[
     "compression_level",
     "compression_min_size",
     "cors_origins",
+    "allowed_hosts",
     "profiling",
     "auth",
     "rate_limit",
@@ -583,6 +601,12 @@ impl Resolver<'_> {
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Float(f) => f.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
+                // A list setting may be written as a TOML array of strings.
+                toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => items
+                    .iter()
+                    .filter_map(toml::Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
                 other => {
                     return Err(ConfigError {
                         setting: key.to_owned(),

@@ -29,12 +29,18 @@ use tower::ServiceExt;
 #[derive(Clone, Debug, Default)]
 pub struct ConnectionControl {
     kill: Arc<Notify>,
+    finish: Arc<Notify>,
 }
 
 impl ConnectionControl {
     /// Closes the connection now, abandoning whatever it was writing.
     pub fn close(&self) {
         self.kill.notify_one();
+    }
+
+    /// Closes the connection once the response in progress is complete (no keep-alive).
+    pub fn close_after_response(&self) {
+        self.finish.notify_one();
     }
 }
 
@@ -105,6 +111,7 @@ pub async fn serve(
         let slot = ConnectionSlot::take(&live);
         let control = ConnectionControl::default();
         let kill = control.kill.clone();
+        let finish = control.finish.clone();
         let service =
             router
                 .clone()
@@ -122,15 +129,26 @@ pub async fn serve(
             let _alive = alive;
             let _slot = slot;
             tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => log_connection_end(result, peer),
-                // Dropping the connection closes the socket, whatever is pending on it.
-                () = kill.notified() => tracing::debug!(%peer, "connection closed by its handler"),
-                _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
-                    connection.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        result = connection.as_mut() => log_connection_end(result, peer),
-                        () = kill.notified() => {}
+            // Set once the connection is to close after its current response.
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        log_connection_end(result, peer);
+                        break;
+                    }
+                    // Dropping the connection closes the socket, whatever is pending on it.
+                    () = kill.notified() => {
+                        tracing::debug!(%peer, "connection closed by its handler");
+                        break;
+                    }
+                    () = finish.notified(), if !closing => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ = stop.wait_for(|stop| *stop), if !closing => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
                     }
                 }
             }

@@ -32,9 +32,6 @@ use crate::server::ConnectionControl;
 /// Frames waiting between a stream's task and the socket; the real bound is the hub's, in bytes.
 const BODY_FRAMES: usize = 16;
 
-/// How long a lagged client gets to read its `lagged` notice before the connection is dropped.
-const LAG_GRACE: Duration = Duration::from_secs(1);
-
 fn parse_seq(raw: &str, name: &str) -> Result<i64, Invalid> {
     raw.trim()
         .parse::<i64>()
@@ -169,6 +166,7 @@ pub async fn sse(
     let (sender, frames) = mpsc::channel(BODY_FRAMES);
     let (done_tx, done_rx) = oneshot::channel();
     let stream = SseStream {
+        sent: feed.last_seq(),
         feed,
         sender,
         stopping: state.stopping.clone(),
@@ -199,6 +197,8 @@ struct SseStream {
     keepalive: Duration,
     control: Option<ConnectionControl>,
     done: oneshot::Receiver<()>,
+    /// The `seq` of the last frame handed to the body: where a lagged client resumes.
+    sent: i64,
 }
 
 /// Why a stream ended.
@@ -213,14 +213,23 @@ impl SseStream {
         let _counted = super::StreamGuard::new(&state.streams.sse);
         let end = self.pump().await;
         if let End::Lagged = end {
+            // The notice queues behind the frames the client has not read yet: a client that
+            // reads again within the grace gets it, then the end of the body.
+            let deadline = Instant::now() + state.settings.event_lag_grace;
+            let notice = sse_frame(Some(self.sent), "lagged", &lagged_json(self.sent)).0;
+            let _ = tokio::time::timeout_at(deadline, self.sender.send(Bytes::from(notice))).await;
             drop(self.sender);
-            // Give a reading client its notice; drop one that does not even read that.
-            if tokio::time::timeout(LAG_GRACE, &mut self.done)
-                .await
-                .is_err()
-                && let Some(control) = &self.control
-            {
-                control.close();
+            if let Some(control) = &self.control {
+                // Disconnected, as the contract says, whether or not the client reads: no
+                // keep-alive after this response, and a client that does not even read its
+                // notice loses the connection when the grace is over.
+                control.close_after_response();
+                if tokio::time::timeout_at(deadline, &mut self.done)
+                    .await
+                    .is_err()
+                {
+                    control.close();
+                }
             }
         }
     }
@@ -272,16 +281,13 @@ impl SseStream {
                 }
                 Wake::Item(item) => item,
             };
-            let frame = match item {
-                Ok(Item::Event(frame)) => frame.sse.clone(),
-                Ok(Item::Reset { seq, oldest }) => {
-                    Bytes::from(sse_frame(Some(seq), "reset", &reset_json(seq, oldest)).0)
-                }
-                Ok(Item::Lagged { seq }) => {
-                    let notice = sse_frame(Some(seq), "lagged", &lagged_json(seq)).0;
-                    let _ = self.sender.try_send(Bytes::from(notice));
-                    return End::Lagged;
-                }
+            let (frame, seq) = match item {
+                Ok(Item::Event(frame)) => (frame.sse.clone(), frame.seq),
+                Ok(Item::Reset { seq, oldest }) => (
+                    Bytes::from(sse_frame(Some(seq), "reset", &reset_json(seq, oldest)).0),
+                    seq,
+                ),
+                Ok(Item::Lagged { .. }) => return End::Lagged,
                 Ok(Item::Closed) => return End::Finished,
                 Err(error) => {
                     tracing::error!(error = format!("{error:#}"), "an event stream failed");
@@ -294,6 +300,7 @@ impl SseStream {
             if let Err(end) = self.deliver(frame).await {
                 return end;
             }
+            self.sent = seq;
             quiet_until = Instant::now() + self.keepalive;
         }
     }
@@ -441,7 +448,11 @@ impl WsSession {
                 Wake::Item(Ok(Item::Lagged { seq })) => {
                     // Best effort: a client this far behind may not read it.
                     let notice = Message::Text(lagged_json(seq).into());
-                    let _ = tokio::time::timeout(LAG_GRACE, self.socket.send(notice)).await;
+                    let _ = tokio::time::timeout(
+                        self.state.settings.event_lag_grace,
+                        self.socket.send(notice),
+                    )
+                    .await;
                     self.close(CLOSE_LAGGED, "lagged").await;
                     false
                 }
@@ -482,7 +493,8 @@ impl WsSession {
             code,
             reason: reason.into(),
         }));
-        let _ = tokio::time::timeout(LAG_GRACE, self.socket.send(frame)).await;
+        let _ = tokio::time::timeout(self.state.settings.event_lag_grace, self.socket.send(frame))
+            .await;
     }
 
     /// Handles a client message; `false` when the session must end.

@@ -13,12 +13,15 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::SharedState;
+use super::auth::AuthMode;
+use super::origin::origin_allowed;
+use crate::domain::clip;
 use crate::domain::random_token;
 use crate::error::{ApiError, InternalCause};
 use crate::telemetry::metrics as names;
@@ -175,6 +178,67 @@ impl HttpBody for CountingBody {
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Refuses what a web page on another site could make the user's browser send (see
+/// [`super::origin`]): with auth off, a request naming a host that is neither a loopback name
+/// nor in `allowed_hosts` (DNS rebinding); in every auth mode, a WebSocket upgrade or a write
+/// whose `Origin` is foreign. `/health` answers any host.
+pub async fn browser_guard(
+    State(state): State<SharedState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let settings = &state.settings;
+    // An absolute-form target names the host the request is for; otherwise `Host` does.
+    let host = match request.uri().authority() {
+        Some(authority) => Some(Ok(authority.as_str())),
+        None => request.headers().get(header::HOST).map(HeaderValue::to_str),
+    };
+    if settings.auth == AuthMode::Off && request.uri().path() != "/health" {
+        match host {
+            // No `Host` at all: an HTTP/1.0 program; browsers always send one.
+            None => {}
+            Some(Ok(name)) if settings.allowed_hosts.allows(name) => {}
+            Some(named) => {
+                return ApiError::Forbidden(format!(
+                    "this server runs without authentication and answers only localhost names \
+                     (and allowed_hosts); this request named host `{}`. Add the name to \
+                     allowed_hosts to serve it, or turn auth on",
+                    clip(named.unwrap_or("<not text>"))
+                ))
+                .into_response();
+            }
+        }
+    }
+    let method = request.method();
+    let upgrade = request
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let writes = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if (upgrade || writes)
+        && !origin_allowed(
+            &settings.cors,
+            &settings.allowed_hosts,
+            request.headers().get(header::ORIGIN),
+            host.and_then(Result::ok),
+        )
+    {
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("<not text>");
+        return ApiError::Forbidden(format!(
+            "{} from a web page at origin `{}` is not allowed: the origin is not among \
+             cors_origins",
+            if upgrade { "a WebSocket" } else { "a change" },
+            clip(origin)
+        ))
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Turns the errors of the load-shedding and timeout layers into problem responses.

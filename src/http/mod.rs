@@ -9,6 +9,7 @@ mod messages;
 pub mod middleware;
 pub mod openapi;
 mod ops;
+pub mod origin;
 mod profiling;
 pub mod response;
 mod search;
@@ -54,6 +55,8 @@ pub struct HttpSettings {
     pub search_window: u32,
     /// Silence after which an SSE stream gets a `: keep-alive` comment.
     pub event_keepalive: Duration,
+    /// How long a lagged stream client gets to read its `lagged` notice.
+    pub event_lag_grace: Duration,
     /// How often WebSocket clients are pinged (and how long they have to answer).
     pub ws_ping_interval: Duration,
     /// A request that has not produced its response head after this long gets 503 `timeout`.
@@ -71,6 +74,8 @@ pub struct HttpSettings {
     pub auth: AuthMode,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<Cidr>,
+    /// Host names answered besides the loopback ones while auth is off.
+    pub allowed_hosts: origin::HostPolicy,
 }
 
 /// Which browser origins may call the API.
@@ -209,6 +214,10 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .layer(axum::middleware::from_fn(middleware::count_uncompressed))
         .layer(compression(&settings))
         .layer(axum::middleware::from_fn(middleware::encoding_validators))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::browser_guard,
+        ))
         .layer(cors(&settings.cors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -242,7 +251,9 @@ fn cors(origins: &CorsOrigins) -> CorsLayer {
     let allow_origin = match origins {
         CorsOrigins::Any => AllowOrigin::any(),
         CorsOrigins::List(list) => AllowOrigin::list(list.clone()),
-        CorsOrigins::Localhost => AllowOrigin::predicate(|origin, _| is_localhost_origin(origin)),
+        CorsOrigins::Localhost => {
+            AllowOrigin::predicate(|origin, _| origin::is_localhost_origin(origin))
+        }
     };
     CorsLayer::new()
         .allow_origin(allow_origin)
@@ -271,63 +282,10 @@ fn cors(origins: &CorsOrigins) -> CorsLayer {
         .max_age(Duration::from_secs(600))
 }
 
-/// `http(s)://localhost`, `127.0.0.1` or `[::1]`, with any port.
-fn is_localhost_origin(origin: &HeaderValue) -> bool {
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    let Some(rest) = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-    else {
-        return false;
-    };
-    let host = if rest.starts_with('[') {
-        rest.split_inclusive(']').next().unwrap_or("")
-    } else {
-        rest.split(':').next().unwrap_or("")
-    };
-    let port_ok = rest[host.len()..]
-        .strip_prefix(':')
-        .is_none_or(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
-    matches!(host, "localhost" | "127.0.0.1" | "[::1]") && port_ok
-}
-
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such resource".to_owned())
 }
 
 async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::MethodNotAllowed(method.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn localhost_origins() {
-        for ok in [
-            "http://localhost",
-            "http://localhost:3000",
-            "https://127.0.0.1:8443",
-            "http://[::1]:5173",
-        ] {
-            assert!(is_localhost_origin(&HeaderValue::from_static(ok)), "{ok}");
-        }
-        for bad in [
-            "http://localhost.evil.com",
-            "http://evil.com",
-            "http://127.0.0.1.evil.com:80",
-            "ftp://localhost",
-            "http://localhost:",
-            "http://localhost:80x",
-            "null",
-        ] {
-            assert!(
-                !is_localhost_origin(&HeaderValue::from_static(bad)),
-                "{bad}"
-            );
-        }
-    }
 }

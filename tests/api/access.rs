@@ -10,7 +10,7 @@ use sessiond::ratelimit::Policy;
 use crate::helpers::{Process, TestApp, assert_problem};
 
 /// A server with auth required, and an admin key made with the `keys` command.
-async fn secured(
+pub(crate) async fn secured(
     configure: impl FnOnce(&mut sessiond::config::Config),
 ) -> (TestApp, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

@@ -137,7 +137,7 @@ async fn bodies_over_the_limit_are_413() {
     // Also when the length is not announced up front (chunked).
     let body = big.to_string();
     let mut request = String::from(
-        "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        "POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
     );
     for chunk in body.as_bytes().chunks(100) {

@@ -301,6 +301,77 @@ async fn a_position_outside_the_retained_log_gets_a_reset() {
     assert_eq!(ahead.expect().await.event, "reset");
 }
 
+/// `sessiond_event_clients_lagged_total` from `/metrics`.
+async fn lagged_clients(app: &TestApp) -> u64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("sessiond_event_clients_lagged_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+/// Opens `/v1/events` on a raw socket and reads until the stream has started (so the client is
+/// subscribed), then leaves the socket unread.
+async fn raw_stream(app: &TestApp) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !String::from_utf8_lossy(&head).contains(": connected") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .expect("the stream starts")
+            .unwrap();
+        assert!(n > 0, "the stream started");
+        head.extend_from_slice(&buffer[..n]);
+    }
+    stream
+}
+
+/// Appends big messages until the server reports a lagged client; the number written. However
+/// much the kernel buffers, a client that reads nothing falls behind at some point: the bound
+/// only keeps a broken server from looping forever.
+async fn write_until_a_client_lags(app: &TestApp, session: &str) -> usize {
+    let big = "x".repeat(8 * 1024);
+    let mut written = 0;
+    while lagged_clients(app).await == 0 {
+        assert!(written < 20_000, "no client lagged after {written} events");
+        for _ in 0..50 {
+            app.append(session, "user", &big).await;
+        }
+        written += 50;
+    }
+    written
+}
+
+/// Reads a raw socket to its end (EOF or reset); `None` if the server kept it open.
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut received = Vec::new();
+    let mut sink = vec![0u8; 64 * 1024];
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&sink[..n]),
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| received)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_dropped_and_others_get_everything() {
     let app = TestApp::spawn_configured(|config| {
@@ -308,53 +379,79 @@ async fn a_client_that_stops_reading_is_dropped_and_others_get_everything() {
     })
     .await;
     let id = sid(&app.create_session("/slow", "s").await);
-
-    // A client with a tiny receive window that never reads after the headers.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut slow = socket.connect(app.addr).await.unwrap();
-    slow.write_all(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut slow = raw_stream(&app).await;
     let mut fast = Sse::open(&app, "/v1/events", None).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
-    let big = "x".repeat(8 * 1024);
-    let total = 800; // ~6.6 MB of events: more than any socket buffers hold.
+    // The fast client reads all along, up to the marker that ends the run.
     let reader = tokio::spawn(async move {
         let mut got = Vec::new();
-        while got.len() < total {
-            match fast.next(Duration::from_secs(20)).await {
-                Some(event) => got.push(event.id.unwrap()),
-                None => break,
+        while let Some(event) = fast.next(Duration::from_secs(30)).await {
+            got.push(event.id.unwrap());
+            if event.data["data"]["parts"][0]["text"] == "the end" {
+                break;
             }
         }
         got
     });
-    for _ in 0..total {
-        app.append(&id, "user", &big).await;
-    }
+    let written = write_until_a_client_lags(&app, &id).await;
+    app.append(&id, "user", "the end").await;
     let got = reader.await.unwrap();
-    assert_eq!(got.len(), total, "the fast client received every event");
+    assert_eq!(
+        got.len(),
+        written + 1,
+        "the fast client received every event"
+    );
     assert!(got.windows(2).all(|w| w[1] == w[0] + 1));
 
-    // The slow one was cut off: draining its socket ends (EOF or reset) instead of hanging.
-    let mut sink = vec![0u8; 64 * 1024];
-    let mut received = Vec::new();
-    let drained = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match slow.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => received.extend_from_slice(&sink[..n]),
-            }
-        }
+    // The slow one was cut off although it never read: its socket ends instead of hanging.
+    let received = read_to_close(&mut slow)
+        .await
+        .expect("the server closed the lagging connection");
+    let frames = String::from_utf8_lossy(&received)
+        .matches("event: message.created")
+        .count();
+    assert!(frames < written, "it did not receive everything");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagged_client_that_reads_gets_the_notice_and_is_disconnected() {
+    let app = TestApp::spawn_configured(|config| {
+        config.event_client_buffer = 64 * 1024;
+        // Longer than the test needs to start reading: the notice is never cut short here.
+        config.event_lag_grace = Duration::from_secs(120);
     })
     .await;
-    assert!(drained.is_ok(), "the server closed the lagging connection");
+    let id = sid(&app.create_session("/slow", "s").await);
+    let mut slow = raw_stream(&app).await;
+    write_until_a_client_lags(&app, &id).await;
+
+    // Reading again, the client gets what was queued, then the notice, then the end: the server
+    // closes the connection (no keep-alive), whatever the client does.
+    let received = read_to_close(&mut slow)
+        .await
+        .expect("the server closed the connection after the notice");
+    let text = String::from_utf8_lossy(&received);
+    let notice = text.rfind("event: lagged").expect("the lagged notice");
+    let after = &text[notice..];
+    let data = after
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("the notice's data");
+    let data: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(data["type"], "lagged");
+    let resume = data["seq"].as_i64().unwrap();
     assert!(
-        received.len() < total * big.len(),
-        "it did not receive everything"
+        !after.contains("event: message.created"),
+        "the notice is last"
     );
+    // `seq` is the last event the client was sent: resuming from it misses nothing.
+    let last_sent = text[..notice]
+        .split("\n\n")
+        .filter(|frame| frame.contains("event: message.created"))
+        .filter_map(|frame| frame.lines().find_map(|l| l.strip_prefix("id: ")))
+        .filter_map(|v| v.trim().parse::<i64>().ok())
+        .last()
+        .expect("events came before the notice");
+    assert_eq!(resume, last_sent);
 }
 
 #[tokio::test]
@@ -496,7 +593,7 @@ async fn websocket_pings_and_closes_unresponsive_clients() {
     let mut silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     silent
         .write_all(
-            b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+            b"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
               Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
         )
         .await

@@ -4,6 +4,7 @@ mod helpers;
 
 mod access;
 mod bench;
+mod browser;
 mod errors;
 mod events;
 mod messages;
