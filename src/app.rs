@@ -103,6 +103,7 @@ impl Application {
                 auth: config.auth,
                 trusted_proxies: config.trusted_proxies.clone(),
                 allowed_hosts: config.allowed_hosts.clone(),
+                access_log_sample: config.access_log_sample,
             },
             started: Instant::now(),
             hub,

@@ -393,13 +393,15 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match app.run_until(shutdown_signal()).await {
+    let code = match app.run_until(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("sessiond: {error:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry::log_writer::flush(std::time::Duration::from_secs(2));
+    code
 }
 
 async fn seed_command(args: SeedArgs) -> ExitCode {

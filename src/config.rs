@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// `pretty` or `json` [env: SESSIOND_LOG_FORMAT] [default: pretty]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Share of requests that get an access-log line, 0 < share <= 1 (server errors are always logged) [env: SESSIOND_ACCESS_LOG_SAMPLE] [default: 1]
+    #[arg(long, value_name = "SHARE")]
+    pub access_log_sample: Option<String>,
     /// Read-only database connections [env: SESSIOND_READ_CONNECTIONS] [default: 2 × CPUs, at least 8]
     #[arg(long, value_name = "N")]
     pub read_connections: Option<String>,
@@ -212,6 +215,7 @@ pub struct Config {
     pub redis: Option<String>,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub access_log_sample: f64,
     pub read_connections: usize,
     pub writer_queue: usize,
     pub write_batch: usize,
@@ -294,6 +298,15 @@ impl Config {
             })?,
             log_level: r.get("log_level", &args.log_level, "info", parse_log_level)?,
             log_format: r.get("log_format", &args.log_format, "pretty", parse_log_format)?,
+            access_log_sample: r.get(
+                "access_log_sample",
+                &args.access_log_sample,
+                "1",
+                |v| match v.parse::<f64>() {
+                    Ok(share) if share > 0.0 && share <= 1.0 => Ok(share),
+                    _ => Err("expected a share above 0 and at most 1, such as 0.1".to_owned()),
+                },
+            )?,
             read_connections: r.get(
                 "read_connections",
                 &args.read_connections,
@@ -505,6 +518,7 @@ const FILE_KEYS: &[&str] = &[
     "redis",
     "log_level",
     "log_format",
+    "access_log_sample",
     "read_connections",
     "writer_queue",
     "write_batch",

@@ -93,7 +93,12 @@ pub async fn request_context(
         );
     }
     let bytes = response.body().size_hint().exact();
-    tracing::info!(
+    let sampled = {
+        let share = state.settings.access_log_sample;
+        share >= 1.0 || status >= 500 || fastrand::f64() < share
+    };
+    if sampled {
+        tracing::info!(
         target: "sessiond::access",
         request_id,
         method = %method,
@@ -102,7 +107,8 @@ pub async fn request_context(
         latency_us = latency.as_micros() as u64,
         bytes,
         "request"
-    );
+        );
+    }
     count_body(response, names::HTTP_SENT_BYTES)
 }
 

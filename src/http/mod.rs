@@ -74,6 +74,8 @@ pub struct HttpSettings {
     pub auth: AuthMode,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<Cidr>,
+    /// Share of requests that get an access-log line (server errors always do).
+    pub access_log_sample: f64,
     /// Host names answered besides the loopback ones while auth is off.
     pub allowed_hosts: origin::HostPolicy,
 }

@@ -238,6 +238,12 @@ pub async fn metrics(State(state): State<SharedState>) -> Response {
         &[(responses, cache.bytes as f64)],
     );
     metric(
+        "sessiond_log_lines_dropped_total",
+        "counter",
+        "Log lines dropped because the log writer's queue was full (a request never waits for the log).",
+        &[("", crate::telemetry::log_writer::dropped() as f64)],
+    );
+    metric(
         "sessiond_event_clients",
         "gauge",
         "Connected event-stream clients.",

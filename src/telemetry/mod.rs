@@ -1,7 +1,9 @@
 //! Telemetry: logging set-up (structured `tracing` output to stderr, human-readable or JSON
-//! lines), Prometheus metrics, process figures and the live status-page samples.
+//! lines, written off the request path by [`log_writer`]), Prometheus metrics, process figures
+//! and the live status-page samples.
 
 pub mod live;
+pub mod log_writer;
 pub mod metrics;
 pub mod process;
 
@@ -11,9 +13,24 @@ use crate::config::LogFormat;
 pub fn init(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let writer = match log_writer::NonBlocking::stderr() {
+        Ok(writer) => writer,
+        Err(error) => {
+            // No thread for the writer: log straight to stderr rather than not at all.
+            eprintln!("sessiond: cannot start the log writer ({error}); logging synchronously");
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr);
+            let _ = match format {
+                LogFormat::Pretty => builder.try_init(),
+                LogFormat::Json => builder.json().flatten_event(true).try_init(),
+            };
+            return;
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
