@@ -14,8 +14,9 @@ cd "$(dirname "$0")/../.."
 SCHEMATHESIS_VERSION=4.32.5
 EXAMPLES=${CONFORMANCE_EXAMPLES:-60}
 SEED=${CONFORMANCE_SEED:-1}
-VENV=${CONFORMANCE_VENV:-target/conformance-venv}
-OUT=target/conformance
+VENV=${CONFORMANCE_VENV:-$PWD/target/conformance-venv}
+ROOT=$PWD
+OUT=$ROOT/target/conformance
 mkdir -p "$OUT"
 
 if [ "$("$VENV/bin/st" --version 2>/dev/null || true)" != "st, version $SCHEMATHESIS_VERSION" ]; then
@@ -25,7 +26,7 @@ fi
 
 if [ -z "${SESSIOND_BIN:-}" ]; then
   cargo build --locked --quiet --bin sessiond
-  SESSIOND_BIN=target/debug/sessiond
+  SESSIOND_BIN=$PWD/target/debug/sessiond
 fi
 
 pids=()
@@ -73,7 +74,9 @@ run() {
   shift 2
   echo "conformance ($name): $base/openapi.json"
   local status=0
-  SCHEMATHESIS_HOOKS=hooks PYTHONPATH=tests/conformance "$VENV/bin/st" run "$base/openapi.json" \
+  # From inside $OUT, where schemathesis keeps its cache (.schemathesis/).
+  (cd "$OUT" && SCHEMATHESIS_HOOKS=hooks PYTHONPATH="$ROOT/tests/conformance" \
+    "$VENV/bin/st" run "$base/openapi.json" \
     --checks all \
     --max-examples "$EXAMPLES" \
     --seed "$SEED" \
@@ -84,7 +87,7 @@ run() {
     --exclude-path-regex '^/v1/(events|ws|stats)$' \
     --no-color \
     --report junit --report-junit-path "$OUT/$name.junit.xml" \
-    "$@" >"$OUT/$name.txt" 2>&1 || status=$?
+    "$@") >"$OUT/$name.txt" 2>&1 || status=$?
   sed -n '/^=* SUMMARY =*$/,$p' "$OUT/$name.txt"
   if [ "$status" -ne 0 ]; then
     cat "$OUT/$name.txt"
