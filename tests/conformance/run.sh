@@ -5,14 +5,14 @@
 # accepted). Runs twice, on the loopback default (auth off) and with `--auth required` and an
 # admin key, each server on a random port with a fresh data dir. Exits non-zero on any finding.
 #
-# Environment: CONFORMANCE_EXAMPLES (cases per operation and phase, default 60),
+# Environment: CONFORMANCE_EXAMPLES (cases per operation and phase, default 100),
 # CONFORMANCE_SEED (default 1: the same cases every run, so a finding is never a fluke),
 # CONFORMANCE_VENV (default target/conformance-venv), SESSIOND_BIN (default: cargo build).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 SCHEMATHESIS_VERSION=4.32.5
-EXAMPLES=${CONFORMANCE_EXAMPLES:-60}
+EXAMPLES=${CONFORMANCE_EXAMPLES:-100}
 SEED=${CONFORMANCE_SEED:-1}
 VENV=${CONFORMANCE_VENV:-$PWD/target/conformance-venv}
 ROOT=$PWD
