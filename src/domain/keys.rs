@@ -179,15 +179,41 @@ pub struct NewKey {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
-    /// A label for people (up to 200 characters; default "unnamed").
+    /// A label for people (default "unnamed").
     #[serde(default, deserialize_with = "super::non_null")]
+    #[schema(value_type = String, max_length = 200)]
     pub name: Option<String>,
     /// One or more of `read`, `write`, `admin` (the highest counts: scopes are cumulative).
-    #[schema(value_type = Vec<Scope>)]
+    #[schema(min_items = 1)]
     pub scopes: Vec<Scope>,
-    /// Lifetime in seconds from now (default: no expiry).
-    #[serde(default, deserialize_with = "super::non_null")]
+    /// Lifetime in seconds from now; `null` or absent: no expiry (as `expires_at: null` says).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 3155760000_u64)]
     pub expires_in: Option<u64>,
+}
+
+/// The longest lifetime a key can be given: 100 years, in seconds.
+pub const MAX_EXPIRES_IN: u64 = 3_155_760_000;
+
+/// A whole number, also written as `5.0` (JSON Schema's `integer` includes it), or `null`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    number
+        .as_u64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f))
+                .map(|f| f as u64)
+        })
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!("expected a whole number of seconds, not {number}"))
+        })
 }
 
 impl CreateKey {
@@ -203,6 +229,11 @@ impl CreateKey {
         let expires_at = match self.expires_in {
             None => None,
             Some(0) => return Err(Invalid::new("expires_in must be at least 1 second")),
+            Some(seconds) if seconds > MAX_EXPIRES_IN => {
+                return Err(Invalid::new(format!(
+                    "expires_in is at most {MAX_EXPIRES_IN} seconds (100 years)"
+                )));
+            }
             Some(seconds) => Some(
                 i64::try_from(seconds)
                     .ok()

@@ -54,7 +54,7 @@ pub struct Message {
     pub session_id: SessionId,
     pub role: Role,
     /// Non-empty array of part objects, returned exactly as stored.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<Part>)]
     pub parts: Box<RawValue>,
     #[schema(value_type = Object)]
     pub metadata: Box<RawValue>,
@@ -66,14 +66,39 @@ pub struct Message {
 #[serde(deny_unknown_fields)]
 pub struct CreateMessage {
     pub role: Role,
-    /// Non-empty array of objects, each with a string `type`; `text` parts carry a string `text`.
-    #[schema(value_type = Vec<Object>)]
+    /// Stored and returned verbatim.
+    #[schema(value_type = Vec<Part>, min_items = 1)]
     pub parts: Box<RawValue>,
     /// Any JSON object; default `{}`.
     #[serde(default, deserialize_with = "non_null")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Object)]
     pub metadata: Option<Box<RawValue>>,
 }
+
+/// The documented shape of one message part (parts are validated by [`inspect_parts`], which
+/// this describes): an object with a string `type`; a `text` part carries a string `text`,
+/// which full-text search indexes. Other members and part types are kept verbatim.
+pub struct Part;
+
+/// The `text` rule is stated with `if`/`then` (JSON Schema 2020-12), which utoipa cannot
+/// build; `crate::http::openapi` adds it to this schema by name.
+impl utoipa::PartialSchema for Part {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("type", ObjectBuilder::new().schema_type(Type::String))
+            .required("type")
+            .description(Some(
+                "A part: `type` names its kind (`text`, `tool`, `reasoning`, `file`, …); a \
+                 `text` part carries a string `text`. Every other member is stored and \
+                 returned verbatim.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Part {}
 
 /// A validated message to append.
 #[derive(Clone, Debug)]

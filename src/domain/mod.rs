@@ -11,7 +11,7 @@ mod session;
 pub mod summary;
 
 pub use id::{IdGenerator, MessageId, SessionId, random_token, wall_clock_ms};
-pub use message::{CreateMessage, Message, NewMessage, Role, minify_json, search_text};
+pub use message::{CreateMessage, Message, NewMessage, Part, Role, minify_json, search_text};
 pub use pagination::{Limit, MessageCursor, Order, SearchCursor, SessionCursor};
 pub use search::{MAX_QUERY_CHARS, SearchHit, SearchTerms, Term};
 pub use session::{

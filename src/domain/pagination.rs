@@ -7,6 +7,10 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Deserializer};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::{PartialSchema, ToSchema};
 
 use super::{Invalid, MessageId, SessionId};
 
@@ -44,8 +48,38 @@ impl Default for Limit {
     }
 }
 
+/// From a number (a query parameter's text is parsed first); the message leaves naming the
+/// parameter to the caller.
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(deserializer)?;
+        u32::try_from(n).ok().and_then(Limit::new).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "must be an integer from 1 to {}, not `{n}`",
+                Self::MAX
+            ))
+        })
+    }
+}
+
+impl PartialSchema for Limit {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+            .minimum(Some(1))
+            .maximum(Some(Self::MAX))
+            .default(Some(Self::DEFAULT.0.into()))
+            .description(Some("Page size"))
+            .into()
+    }
+}
+
+impl ToSchema for Limit {}
+
 /// Direction of a message list.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Order {
     #[default]
     Asc,
@@ -53,17 +87,6 @@ pub enum Order {
 }
 
 impl Order {
-    pub fn parse(raw: &str) -> Result<Order, Invalid> {
-        match raw {
-            "asc" => Ok(Order::Asc),
-            "desc" => Ok(Order::Desc),
-            other => Err(Invalid::new(format!(
-                "order must be `asc` or `desc`, not `{}`",
-                super::clip(other)
-            ))),
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Order::Asc => "asc",

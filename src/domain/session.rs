@@ -36,13 +36,14 @@ pub struct Session {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
-    /// 1..=4096 characters.
+    #[schema(min_length = 1, max_length = 4096)]
     pub directory: String,
-    /// At most 1024 characters; default "New session".
+    /// Default "New session".
     #[serde(default, deserialize_with = "non_null")]
+    #[schema(value_type = String, max_length = 1024)]
     pub title: Option<String>,
-    /// An existing session; unknown ids are 404.
-    #[serde(default, deserialize_with = "non_null")]
+    /// An existing session (unknown ids are 404); `null` or absent: no parent.
+    #[serde(default)]
     pub parent_id: Option<String>,
 }
 
@@ -111,11 +112,12 @@ fn validate_title(title: String) -> Result<String, Invalid> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSession {
-    /// At most 1024 characters.
     #[serde(default, deserialize_with = "non_null")]
+    #[schema(value_type = String, max_length = 1024)]
     pub title: Option<String>,
     /// `true` archives (keeping the first archive time), `false` unarchives.
     #[serde(default, deserialize_with = "non_null")]
+    #[schema(value_type = bool)]
     pub archived: Option<bool>,
 }
 
@@ -152,27 +154,17 @@ impl SessionPatch {
     }
 }
 
-/// Which sessions a list shows with respect to archiving.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which sessions a list shows with respect to archiving: `false` hides archived sessions,
+/// `true` shows only them, `all` shows both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ToSchema)]
 pub enum ArchivedFilter {
     #[default]
+    #[serde(rename = "false")]
     Hide,
+    #[serde(rename = "true")]
     Only,
+    #[serde(rename = "all")]
     All,
-}
-
-impl ArchivedFilter {
-    pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        match raw {
-            "false" => Ok(ArchivedFilter::Hide),
-            "true" => Ok(ArchivedFilter::Only),
-            "all" => Ok(ArchivedFilter::All),
-            other => Err(Invalid::new(format!(
-                "archived must be `false`, `true` or `all`, not `{}`",
-                super::clip(other)
-            ))),
-        }
-    }
 }
 
 /// Lower-cases a title or title query the same way for storage and lookup, so the substring

@@ -117,7 +117,7 @@ impl KeyCache {
 }
 
 /// The scope a request needs, or `None` for public routes.
-fn required_scope(method: &Method, route: Option<&str>) -> Option<Scope> {
+pub(crate) fn required_scope(method: &Method, route: Option<&str>) -> Option<Scope> {
     match route {
         Some("/health" | "/ready" | "/openapi.json" | "/docs" | "/docs/{asset}") => None,
         Some(route) if route.starts_with("/v1/admin/") => Some(Scope::Admin),
@@ -187,7 +187,7 @@ pub async fn authorize(
 }
 
 /// Which budget a request draws on; `None` for requests never limited.
-fn tier(method: &Method, route: Option<&str>) -> Option<Tier> {
+pub(crate) fn tier(method: &Method, route: Option<&str>) -> Option<Tier> {
     match route {
         Some("/health") => None,
         Some("/v1/search" | "/v1/sessions/{id}/summarize") => Some(Tier::Expensive),

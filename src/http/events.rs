@@ -12,8 +12,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::SharedState;
-use super::extract::QueryParams;
+use super::extract::{NonEmpty, NonNegative, Query, Text};
 use crate::domain::{Invalid, clip};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::events::{EventFilter, Feed, Item, sse_frame};
@@ -45,17 +45,29 @@ fn parse_seq(raw: &str, name: &str) -> Result<i64, Invalid> {
         })
 }
 
-fn filter_from(params: &QueryParams) -> Result<EventFilter, Invalid> {
-    let non_empty = |name: &str| -> Result<Option<String>, Invalid> {
-        match params.get(name) {
-            Some("") => Err(Invalid::new(format!("{name} must not be empty"))),
-            other => Ok(other.map(str::to_owned)),
+/// Query of `GET /v1/events` and `GET /v1/ws`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventParams {
+    /// Only events of this session.
+    #[param(inline)]
+    session_id: Option<NonEmpty>,
+    /// Only events of sessions in this directory.
+    #[param(inline)]
+    directory: Option<NonEmpty>,
+    /// Resume after this seq (for SSE, `Last-Event-ID` takes precedence).
+    #[param(inline)]
+    since: Option<NonNegative>,
+}
+
+impl EventParams {
+    fn filter(&self) -> EventFilter {
+        EventFilter {
+            session_id: self.session_id.clone().map(Text::into_inner),
+            directory: self.directory.clone().map(Text::into_inner),
         }
-    };
-    Ok(EventFilter {
-        session_id: non_empty("session_id")?,
-        directory: non_empty("directory")?,
-    })
+    }
 }
 
 fn reset_json(seq: i64, oldest: Option<i64>) -> String {
@@ -129,10 +141,8 @@ impl Drop for ChannelBody {
 #[utoipa::path(
     get, path = "/v1/events", tag = "events",
     params(
-        ("session_id" = Option<String>, Query, description = "Only events of this session"),
-        ("directory" = Option<String>, Query, description = "Only events of sessions in this directory"),
-        ("since" = Option<i64>, Query, description = "Resume after this seq (Last-Event-ID takes precedence)"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq"),
+        EventParams,
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "Resume after this seq"),
     ),
     responses(
         (status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String),
@@ -142,11 +152,10 @@ impl Drop for ChannelBody {
 pub async fn sse(
     State(state): State<SharedState>,
     headers: HeaderMap,
-    RawQuery(query): RawQuery,
+    Query(params): Query<EventParams>,
     control: Option<axum::Extension<ConnectionControl>>,
 ) -> ApiResult<Response> {
-    let params = QueryParams::parse(query.as_deref(), &["session_id", "directory", "since"])?;
-    let filter = filter_from(&params)?;
+    let filter = params.filter();
     let last_event_id = headers
         .get("last-event-id")
         .map(|v| {
@@ -157,10 +166,7 @@ pub async fn sse(
         .transpose()?;
     let since = match last_event_id {
         Some(seq) => Some(seq),
-        None => params
-            .get("since")
-            .map(|s| parse_seq(s, "since"))
-            .transpose()?,
+        None => params.since.map(|s| s.0),
     };
     let feed = Feed::start(state.storage.clone(), &state.hub, filter, since).await?;
     let (sender, frames) = mpsc::channel(BODY_FRAMES);
@@ -330,11 +336,7 @@ enum ClientMessage {
 /// "seq":…}` and is disconnected.
 #[utoipa::path(
     get, path = "/v1/ws", tag = "events",
-    params(
-        ("session_id" = Option<String>, Query, description = "Initial filter: only events of this session"),
-        ("directory" = Option<String>, Query, description = "Initial filter: only events of sessions in this directory"),
-        ("since" = Option<i64>, Query, description = "Initial position: resume after this seq"),
-    ),
+    params(EventParams),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Not a WebSocket handshake, or an invalid parameter", body = Problem, content_type = "application/problem+json"),
@@ -342,15 +344,11 @@ enum ClientMessage {
 )]
 pub async fn ws(
     State(state): State<SharedState>,
-    RawQuery(query): RawQuery,
+    Query(params): Query<EventParams>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let params = QueryParams::parse(query.as_deref(), &["session_id", "directory", "since"])?;
-    let filter = filter_from(&params)?;
-    let since = params
-        .get("since")
-        .map(|s| parse_seq(s, "since"))
-        .transpose()?;
+    let filter = params.filter();
+    let since = params.since.map(|s| s.0);
     let upgrade = upgrade.map_err(|rejection| {
         ApiError::InvalidRequest(format!(
             "this endpoint speaks WebSocket: {}",

@@ -5,19 +5,38 @@ use std::sync::Arc;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::SharedState;
 use super::conditional;
-use super::extract::{JsonBody, MessagePath, QueryParams, SessionPath};
+use super::extract::{JsonBody, MessagePath, NonEmpty, Query, SessionPath};
 use super::response::{PageBody, created, encode};
 use crate::cache::{Entry, Key};
-use crate::domain::{CreateMessage, Invalid, Message, MessageCursor, NewMessage, Order};
+use crate::domain::{CreateMessage, Invalid, Limit, Message, MessageCursor, NewMessage, Order};
 use crate::error::{ApiResult, Problem};
 use crate::storage::MessageListQuery;
+
+/// Query of `GET /v1/sessions/{id}/messages`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// `asc` (default, oldest first) or `desc`; with a cursor, defaults to the cursor's order
+    /// (and must match it).
+    #[param(inline)]
+    order: Option<Order>,
+    #[param(inline)]
+    limit: Option<Limit>,
+    /// `next_cursor` of the previous page.
+    #[param(inline)]
+    cursor: Option<NonEmpty>,
+}
 
 /// Append a message to a session.
 #[utoipa::path(
     post, path = "/v1/sessions/{id}/messages", tag = "messages",
+    operation_id = "create_message",
     params(("id" = String, Path, description = "Session id")),
     request_body = CreateMessage,
     responses(
@@ -42,11 +61,10 @@ pub async fn create(
 /// Page through a session's messages.
 #[utoipa::path(
     get, path = "/v1/sessions/{id}/messages", tag = "messages",
+    operation_id = "list_messages",
     params(
         ("id" = String, Path, description = "Session id"),
-        ("order" = Option<String>, Query, description = "`asc` (default, oldest first) or `desc`; with a cursor, defaults to the cursor's order"),
-        ("limit" = Option<u32>, Query, description = "Page size, 1..=1000, default 50"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ListParams,
     ),
     responses(
         (status = 200, description = "A page of messages", body = PageBody<Message>),
@@ -59,9 +77,9 @@ pub async fn list(
     headers: HeaderMap,
     SessionPath(session): SessionPath,
     RawQuery(query): RawQuery,
+    Query(params): Query<ListParams>,
 ) -> ApiResult<Response> {
-    let params = QueryParams::parse(query.as_deref(), &["order", "limit", "cursor"])?;
-    let list_query = message_list_query(&params)?;
+    let list_query = message_list_query(params)?;
     let raw_query: Arc<str> = Arc::from(query.unwrap_or_default());
     let session_key: Arc<str> = Arc::from(session.as_str());
     let page_key = |version| Key::MessagePage {
@@ -97,12 +115,12 @@ pub async fn list(
     Ok(conditional::fresh(entry.body, &entry.etag))
 }
 
-fn message_list_query(params: &QueryParams) -> Result<MessageListQuery, Invalid> {
+fn message_list_query(params: ListParams) -> Result<MessageListQuery, Invalid> {
     let after = params
-        .get("cursor")
-        .map(MessageCursor::decode)
+        .cursor
+        .map(|c| MessageCursor::decode(&c.0))
         .transpose()?;
-    let order = match (params.get("order").map(Order::parse).transpose()?, &after) {
+    let order = match (params.order, &after) {
         (Some(order), Some(cursor)) if order != cursor.order => {
             return Err(Invalid::new(format!(
                 "this cursor continues an order={} list; it cannot be used with order={}",
@@ -116,7 +134,7 @@ fn message_list_query(params: &QueryParams) -> Result<MessageListQuery, Invalid>
     };
     Ok(MessageListQuery {
         order,
-        limit: params.limit()?,
+        limit: params.limit.unwrap_or_default(),
         after,
     })
 }
@@ -124,6 +142,7 @@ fn message_list_query(params: &QueryParams) -> Result<MessageListQuery, Invalid>
 /// Get one message.
 #[utoipa::path(
     get, path = "/v1/messages/{id}", tag = "messages",
+    operation_id = "get_message",
     params(("id" = String, Path, description = "Message id")),
     responses(
         (status = 200, description = "The message", body = Message),

@@ -154,11 +154,15 @@ pub fn router(state: SharedState) -> Router {
 /// shedding past the concurrency limit and the request timeout.
 pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
     let settings = state.settings.clone();
+    let document = openapi::document(settings.auth, state.limiter.is_some());
     let api = Router::new()
         .route("/", get(ops::status_page))
         .route("/v1/stats", get(ops::stats))
         .route("/ready", get(ops::ready))
-        .route("/openapi.json", get(ops::openapi_json))
+        .route(
+            "/openapi.json",
+            get(move || ops::openapi_json(document.clone())),
+        )
         .route("/docs", get(ops::docs))
         .route("/docs/{asset}", get(ops::docs_asset))
         .route("/v1/sessions", post(sessions::create).get(sessions::list))

@@ -1,7 +1,6 @@
 //! Operations endpoints: liveness, readiness, the OpenAPI document and the offline docs page.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -11,12 +10,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::{PartialSchema, ToSchema};
 
 use super::SharedState;
-use super::openapi::ApiDoc;
 use super::response::json;
 use crate::error::{ApiError, ApiResult};
+use crate::telemetry::live::Sample;
 
 /// How long `/ready` waits for each dependency.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -129,26 +128,16 @@ async fn probe<E: std::fmt::Display>(
     }
 }
 
-fn openapi_document() -> &'static [u8] {
-    static DOCUMENT: OnceLock<Vec<u8>> = OnceLock::new();
-    DOCUMENT.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_json()
-            .map(String::into_bytes)
-            .unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#).into_bytes())
-    })
-}
-
-/// The OpenAPI 3.1 document of this API.
+/// The OpenAPI 3.1 document of this API, as this server is configured.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
-pub async fn openapi_json() -> Response {
+pub async fn openapi_json(document: Bytes) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        openapi_document(),
+        document,
     )
         .into_response()
 }
@@ -377,21 +366,62 @@ pub async fn status_page() -> Response {
     response
 }
 
+/// The `hello` event of `/v1/stats`: the latest sample's fields, and the last five minutes.
+#[derive(Serialize, ToSchema)]
+pub struct StatsHello {
+    #[serde(flatten)]
+    latest: Sample,
+    /// Up to five minutes of samples, oldest first.
+    history: Vec<Sample>,
+}
+
+/// The `data` of a `/v1/stats` event: a [`StatsHello`] (`hello`, first) or a [`Sample`]
+/// (`stats`).
+pub struct StatsEvent;
+
+impl utoipa::PartialSchema for StatsEvent {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::AnyOfBuilder::new()
+            .item(utoipa::openapi::Ref::from_schema_name("StatsHello"))
+            .item(utoipa::openapi::Ref::from_schema_name("Sample"))
+            .description(Some(
+                "`event: hello` carries a StatsHello, every `event: stats` a Sample",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for StatsEvent {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push(("StatsHello".to_owned(), StatsHello::schema()));
+        schemas.push(("Sample".to_owned(), Sample::schema()));
+        StatsHello::schemas(schemas);
+    }
+}
+
 /// The figures of the status page, one `stats` event per second (`hello` first, with the last
 /// five minutes).
 #[utoipa::path(get, path = "/v1/stats", tag = "operations",
-    responses((status = 200, description = "An endless stream of samples", content_type = "text/event-stream", body = crate::telemetry::live::Sample)))]
+    responses((status = 200, description = "An endless stream of events: `hello` first, then one `stats` per second", content_type = "text/event-stream", body = StatsEvent)))]
 pub async fn stats(State(state): State<SharedState>) -> Response {
     let mut samples = state.live.subscribe();
     let mut stopping = state.stopping.clone();
     let history = state.live.history();
     let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
-        let latest = history.last().cloned().unwrap_or_default();
-        let mut hello = serde_json::to_value(&*latest).unwrap_or_default();
-        let plain: Vec<&crate::telemetry::live::Sample> = history.iter().map(|s| &**s).collect();
-        hello["history"] = serde_json::to_value(&plain).unwrap_or_default();
-        let frame = crate::events::sse_frame(None, "hello", &hello.to_string()).0;
+        let hello = StatsHello {
+            latest: history.last().map(|s| (**s).clone()).unwrap_or_default(),
+            history: history.iter().map(|s| (**s).clone()).collect(),
+        };
+        let Ok(hello) = serde_json::to_string(&hello) else {
+            return;
+        };
+        let frame = crate::events::sse_frame(None, "hello", &hello).0;
         if sender.send(Bytes::from(frame)).await.is_err() {
             return;
         }

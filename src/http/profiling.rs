@@ -9,11 +9,11 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::{ConnectInfo, RawQuery};
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 
-use super::extract::QueryParams;
+use super::extract::Query;
 use crate::domain::Invalid;
 use crate::error::{ApiError, ApiResult};
 
@@ -44,17 +44,23 @@ fn download(bytes: Vec<u8>, name: &'static str) -> Response {
     response
 }
 
+/// Query of the CPU profile.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuParams {
+    seconds: Option<u64>,
+}
+
 /// A CPU profile: samples every thread at 99 Hz for `seconds` (1..=60, default 10).
-pub async fn cpu(peer: ConnectInfo<SocketAddr>, RawQuery(query): RawQuery) -> ApiResult<Response> {
+pub async fn cpu(
+    peer: ConnectInfo<SocketAddr>,
+    Query(params): Query<CpuParams>,
+) -> ApiResult<Response> {
     local_only(peer)?;
-    let params = QueryParams::parse(query.as_deref(), &["seconds"])?;
-    let seconds = match params.get("seconds") {
+    let seconds = match params.seconds {
         None => 10,
-        Some(raw) => raw
-            .parse::<u64>()
-            .ok()
-            .filter(|s| (1..=60).contains(s))
-            .ok_or_else(|| Invalid::new("seconds must be a whole number from 1 to 60"))?,
+        Some(seconds) if (1..=60).contains(&seconds) => seconds,
+        Some(_) => Err(Invalid::new("seconds must be a whole number from 1 to 60"))?,
     };
     if CPU_BUSY.swap(true, Ordering::AcqRel) {
         return Err(ApiError::Conflict(

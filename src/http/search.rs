@@ -3,14 +3,37 @@
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::SharedState;
-use super::extract::QueryParams;
+use super::extract::{NonEmpty, Query, SearchText, Text};
 use super::response::{PageBody, encode};
 use super::sessions::cached_list;
-use crate::domain::{Invalid, SearchCursor, SearchHit, SearchTerms, SessionId};
+use crate::domain::{Invalid, Limit, SearchCursor, SearchHit, SearchTerms, SessionId};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::storage::SearchQuery;
+
+/// Query of `GET /v1/search`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SearchParams {
+    /// The query.
+    #[param(inline)]
+    q: SearchText,
+    /// Only messages of this session.
+    #[param(inline)]
+    session_id: Option<NonEmpty>,
+    /// Only messages of sessions in exactly this directory.
+    #[param(inline)]
+    directory: Option<NonEmpty>,
+    #[param(inline)]
+    limit: Option<Limit>,
+    /// `next_cursor` of the previous page.
+    #[param(inline)]
+    cursor: Option<NonEmpty>,
+}
 
 /// Search messages.
 ///
@@ -19,13 +42,7 @@ use crate::storage::SearchQuery;
 /// accent-insensitively.
 #[utoipa::path(
     get, path = "/v1/search", tag = "search",
-    params(
-        ("q" = String, Query, description = "The query, 1..=256 characters"),
-        ("session_id" = Option<String>, Query, description = "Only messages of this session"),
-        ("directory" = Option<String>, Query, description = "Only messages of sessions in exactly this directory"),
-        ("limit" = Option<u32>, Query, description = "Page size, 1..=1000, default 50"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
-    ),
+    params(SearchParams),
     responses(
         (status = 200, description = "A page of hits, best first", body = PageBody<SearchHit>),
         (status = 400, description = "Missing or invalid parameter or cursor", body = Problem, content_type = "application/problem+json"),
@@ -36,12 +53,9 @@ pub async fn search(
     State(state): State<SharedState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
+    Query(params): Query<SearchParams>,
 ) -> ApiResult<Response> {
-    let params = QueryParams::parse(
-        query.as_deref(),
-        &["q", "session_id", "directory", "limit", "cursor"],
-    )?;
-    let search = search_query(&params, state.settings.search_window)?;
+    let search = search_query(params, state.settings.search_window)?;
     cached_list(&state, &headers, "search", query.as_deref(), || async {
         let Some(search) = search else {
             return encode(&PageBody::<SearchHit> {
@@ -68,20 +82,15 @@ pub async fn search(
 }
 
 /// The storage query, or `None` when the filters can match nothing.
-fn search_query(params: &QueryParams, window: u32) -> Result<Option<SearchQuery>, Invalid> {
-    let q = params
-        .get("q")
-        .ok_or_else(|| Invalid::new("q is required: the text to search for"))?;
-    let terms = SearchTerms::parse(q)?;
-    let limit = params.limit()?;
-    let after = params.get("cursor").map(SearchCursor::decode).transpose()?;
-    let directory = match params.get("directory") {
-        Some("") => return Err(Invalid::new("directory must not be empty")),
-        other => other.map(str::to_owned),
-    };
-    let session_id = match params.get("session_id") {
+fn search_query(params: SearchParams, window: u32) -> Result<Option<SearchQuery>, Invalid> {
+    let terms = SearchTerms::parse(&params.q.0)?;
+    let after = params
+        .cursor
+        .map(|c| SearchCursor::decode(&c.0))
+        .transpose()?;
+    let session_id = match params.session_id {
         None => None,
-        Some(raw) => match SessionId::parse(raw) {
+        Some(raw) => match SessionId::parse(&raw.0) {
             Some(id) => Some(id),
             // Not an id: it names no session, so no message can match.
             None => return Ok(None),
@@ -90,8 +99,8 @@ fn search_query(params: &QueryParams, window: u32) -> Result<Option<SearchQuery>
     Ok(Some(SearchQuery {
         terms,
         session_id,
-        directory,
-        limit,
+        directory: params.directory.map(Text::into_inner),
+        limit: params.limit.unwrap_or_default(),
         after,
         window: Some(window),
     }))

@@ -6,34 +6,51 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::SharedState;
 use super::conditional;
-use super::extract::{JsonBody, QueryParams, SessionPath};
+use super::extract::{JsonBody, NonEmpty, NonNegative, Query, SessionPath, Text, TitleQuery};
 use super::response::{PageBody, created, encode, ok};
 use crate::cache::{Entry, Key};
 use crate::domain::{
-    ArchivedFilter, CreateSession, Invalid, MAX_TITLE_CHARS, NewSession, Session, SessionCursor,
-    SessionId, SessionPatch, UpdateSession, fold_title, summary,
+    ArchivedFilter, CreateSession, Invalid, Limit, NewSession, Session, SessionCursor, SessionId,
+    SessionPatch, UpdateSession, fold_title, summary,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::storage::{SessionFilter, SessionListQuery};
 
-const LIST_PARAMS: &[&str] = &[
-    "directory",
-    "roots",
-    "updated_after",
-    "q",
-    "archived",
-    "limit",
-    "cursor",
-];
+/// Query of `GET /v1/sessions`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only sessions of exactly this directory.
+    #[param(inline)]
+    directory: Option<NonEmpty>,
+    /// `true`: only sessions without a parent.
+    roots: Option<bool>,
+    /// Only sessions with `updated_at` at or after this time (ms).
+    #[param(inline)]
+    updated_after: Option<NonNegative>,
+    /// Case-insensitive substring of the title (empty: no filter).
+    #[param(inline)]
+    q: Option<TitleQuery>,
+    /// `false` (default) hides archived sessions, `true` shows only them, `all` shows both.
+    #[param(inline)]
+    archived: Option<ArchivedFilter>,
+    #[param(inline)]
+    limit: Option<Limit>,
+    /// `next_cursor` of the previous page.
+    #[param(inline)]
+    cursor: Option<NonEmpty>,
+}
 
 /// Create a session.
 #[utoipa::path(
     post, path = "/v1/sessions", tag = "sessions",
+    operation_id = "create_session",
     request_body = CreateSession,
     responses(
         (status = 201, description = "The new session", body = Session,
@@ -56,15 +73,8 @@ pub async fn create(
 /// List sessions, most recently updated first.
 #[utoipa::path(
     get, path = "/v1/sessions", tag = "sessions",
-    params(
-        ("directory" = Option<String>, Query, description = "Only sessions of exactly this directory"),
-        ("roots" = Option<bool>, Query, description = "`true`: only sessions without a parent"),
-        ("updated_after" = Option<i64>, Query, description = "Only sessions with `updated_at` at or after this time (ms)"),
-        ("q" = Option<String>, Query, description = "Case-insensitive substring of the title"),
-        ("archived" = Option<String>, Query, description = "`false` (default) hides archived sessions, `true` shows only them, `all` shows both"),
-        ("limit" = Option<u32>, Query, description = "Page size, 1..=1000, default 50"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
-    ),
+    operation_id = "list_sessions",
+    params(ListParams),
     responses(
         (status = 200, description = "A page of sessions, ordered by `updated_at` then `id`, descending", body = PageBody<Session>),
         (status = 400, description = "Invalid parameter or cursor", body = Problem, content_type = "application/problem+json"),
@@ -74,9 +84,9 @@ pub async fn list(
     State(state): State<SharedState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
+    Query(params): Query<ListParams>,
 ) -> ApiResult<Response> {
-    let params = QueryParams::parse(query.as_deref(), LIST_PARAMS)?;
-    let list_query = session_list_query(&params)?;
+    let list_query = session_list_query(params)?;
     let storage = state.storage.clone();
     cached_list(
         &state,
@@ -136,34 +146,22 @@ where
     Ok(conditional::fresh(body, &etag))
 }
 
-fn session_list_query(params: &QueryParams) -> Result<SessionListQuery, Invalid> {
-    let directory = match params.get("directory") {
-        Some("") => return Err(Invalid::new("directory must not be empty")),
-        other => other.map(str::to_owned),
-    };
-    let title_contains = match params.get("q") {
-        None | Some("") => None,
-        Some(q) if q.chars().count() > MAX_TITLE_CHARS => {
-            return Err(Invalid::new(format!(
-                "q is longer than the longest title ({MAX_TITLE_CHARS} characters)"
-            )));
-        }
-        Some(q) => Some(fold_title(q)),
-    };
+fn session_list_query(params: ListParams) -> Result<SessionListQuery, Invalid> {
     Ok(SessionListQuery {
         filter: SessionFilter {
-            directory,
-            roots_only: params.bool("roots")?.unwrap_or(false),
-            updated_after: params.millis("updated_after")?,
-            title_contains,
-            archived: params
-                .get("archived")
-                .map_or(Ok(ArchivedFilter::Hide), ArchivedFilter::parse)?,
+            directory: params.directory.map(Text::into_inner),
+            roots_only: params.roots.unwrap_or(false),
+            updated_after: params.updated_after.map(|ms| ms.0),
+            title_contains: params
+                .q
+                .filter(|q| !q.0.is_empty())
+                .map(|q| fold_title(&q.0)),
+            archived: params.archived.unwrap_or_default(),
         },
-        limit: params.limit()?,
+        limit: params.limit.unwrap_or_default(),
         after: params
-            .get("cursor")
-            .map(SessionCursor::decode)
+            .cursor
+            .map(|c| SessionCursor::decode(&c.0))
             .transpose()?,
     })
 }
@@ -171,6 +169,7 @@ fn session_list_query(params: &QueryParams) -> Result<SessionListQuery, Invalid>
 /// Get one session.
 #[utoipa::path(
     get, path = "/v1/sessions/{id}", tag = "sessions",
+    operation_id = "get_session",
     params(("id" = String, Path, description = "Session id")),
     responses(
         (status = 200, description = "The session", body = Session),
@@ -213,6 +212,7 @@ pub async fn session_entry(state: &SharedState, id: &SessionId) -> ApiResult<Ent
 /// Rename, archive or unarchive a session; always bumps `updated_at`.
 #[utoipa::path(
     patch, path = "/v1/sessions/{id}", tag = "sessions",
+    operation_id = "update_session",
     params(("id" = String, Path, description = "Session id")),
     request_body = UpdateSession,
     responses(
@@ -234,6 +234,7 @@ pub async fn update(
 /// Delete a session and its messages; its children stay, without a parent.
 #[utoipa::path(
     delete, path = "/v1/sessions/{id}", tag = "sessions",
+    operation_id = "delete_session",
     params(("id" = String, Path, description = "Session id")),
     responses(
         (status = 204, description = "Deleted"),
@@ -266,6 +267,7 @@ pub struct Summary {
 /// Summarize a session (CPU-heavy; runs on a bounded worker pool).
 #[utoipa::path(
     post, path = "/v1/sessions/{id}/summarize", tag = "sessions",
+    operation_id = "summarize_session",
     params(("id" = String, Path, description = "Session id")),
     responses(
         (status = 200, description = "The summary", body = Summary),
@@ -310,9 +312,9 @@ mod tests {
     #[test]
     fn list_parameters_are_validated() {
         let parse = |q: &str| {
-            QueryParams::parse(Some(q), LIST_PARAMS)
+            super::super::extract::parse_query::<ListParams>(Some(q))
                 .map_err(|e| e.to_string())
-                .and_then(|p| session_list_query(&p).map_err(|e| e.to_string()))
+                .and_then(|p| session_list_query(p).map_err(|e| e.to_string()))
         };
         assert!(parse("directory=/a&roots=true&archived=all&limit=10&q=Fix").is_ok());
         assert_eq!(
@@ -328,6 +330,7 @@ mod tests {
             "cursor=xyz",
             "directroy=/a",
             "limit=5&limit=6",
+            "q=%FF",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }

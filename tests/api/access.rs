@@ -279,6 +279,10 @@ async fn keys_are_listed_without_secrets_and_revocation_takes_effect_at_once() {
         json!({"scopes": []}),
         json!({"scopes": ["root"]}),
         json!({"scopes": ["read"], "expires_in": 0}),
+        json!({"scopes": ["read"], "expires_in": 3_155_760_001_u64}),
+        json!({"scopes": ["read"], "expires_in": 1.5}),
+        json!({"scopes": ["read"], "expires_in": -1}),
+        json!({"scopes": ["read"], "name": null}),
         json!({"name": "x"}),
     ] {
         assert_problem(
@@ -294,6 +298,23 @@ async fn keys_are_listed_without_secrets_and_revocation_takes_effect_at_once() {
             "invalid_request",
         )
         .await;
+    }
+    // `null` is how a key shows "no expiry"; a whole number may be written `60.0`.
+    for (body, expires) in [
+        (json!({"scopes": ["read"], "expires_in": null}), false),
+        (json!({"scopes": ["read"], "expires_in": 60.0}), true),
+    ] {
+        let response = call(
+            &app,
+            Method::POST,
+            "/v1/admin/keys",
+            Some(&admin),
+            Some(body),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let key: Value = response.json().await.unwrap();
+        assert_eq!(key["expires_at"].is_i64(), expires, "{key}");
     }
 }
 

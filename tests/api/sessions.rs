@@ -87,6 +87,21 @@ async fn title_defaults_and_limits() {
     }
 }
 
+/// `null` is how a session shows "no parent", so a create body may say it too.
+#[tokio::test]
+async fn a_null_parent_means_no_parent() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .post_json(
+            "/v1/sessions",
+            &json!({"directory": "/d", "parent_id": null}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let session: Value = response.json().await.unwrap();
+    assert_eq!(session["parent_id"], Value::Null);
+}
+
 #[tokio::test]
 async fn parent_must_exist() {
     let app = TestApp::spawn().await;
