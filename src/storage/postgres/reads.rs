@@ -18,7 +18,7 @@ use crate::storage::{
 };
 
 pub const SESSION_COLUMNS: &str = "id, directory, title, parent_id, created_at, updated_at, \
-     archived_at, message_count, version";
+     archived_at, message_count, version, metadata";
 
 pub fn session(row: &Row) -> StorageResult<Session> {
     Ok(Session {
@@ -31,6 +31,8 @@ pub fn session(row: &Row) -> StorageResult<Session> {
         archived_at: get(row, 6)?,
         message_count: get(row, 7)?,
         version: get(row, 8)?,
+        metadata: serde_json::value::RawValue::from_string(get(row, 9)?)
+            .context("a stored session holds invalid metadata")?,
     })
 }
 

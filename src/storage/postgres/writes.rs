@@ -51,8 +51,8 @@ async fn load_session(ctx: &WriteCtx, id: &SessionId) -> StorageResult<Session> 
 }
 
 const INSERT_SESSION: &str = "INSERT INTO sessions (id, directory, title, title_fold, parent_id, \
-     created_at, updated_at, archived_at, message_count, version) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+     created_at, updated_at, archived_at, message_count, version, metadata) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
 async fn insert_session(ctx: &WriteCtx, session: &Session) -> StorageResult<()> {
     let statement = ctx
@@ -74,6 +74,7 @@ async fn insert_session(ctx: &WriteCtx, session: &Session) -> StorageResult<()> 
                 &session.archived_at,
                 &session.message_count,
                 &session.version,
+                &session.metadata.get(),
             ],
         )
         .await
@@ -116,6 +117,7 @@ pub async fn create_session(ctx: &mut WriteCtx, new: NewSession) -> StorageResul
         updated_at: now,
         archived_at: None,
         message_count: 0,
+        metadata: new.metadata,
         version: seq,
     };
     insert_session(ctx, &session).await?;
@@ -148,7 +150,7 @@ pub async fn update_session(
         .client
         .prepare_cached(
             "UPDATE sessions SET title = $2, title_fold = $3, updated_at = $4, archived_at = $5, \
-             version = $6 WHERE id = $1",
+             version = $6, metadata = $7 WHERE id = $1",
         )
         .await
         .map_err(db_write("preparing a session update"))?;
@@ -162,6 +164,7 @@ pub async fn update_session(
                 &session.updated_at,
                 &session.archived_at,
                 &session.version,
+                &session.metadata.get(),
             ],
         )
         .await
@@ -355,7 +358,7 @@ pub async fn import(
         }
     }
     for chunk in session_rows.chunks(IMPORT_CHUNK) {
-        let mut columns: [Vec<Option<String>>; 5] = Default::default();
+        let mut columns: [Vec<Option<String>>; 6] = Default::default();
         let mut numbers: [Vec<Option<i64>>; 5] = Default::default();
         for s in chunk {
             columns[0].push(Some(s.id.as_str().to_owned()));
@@ -363,6 +366,7 @@ pub async fn import(
             columns[2].push(Some(s.title.clone()));
             columns[3].push(Some(fold_title(&s.title)));
             columns[4].push(s.parent_id.as_ref().map(|p| p.as_str().to_owned()));
+            columns[5].push(Some(s.metadata.get().to_owned()));
             numbers[0].push(Some(s.created_at));
             numbers[1].push(Some(s.updated_at));
             numbers[2].push(s.archived_at);
@@ -375,10 +379,10 @@ pub async fn import(
             .chain(numbers.iter().map(|c| c as &(dyn ToSql + Sync)))
             .collect();
         tx.execute(
-            "INSERT INTO sessions (id, directory, title, title_fold, parent_id, created_at, \
-             updated_at, archived_at, message_count, version) \
+            "INSERT INTO sessions (id, directory, title, title_fold, parent_id, metadata, \
+             created_at, updated_at, archived_at, message_count, version) \
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])",
+             $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])",
             &params,
         )
         .await

@@ -34,8 +34,8 @@ fn insert_session(ctx: &WriteCtx<'_>, session: &Session) -> anyhow::Result<()> {
     ctx.conn
         .prepare_cached(
             "INSERT INTO sessions (id, directory, title, title_fold, parent_id, created_at, \
-             updated_at, archived_at, message_count, version) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             updated_at, archived_at, message_count, version, metadata) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?
         .execute(params![
             session.id.as_str(),
@@ -48,6 +48,7 @@ fn insert_session(ctx: &WriteCtx<'_>, session: &Session) -> anyhow::Result<()> {
             session.archived_at,
             session.message_count,
             session.version,
+            session.metadata.get(),
         ])
         .context("inserting a session")?;
     Ok(())
@@ -81,6 +82,7 @@ pub fn create_session(ctx: &mut WriteCtx<'_>, new: NewSession) -> StorageResult<
         updated_at: now,
         archived_at: None,
         message_count: 0,
+        metadata: new.metadata,
         version: seq,
     };
     insert_session(ctx, &session)?;
@@ -108,7 +110,7 @@ pub fn update_session(
     ctx.conn
         .prepare_cached(
             "UPDATE sessions SET title = ?2, title_fold = ?3, updated_at = ?4, archived_at = ?5, \
-             version = ?6 WHERE id = ?1",
+             version = ?6, metadata = ?7 WHERE id = ?1",
         )
         .context("preparing a session update")?
         .execute(params![
@@ -118,6 +120,7 @@ pub fn update_session(
             session.updated_at,
             session.archived_at,
             session.version,
+            session.metadata.get(),
         ])
         .context("updating a session")?;
     let data = to_json(&session)?;
