@@ -17,6 +17,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "session_metadata",
         include_str!("../../../migrations/postgres/0002_session_metadata.sql"),
     ),
+    (
+        "import_map",
+        include_str!("../../../migrations/postgres/0003_import_map.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("SSND").

@@ -15,7 +15,7 @@ use crate::domain::{
     fold_title, random_token, wall_clock_ms,
 };
 use crate::events::{Event, EventKind};
-use crate::storage::{ImportSession, StorageError, StorageResult};
+use crate::storage::{ImportMapping, ImportSession, ImportedSession, StorageError, StorageResult};
 
 /// Refuses text PostgreSQL cannot store (before anything is written).
 fn storable(field: &str, value: &str) -> StorageResult<()> {
@@ -322,6 +322,127 @@ pub async fn append_message(
     tokio::try_join!(inserting, ctx.log(&event))?;
     ctx.logged(event);
     Ok(message)
+}
+
+/// One session beside what is stored (see [`crate::storage::Storage::import_session`]), in
+/// the writer's batch so its event reaches every instance.
+pub async fn import_session(
+    ctx: &mut WriteCtx,
+    item: ImportSession,
+    mapping: ImportMapping,
+) -> StorageResult<ImportedSession> {
+    let mut session = item.session;
+    storable("directory", &session.directory)?;
+    storable("title", &session.title)?;
+    let lookup = ctx
+        .client
+        .prepare_cached("SELECT 1 FROM sessions WHERE id = $1")
+        .await
+        .map_err(db_write("preparing a session lookup"))?;
+    if let Some(parent) = &session.parent_id {
+        let found = ctx
+            .client
+            .query_opt(&lookup, &[&parent.as_str()])
+            .await
+            .map_err(db_write("looking up a parent session"))?;
+        if found.is_none() {
+            session.parent_id = None;
+        }
+    }
+    let stored = ctx
+        .client
+        .query_opt(&lookup, &[&session.id.as_str()])
+        .await
+        .map_err(db_write("looking up a session"))?
+        .is_some();
+    if !stored {
+        session.message_count = 0;
+        insert_session(ctx, &session).await?;
+    }
+    let mut ids = Vec::with_capacity(item.messages.len());
+    let mut roles = Vec::with_capacity(item.messages.len());
+    let mut parts = Vec::with_capacity(item.messages.len());
+    let mut metadata = Vec::with_capacity(item.messages.len());
+    let mut texts = Vec::with_capacity(item.messages.len());
+    let mut created = Vec::with_capacity(item.messages.len());
+    for m in &item.messages {
+        ids.push(m.message.id.as_str());
+        roles.push(m.message.role.as_str());
+        parts.push(m.message.parts.get());
+        metadata.push(m.message.metadata.get());
+        texts.push(m.text.replace('\0', " "));
+        created.push(m.message.created_at);
+    }
+    // One statement for all the messages; those already stored are left as they are.
+    let rows = ctx
+        .client
+        .query(
+            "INSERT INTO messages (id, session_id, role, parts, metadata, text, created_at) \
+             SELECT m.id, $1, m.role, m.parts, m.metadata, m.text, m.created_at \
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+             $7::bigint[]) AS m (id, role, parts, metadata, text, created_at) \
+             ON CONFLICT (id) DO NOTHING RETURNING created_at",
+            &[
+                &session.id.as_str(),
+                &ids,
+                &roles,
+                &parts,
+                &metadata,
+                &texts,
+                &created,
+            ],
+        )
+        .await
+        .map_err(db_write("importing messages"))?;
+    let added = rows.len() as i64;
+    let mut newest = session.updated_at;
+    for row in &rows {
+        let at: i64 = row
+            .try_get(0)
+            .map_err(db_write("reading an imported message"))?;
+        newest = newest.max(at);
+    }
+    if !mapping.pairs.is_empty() {
+        let (originals, targets): (Vec<&str>, Vec<&str>) = mapping
+            .pairs
+            .iter()
+            .map(|(o, t)| (o.as_str(), t.as_str()))
+            .unzip();
+        ctx.client
+            .execute(
+                "INSERT INTO import_map (source, original_id, target_id) \
+                 SELECT $1, * FROM unnest($2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+                &[&mapping.source, &originals, &targets],
+            )
+            .await
+            .map_err(db_write("recording import mappings"))?;
+    }
+    if stored && added == 0 {
+        return Ok(ImportedSession::default());
+    }
+    let seq = ctx.reserve_seq();
+    ctx.client
+        .execute(
+            "UPDATE sessions SET message_count = message_count + $2, \
+             updated_at = GREATEST(updated_at, $3), version = $4 WHERE id = $1",
+            &[&session.id.as_str(), &added, &newest, &seq],
+        )
+        .await
+        .map_err(db_write("counting an imported session's messages"))?;
+    let session = load_session(ctx, &session.id).await?;
+    let now = ctx.now();
+    let kind = if stored {
+        EventKind::SessionUpdated
+    } else {
+        EventKind::SessionCreated
+    };
+    let data = to_json(&session)?;
+    ctx.emit(seq, kind, &session.id, &session.directory, now, data)
+        .await?;
+    Ok(ImportedSession {
+        created: !stored,
+        messages: added as u64,
+    })
 }
 
 /// Rows per statement of a bulk import.

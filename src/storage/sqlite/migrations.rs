@@ -35,6 +35,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "session_metadata",
         include_str!("../../../migrations/0006_session_metadata.sql"),
     ),
+    (
+        "import_map",
+        include_str!("../../../migrations/0007_import_map.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.
