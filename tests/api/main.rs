@@ -18,3 +18,4 @@ mod search;
 mod sessions;
 mod status_page;
 mod summarize;
+mod transfer;
