@@ -683,6 +683,16 @@ impl Database {
     }
 }
 
+/// A `data` column's JSON object, or why not.
+fn data_object(data: Option<String>) -> Result<Map<String, Value>, String> {
+    match data.as_deref().map(serde_json::from_str::<Value>) {
+        Some(Ok(Value::Object(map))) => Ok(map),
+        Some(Ok(_)) => Err("data is not a JSON object".to_owned()),
+        Some(Err(e)) => Err(format!("broken JSON in data: {e}")),
+        None => Err("no data".to_owned()),
+    }
+}
+
 /// The text of a JSON column, parsed; text that is not JSON stays a string.
 fn json_column(raw: Option<String>) -> Option<Value> {
     raw.map(|text| serde_json::from_str(&text).unwrap_or(Value::String(text)))
@@ -802,9 +812,8 @@ impl Source for Database {
             let id: String = row.get(0)?;
             let location = format!("message row {id}");
             let created: Option<i64> = row.get(1)?;
-            let data: Option<String> = row.get(2)?;
-            match data.as_deref().map(serde_json::from_str::<Value>) {
-                Some(Ok(Value::Object(info))) => {
+            match data_object(row.get(2)?) {
+                Ok(info) => {
                     let created = created
                         .or_else(|| int(info.get("time").and_then(|t| t.get("created"))))
                         .unwrap_or(session.created);
@@ -815,18 +824,7 @@ impl Source for Database {
                         info,
                     });
                 }
-                Some(Ok(_)) => refused.push(Refusal {
-                    location,
-                    reason: "data is not a JSON object".to_owned(),
-                }),
-                Some(Err(e)) => refused.push(Refusal {
-                    location,
-                    reason: format!("broken JSON in data: {e}"),
-                }),
-                None => refused.push(Refusal {
-                    location,
-                    reason: "no data".to_owned(),
-                }),
+                Err(reason) => refused.push(Refusal { location, reason }),
             }
         }
         Ok(messages)
@@ -846,21 +844,9 @@ impl Source for Database {
         while let Some(row) = rows.next().context("reading parts")? {
             let id: String = row.get(0)?;
             let location = format!("part row {id}");
-            let data: Option<String> = row.get(1)?;
-            match data.as_deref().map(serde_json::from_str::<Value>) {
-                Some(Ok(Value::Object(data))) => parts.push(SourcePart { id, location, data }),
-                Some(Ok(_)) => refused.push(Refusal {
-                    location,
-                    reason: "data is not a JSON object".to_owned(),
-                }),
-                Some(Err(e)) => refused.push(Refusal {
-                    location,
-                    reason: format!("broken JSON in data: {e}"),
-                }),
-                None => refused.push(Refusal {
-                    location,
-                    reason: "no data".to_owned(),
-                }),
+            match data_object(row.get(1)?) {
+                Ok(data) => parts.push(SourcePart { id, location, data }),
+                Err(reason) => refused.push(Refusal { location, reason }),
             }
         }
         Ok(parts)
