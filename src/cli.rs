@@ -1,4 +1,6 @@
-//! The command line: `sessiond serve` and `sessiond seed`.
+//! The command line: `sessiond serve`, `seed`, `bench`, `keys`, `migrate-data`, `export` and
+//! `import`; the commands that move data only parse their arguments here and call
+//! [`crate::transfer`].
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -37,6 +39,89 @@ pub enum Command {
     Keys(KeysArgs),
     /// Copy a whole database (sessions, messages, keys) between backends and verify the counts.
     MigrateData(MigrateArgs),
+    /// Write every session and its messages as JSON Lines (stdout by default).
+    Export(ExportArgs),
+    /// Import sessions: from `sessiond export` output, or from an opencode installation.
+    /// Exit status: 0 when everything was taken, 2 when some records were refused (listed in
+    /// the report), 1 when the import could not run.
+    Import(ImportArgs),
+}
+
+/// Which database a command works on.
+#[derive(Args, Debug)]
+pub struct DatabaseArgs {
+    /// Data dir of the database [env: SESSIOND_DATA_DIR] [default: ./data]
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// `sqlite` (the data dir's database) or a `postgres://` URL
+    #[arg(
+        long,
+        value_name = "URL",
+        global = true,
+        env = "SESSIOND_DATABASE",
+        default_value = "sqlite"
+    )]
+    pub database: String,
+}
+
+impl DatabaseArgs {
+    fn data_dir(&self) -> std::path::PathBuf {
+        self.data_dir
+            .clone()
+            .or_else(|| std::env::var_os("SESSIOND_DATA_DIR").map(Into::into))
+            .unwrap_or_else(|| "./data".into())
+    }
+
+    /// Opens the database; a SQLite data dir a running server holds is refused.
+    async fn open(&self) -> anyhow::Result<Arc<dyn Storage>> {
+        let database =
+            Database::parse(&self.database).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+        let data_dir = self.data_dir();
+        open_database(&data_dir, &database).await.map_err(|error| {
+            if matches!(database, Database::Sqlite) && format!("{error:#}").contains("in use") {
+                anyhow::anyhow!(
+                    "{error:#}: a running server holds it; stop the server first (or use \
+                     PostgreSQL, where imports run beside live servers)"
+                )
+            } else {
+                error
+            }
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Write to this file instead of standard output
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    pub source: ImportSource,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportSource {
+    /// A file written by `sessiond export` (`-` for standard input); ids and times are kept,
+    /// records already there are skipped.
+    Jsonl {
+        /// The JSON Lines file
+        file: std::path::PathBuf,
+    },
+    /// An opencode / IronCode installation: its storage directory (JSON files, releases
+    /// before 1.2) or its opencode.db (1.2 and later). Running it again imports only what is
+    /// new.
+    Opencode {
+        /// The storage directory or the opencode.db file
+        path: std::path::PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -129,6 +214,84 @@ pub fn main() -> ExitCode {
         Command::Seed(args) => with_runtime(seed_command(args)),
         Command::Keys(args) => keys_command(args),
         Command::MigrateData(args) => with_runtime(migrate_command(args)),
+        Command::Export(args) => with_runtime(export_command(args)),
+        Command::Import(args) => with_runtime(import_command(args)),
+    }
+}
+
+async fn export_command(args: ExportArgs) -> ExitCode {
+    telemetry::init("warn", crate::config::LogFormat::Pretty);
+    let run = async {
+        let storage = args.database.open().await?;
+        let result = match &args.output {
+            Some(path) => {
+                let file = std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                crate::transfer::export::export(storage.clone(), file).await
+            }
+            None => {
+                crate::transfer::export::export(storage.clone(), std::io::stdout().lock()).await
+            }
+        };
+        storage.close().await;
+        result
+    };
+    match run.await {
+        Ok(report) => {
+            eprintln!(
+                "exported {} sessions and {} messages in {:.1}s",
+                report.sessions,
+                report.messages,
+                report.elapsed.as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("sessiond export: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn import_command(args: ImportArgs) -> ExitCode {
+    telemetry::init("warn", crate::config::LogFormat::Pretty);
+    let run = async {
+        let storage = args.database.open().await?;
+        let result = match &args.source {
+            ImportSource::Jsonl { file } => {
+                if file.as_os_str() == "-" {
+                    let input = std::io::stdin().lock();
+                    Ok(crate::transfer::jsonl::import(storage.clone(), input).await)
+                } else {
+                    match std::fs::File::open(file) {
+                        Ok(f) => {
+                            let input = std::io::BufReader::with_capacity(1 << 16, f);
+                            Ok(crate::transfer::jsonl::import(storage.clone(), input).await)
+                        }
+                        Err(e) => Err(anyhow::anyhow!("opening {}: {e}", file.display())),
+                    }
+                }
+            }
+            ImportSource::Opencode { path } => {
+                crate::transfer::opencode::import(storage.clone(), path).await
+            }
+        };
+        storage.close().await;
+        result
+    };
+    match run.await {
+        Ok(report) => {
+            println!("{report}");
+            if report.refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }
+        Err(error) => {
+            eprintln!("sessiond import: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -164,10 +327,11 @@ async fn migrate_command(args: MigrateArgs) -> ExitCode {
             .await
             .context("opening --from")?;
         let target = open_database(&to_dir, &to).await.context("opening --to")?;
-        let result = crate::migrate::migrate_data(source.clone(), target.clone(), |done| {
-            eprint!("\rcopied {done} sessions");
-        })
-        .await;
+        let result =
+            crate::transfer::migrate::migrate_data(source.clone(), target.clone(), |done| {
+                eprint!("\rcopied {done} sessions");
+            })
+            .await;
         eprintln!();
         source.close().await;
         target.close().await;

@@ -312,6 +312,7 @@ impl Generator {
                 updated_at,
                 archived_at,
                 message_count: messages.len() as i64,
+                metadata: crate::domain::empty_metadata(),
                 version: 0,
             },
             messages,

@@ -15,8 +15,9 @@ pub use message::{CreateMessage, Message, NewMessage, Part, Role, minify_json, s
 pub use pagination::{Limit, MessageCursor, Order, SearchCursor, SessionCursor};
 pub use search::{MAX_QUERY_CHARS, SearchHit, SearchTerms, Term};
 pub use session::{
-    ArchivedFilter, CreateSession, DEFAULT_TITLE, MAX_DIRECTORY_CHARS, MAX_TITLE_CHARS, NewSession,
-    ParentRef, Session, SessionPatch, UpdateSession, fold_title,
+    ArchivedFilter, CreateSession, DEFAULT_TITLE, MAX_DIRECTORY_CHARS, MAX_SESSION_METADATA_BYTES,
+    MAX_TITLE_CHARS, NewSession, ParentRef, Session, SessionPatch, UpdateSession, empty_metadata,
+    fold_title, validate_metadata,
 };
 
 use serde::{Deserialize, Deserializer};

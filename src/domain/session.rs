@@ -1,16 +1,19 @@
 //! Sessions: the stored shape, the create and patch requests, and their validation.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
-use super::{Invalid, SessionId, non_null};
+use super::{Invalid, SessionId, minify_json, non_null};
 
 pub const MAX_DIRECTORY_CHARS: usize = 4096;
+/// Largest session `metadata`, in bytes of its minified JSON.
+pub const MAX_SESSION_METADATA_BYTES: usize = 64 * 1024;
 pub const MAX_TITLE_CHARS: usize = 1024;
 pub const DEFAULT_TITLE: &str = "New session";
 
 /// A session as stored and returned.
-#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Session {
     #[schema(value_type = String, example = "ses_01kaq3m0d8g7w2e5r1t9y3v6h0")]
     pub id: SessionId,
@@ -26,6 +29,9 @@ pub struct Session {
     pub updated_at: i64,
     pub archived_at: Option<i64>,
     pub message_count: i64,
+    /// Any JSON object (at most 64 KiB), as the client or an import set it.
+    #[schema(value_type = Object)]
+    pub metadata: Box<RawValue>,
     /// The `seq` of the last event that changed the session (0 for bulk-loaded ones): what its
     /// ETag is made of. Not part of the API representation.
     #[serde(skip)]
@@ -45,6 +51,10 @@ pub struct CreateSession {
     /// An existing session (unknown ids are 404); `null` or absent: no parent.
     #[serde(default)]
     pub parent_id: Option<String>,
+    /// Any JSON object, at most 64 KiB; default `{}`.
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Box<RawValue>>,
 }
 
 /// A validated session to create. The parent is only known to be well-formed; storage checks
@@ -54,6 +64,8 @@ pub struct NewSession {
     pub directory: String,
     pub title: String,
     pub parent_id: Option<ParentRef>,
+    /// Minified JSON object.
+    pub metadata: Box<RawValue>,
 }
 
 /// A parent id as the client sent it: either the form of a session id, or something that can
@@ -77,12 +89,39 @@ impl TryFrom<CreateSession> for NewSession {
             Some(id) => ParentRef::Id(id),
             None => ParentRef::Unknown(raw),
         });
+        let metadata = match body.metadata {
+            Some(raw) => validate_metadata(&raw)?,
+            None => empty_metadata(),
+        };
         Ok(NewSession {
             directory,
             title,
             parent_id,
+            metadata,
         })
     }
+}
+
+/// A session's metadata as stored: a JSON object, minified, within
+/// [`MAX_SESSION_METADATA_BYTES`].
+pub fn validate_metadata(raw: &RawValue) -> Result<Box<RawValue>, Invalid> {
+    if !raw.get().starts_with('{') {
+        return Err(Invalid::new("metadata must be a JSON object"));
+    }
+    let metadata = minify_json(raw.get());
+    if metadata.len() > MAX_SESSION_METADATA_BYTES {
+        return Err(Invalid::new(format!(
+            "metadata is {} bytes long (minified); the maximum is {MAX_SESSION_METADATA_BYTES}",
+            metadata.len()
+        )));
+    }
+    RawValue::from_string(metadata).map_err(|e| Invalid::new(format!("metadata: {e}")))
+}
+
+/// `{}`, the metadata of a session nobody gave any.
+pub fn empty_metadata() -> Box<RawValue> {
+    RawValue::from_string("{}".to_owned())
+        .unwrap_or_else(|_| unreachable!("an empty object is JSON"))
 }
 
 fn validate_directory(directory: String) -> Result<String, Invalid> {
@@ -119,6 +158,10 @@ pub struct UpdateSession {
     #[serde(default, deserialize_with = "non_null")]
     #[schema(value_type = bool)]
     pub archived: Option<bool>,
+    /// Replaces the whole metadata object (at most 64 KiB).
+    #[serde(default, deserialize_with = "non_null")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Box<RawValue>>,
 }
 
 /// A validated patch. An empty patch is allowed: it only bumps `updated_at` ("touch").
@@ -126,6 +169,8 @@ pub struct UpdateSession {
 pub struct SessionPatch {
     pub title: Option<String>,
     pub archived: Option<bool>,
+    /// Minified JSON object replacing the metadata.
+    pub metadata: Option<Box<RawValue>>,
 }
 
 impl TryFrom<UpdateSession> for SessionPatch {
@@ -135,6 +180,11 @@ impl TryFrom<UpdateSession> for SessionPatch {
         Ok(SessionPatch {
             title: body.title.map(validate_title).transpose()?,
             archived: body.archived,
+            metadata: body
+                .metadata
+                .as_deref()
+                .map(validate_metadata)
+                .transpose()?,
         })
     }
 }
@@ -142,6 +192,9 @@ impl TryFrom<UpdateSession> for SessionPatch {
 impl SessionPatch {
     /// Applies the patch to `session` as of `now`.
     pub fn apply(&self, session: &mut Session, now: i64) {
+        if let Some(metadata) = &self.metadata {
+            session.metadata.clone_from(metadata);
+        }
         if let Some(title) = &self.title {
             session.title.clone_from(title);
         }

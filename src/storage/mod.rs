@@ -154,6 +154,23 @@ pub struct ImportMessage {
     pub text: String,
 }
 
+/// Records of another system an import made, written with the session they belong to: each
+/// `(source, original id)` names the sessiond id it became.
+#[derive(Clone, Debug, Default)]
+pub struct ImportMapping {
+    pub source: String,
+    pub pairs: Vec<(String, String)>,
+}
+
+/// What [`Storage::import_session`] wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportedSession {
+    /// The session was new (otherwise it was there and only messages were added, if any).
+    pub created: bool,
+    /// Messages written; the others were there already.
+    pub messages: u64,
+}
+
 /// The query of [`Counts`], the same on every backend.
 pub const COUNTS_SQL: &str = "SELECT (SELECT count(*) FROM sessions), \
      (SELECT count(*) FROM messages), (SELECT count(*) FROM api_keys)";
@@ -230,6 +247,34 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Writes complete sessions in bulk (seeding, copying between backends).
     async fn import(&self, sessions: Vec<ImportSession>) -> StorageResult<()>;
+
+    /// Writes one session with its ids and times, in one transaction, beside whatever is
+    /// stored: a session already there is kept (only its missing messages are added, bumping
+    /// `message_count` and `updated_at`), messages already there are skipped, a parent that
+    /// does not exist becomes `null`. One event tells running instances (`session.created`,
+    /// or `session.updated` when messages were added to a stored session); nothing new, no
+    /// event. `mapping` is written in the same transaction.
+    async fn import_session(
+        &self,
+        item: ImportSession,
+        mapping: ImportMapping,
+    ) -> StorageResult<ImportedSession>;
+
+    /// The sessiond ids the `originals` of `source` became, in their order (`None`: not
+    /// imported yet).
+    async fn import_targets(
+        &self,
+        source: &str,
+        originals: Vec<String>,
+    ) -> StorageResult<Vec<Option<String>>>;
+
+    /// Up to `limit` sessions with ids after `after`, in id (creation) order, archived ones
+    /// included: what `sessiond export` walks, so parents come before their children.
+    async fn sessions_by_id(
+        &self,
+        after: Option<SessionId>,
+        limit: u32,
+    ) -> StorageResult<Vec<Session>>;
 
     /// Every key with the hash of its secret (copying between backends).
     async fn export_keys(&self) -> StorageResult<Vec<(ApiKey, String)>>;

@@ -19,3 +19,4 @@ mod search;
 mod sessions;
 mod status_page;
 mod summarize;
+mod transfer;

@@ -43,7 +43,8 @@ async fn create_returns_201_location_and_the_full_session() {
         .keys()
         .map(String::as_str)
         .collect();
-    assert_eq!(keys.len(), 8, "{keys:?}");
+    assert_eq!(keys.len(), 9, "{keys:?}");
+    assert_eq!(session["metadata"], json!({}));
 
     // The Location resolves to the same session.
     assert_eq!(app.get_json(&location).await, session);
@@ -419,4 +420,171 @@ async fn list_parameters_are_validated() {
         app.get("/v1/sessions?limit=1").await.status(),
         StatusCode::OK
     );
+}
+
+#[tokio::test]
+async fn metadata_is_set_on_create_replaced_by_patch_and_returned_everywhere() {
+    let app = TestApp::spawn().await;
+    let mut sse = crate::events::Sse::open(&app, "/v1/events", None).await;
+    let metadata = json!({"origin": {"tool": "ünïcødé ✓", "n": [1, 2.5, null]}, "tags": ["a"]});
+    let response = app
+        .post_json(
+            "/v1/sessions",
+            &json!({"directory": "/meta", "title": "m", "metadata": metadata}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let session: Value = response.json().await.unwrap();
+    assert_eq!(session["metadata"], metadata);
+    let id = session["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/sessions/{id}");
+
+    let first = app.get(&path).await;
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(first.json::<Value>().await.unwrap()["metadata"], metadata);
+    let listed = app.get_json("/v1/sessions?directory=/meta").await;
+    assert_eq!(listed["items"][0]["metadata"], metadata);
+
+    // A title-only patch keeps the metadata; a metadata patch replaces all of it.
+    let renamed: Value = app
+        .patch_json(&path, &json!({"title": "renamed"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(renamed["metadata"], metadata);
+    let replaced = json!({"only": "this"});
+    let patched: Value = app
+        .patch_json(&path, &json!({"metadata": replaced}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(patched["metadata"], replaced);
+    assert_eq!(patched["title"], "renamed");
+    let after = app.get(&path).await;
+    assert_ne!(after.headers()["etag"].to_str().unwrap(), etag);
+    assert_eq!(after.json::<Value>().await.unwrap(), patched);
+    let stale = app
+        .client
+        .get(app.url(&path))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stale.status(),
+        StatusCode::OK,
+        "the old ETag no longer matches"
+    );
+    let emptied: Value = app
+        .patch_json(&path, &json!({"metadata": {}}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(emptied["metadata"], json!({}));
+
+    for (kind, data) in [
+        ("session.created", &session),
+        ("session.updated", &renamed),
+        ("session.updated", &patched),
+        ("session.updated", &emptied),
+    ] {
+        let event = sse
+            .next(std::time::Duration::from_secs(10))
+            .await
+            .expect("an event");
+        assert_eq!(event.event, kind);
+        assert_eq!(&event.data["data"], data, "{kind} carries the metadata");
+    }
+
+    // At most 64 KiB of minified JSON; an object, never null.
+    let at_limit = json!({"k": "x".repeat(64 * 1024 - 8)});
+    assert_eq!(at_limit.to_string().len(), 64 * 1024);
+    let ok = app.patch_json(&path, &json!({"metadata": at_limit})).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let over = json!({"k": "x".repeat(64 * 1024 - 7)});
+    for bad in [
+        json!({"metadata": over}),
+        json!({"metadata": null}),
+        json!({"metadata": [1]}),
+        json!({"metadata": "text"}),
+    ] {
+        assert_problem(
+            app.patch_json(&path, &bad).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
+        let mut create = json!({"directory": "/meta"});
+        create["metadata"] = bad["metadata"].clone();
+        assert_problem(
+            app.post_json("/v1/sessions", &create).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
+    }
+
+    let doc = app.get_json("/openapi.json").await;
+    for schema in ["Session", "CreateSession", "UpdateSession"] {
+        assert!(
+            doc["components"]["schemas"][schema]["properties"]["metadata"].is_object(),
+            "{schema} documents metadata"
+        );
+    }
+}
+
+/// A database made before sessions had metadata is migrated: its sessions read `{}`.
+#[tokio::test]
+async fn existing_databases_are_migrated_to_session_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = "ses_01kaq3m0d8g7w2e5r1t9y3v6h0";
+    let insert = format!(
+        "INSERT INTO sessions (id, directory, title, title_fold, created_at, updated_at) \
+         VALUES ('{id}', '/old', 'Old', 'old', 1763800000000, 1763800000000)"
+    );
+    match crate::helpers::postgres_database_for(dir.path()) {
+        Some(url) => {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            let driver = tokio::spawn(connection);
+            client
+                .batch_execute(include_str!("../../migrations/postgres/0001_schema.sql"))
+                .await
+                .unwrap();
+            client
+                .batch_execute(
+                    "CREATE TABLE sessiond_schema (version BIGINT NOT NULL); \
+                     INSERT INTO sessiond_schema (version) VALUES (1);",
+                )
+                .await
+                .unwrap();
+            client.batch_execute(&insert).await.unwrap();
+            drop(client);
+            driver.await.unwrap().unwrap();
+        }
+        None => {
+            let mut conn = rusqlite::Connection::open(dir.path().join("sessiond.db")).unwrap();
+            sessiond::storage::sqlite::migrations::migrate_to(&mut conn, 5).unwrap();
+            conn.execute_batch(&insert).unwrap();
+        }
+    }
+    let app = TestApp::spawn_in(dir.path(), |_| {}, axum::Router::new()).await;
+    let session = app.get_json(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(session["metadata"], json!({}));
+    assert_eq!(session["title"], "Old");
+    let patched: Value = app
+        .patch_json(
+            &format!("/v1/sessions/{id}"),
+            &json!({"metadata": {"after": "migration"}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(patched["metadata"], json!({"after": "migration"}));
+    app.stop().await;
 }

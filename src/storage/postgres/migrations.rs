@@ -8,10 +8,20 @@
 use anyhow::{Context, bail};
 
 /// The migrations in order; migration `i` brings the schema to version `i + 1`.
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "schema",
-    include_str!("../../../migrations/postgres/0001_schema.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "schema",
+        include_str!("../../../migrations/postgres/0001_schema.sql"),
+    ),
+    (
+        "session_metadata",
+        include_str!("../../../migrations/postgres/0002_session_metadata.sql"),
+    ),
+    (
+        "import_map",
+        include_str!("../../../migrations/postgres/0003_import_map.sql"),
+    ),
+];
 
 /// Key of the advisory lock held while migrating ("SSND").
 const MIGRATION_LOCK: i64 = 0x5353_4e44;

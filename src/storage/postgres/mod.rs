@@ -28,8 +28,8 @@ use self::feed::Feed;
 use self::writer::Writer;
 use super::CommitHook;
 use super::{
-    Counts, EventBounds, ImportSession, MessageListQuery, SearchQuery, SessionListQuery,
-    SessionText, Storage, StorageError, StorageResult,
+    Counts, EventBounds, ImportMapping, ImportSession, ImportedSession, MessageListQuery,
+    SearchQuery, SessionListQuery, SessionText, Storage, StorageError, StorageResult,
 };
 use crate::domain::keys::{ApiKey, NewKey};
 use crate::domain::{
@@ -364,6 +364,32 @@ impl Storage for PgStorage {
 
     async fn import(&self, sessions: Vec<ImportSession>) -> StorageResult<()> {
         writes::import(&mut *self.client().await?, sessions).await
+    }
+
+    async fn import_session(
+        &self,
+        item: ImportSession,
+        mapping: ImportMapping,
+    ) -> StorageResult<ImportedSession> {
+        self.writer
+            .write(|ctx| Box::pin(writes::import_session(ctx, item, mapping)))
+            .await
+    }
+
+    async fn import_targets(
+        &self,
+        source: &str,
+        originals: Vec<String>,
+    ) -> StorageResult<Vec<Option<String>>> {
+        reads::import_targets(&*self.client().await?, source, &originals).await
+    }
+
+    async fn sessions_by_id(
+        &self,
+        after: Option<SessionId>,
+        limit: u32,
+    ) -> StorageResult<Vec<Session>> {
+        reads::sessions_by_id(&*self.client().await?, after.as_ref(), limit).await
     }
 
     async fn export_keys(&self) -> StorageResult<Vec<(ApiKey, String)>> {

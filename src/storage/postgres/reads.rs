@@ -18,7 +18,7 @@ use crate::storage::{
 };
 
 pub const SESSION_COLUMNS: &str = "id, directory, title, parent_id, created_at, updated_at, \
-     archived_at, message_count, version";
+     archived_at, message_count, version, metadata";
 
 pub fn session(row: &Row) -> StorageResult<Session> {
     Ok(Session {
@@ -31,6 +31,8 @@ pub fn session(row: &Row) -> StorageResult<Session> {
         archived_at: get(row, 6)?,
         message_count: get(row, 7)?,
         version: get(row, 8)?,
+        metadata: serde_json::value::RawValue::from_string(get(row, 9)?)
+            .context("a stored session holds invalid metadata")?,
     })
 }
 
@@ -69,6 +71,49 @@ pub async fn get_session(client: &Conn, id: &SessionId) -> StorageResult<Session
         Some(row) => session(&row),
         None => Err(StorageError::session_not_found(id.as_str())),
     }
+}
+
+/// The targets of `originals` in the import map of `source`, in their order.
+pub async fn import_targets(
+    client: &Conn,
+    source: &str,
+    originals: &[String],
+) -> StorageResult<Vec<Option<String>>> {
+    let rows = client
+        .query(
+            "SELECT original_id, target_id FROM import_map \
+             WHERE source = $1 AND original_id = ANY($2)",
+            &[&source, &originals],
+        )
+        .await
+        .map_err(db("reading the import map"))?;
+    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        found.insert(get::<String>(row, 0)?, get::<String>(row, 1)?);
+    }
+    Ok(originals.iter().map(|o| found.remove(o)).collect())
+}
+
+/// Sessions in id order after `after`.
+pub async fn sessions_by_id(
+    client: &Conn,
+    after: Option<&SessionId>,
+    limit: u32,
+) -> StorageResult<Vec<Session>> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id > $1 ORDER BY id LIMIT $2"
+        ))
+        .await
+        .map_err(db("preparing a session walk"))?;
+    let after = after.map_or("", SessionId::as_str);
+    client
+        .query(&statement, &[&after, &i64::from(limit)])
+        .await
+        .map_err(db("walking sessions"))?
+        .iter()
+        .map(session)
+        .collect()
 }
 
 pub async fn get_message(client: &Conn, id: &MessageId) -> StorageResult<Message> {

@@ -15,7 +15,7 @@ use crate::domain::{
     fold_title, random_token, wall_clock_ms,
 };
 use crate::events::{Event, EventKind};
-use crate::storage::{ImportSession, StorageError, StorageResult};
+use crate::storage::{ImportMapping, ImportSession, ImportedSession, StorageError, StorageResult};
 
 /// Refuses text PostgreSQL cannot store (before anything is written).
 fn storable(field: &str, value: &str) -> StorageResult<()> {
@@ -51,8 +51,8 @@ async fn load_session(ctx: &WriteCtx, id: &SessionId) -> StorageResult<Session> 
 }
 
 const INSERT_SESSION: &str = "INSERT INTO sessions (id, directory, title, title_fold, parent_id, \
-     created_at, updated_at, archived_at, message_count, version) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+     created_at, updated_at, archived_at, message_count, version, metadata) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
 async fn insert_session(ctx: &WriteCtx, session: &Session) -> StorageResult<()> {
     let statement = ctx
@@ -74,6 +74,7 @@ async fn insert_session(ctx: &WriteCtx, session: &Session) -> StorageResult<()> 
                 &session.archived_at,
                 &session.message_count,
                 &session.version,
+                &session.metadata.get(),
             ],
         )
         .await
@@ -116,6 +117,7 @@ pub async fn create_session(ctx: &mut WriteCtx, new: NewSession) -> StorageResul
         updated_at: now,
         archived_at: None,
         message_count: 0,
+        metadata: new.metadata,
         version: seq,
     };
     insert_session(ctx, &session).await?;
@@ -148,7 +150,7 @@ pub async fn update_session(
         .client
         .prepare_cached(
             "UPDATE sessions SET title = $2, title_fold = $3, updated_at = $4, archived_at = $5, \
-             version = $6 WHERE id = $1",
+             version = $6, metadata = $7 WHERE id = $1",
         )
         .await
         .map_err(db_write("preparing a session update"))?;
@@ -162,6 +164,7 @@ pub async fn update_session(
                 &session.updated_at,
                 &session.archived_at,
                 &session.version,
+                &session.metadata.get(),
             ],
         )
         .await
@@ -321,6 +324,127 @@ pub async fn append_message(
     Ok(message)
 }
 
+/// One session beside what is stored (see [`crate::storage::Storage::import_session`]), in
+/// the writer's batch so its event reaches every instance.
+pub async fn import_session(
+    ctx: &mut WriteCtx,
+    item: ImportSession,
+    mapping: ImportMapping,
+) -> StorageResult<ImportedSession> {
+    let mut session = item.session;
+    storable("directory", &session.directory)?;
+    storable("title", &session.title)?;
+    let lookup = ctx
+        .client
+        .prepare_cached("SELECT 1 FROM sessions WHERE id = $1")
+        .await
+        .map_err(db_write("preparing a session lookup"))?;
+    if let Some(parent) = &session.parent_id {
+        let found = ctx
+            .client
+            .query_opt(&lookup, &[&parent.as_str()])
+            .await
+            .map_err(db_write("looking up a parent session"))?;
+        if found.is_none() {
+            session.parent_id = None;
+        }
+    }
+    let stored = ctx
+        .client
+        .query_opt(&lookup, &[&session.id.as_str()])
+        .await
+        .map_err(db_write("looking up a session"))?
+        .is_some();
+    if !stored {
+        session.message_count = 0;
+        insert_session(ctx, &session).await?;
+    }
+    let mut ids = Vec::with_capacity(item.messages.len());
+    let mut roles = Vec::with_capacity(item.messages.len());
+    let mut parts = Vec::with_capacity(item.messages.len());
+    let mut metadata = Vec::with_capacity(item.messages.len());
+    let mut texts = Vec::with_capacity(item.messages.len());
+    let mut created = Vec::with_capacity(item.messages.len());
+    for m in &item.messages {
+        ids.push(m.message.id.as_str());
+        roles.push(m.message.role.as_str());
+        parts.push(m.message.parts.get());
+        metadata.push(m.message.metadata.get());
+        texts.push(m.text.replace('\0', " "));
+        created.push(m.message.created_at);
+    }
+    // One statement for all the messages; those already stored are left as they are.
+    let rows = ctx
+        .client
+        .query(
+            "INSERT INTO messages (id, session_id, role, parts, metadata, text, created_at) \
+             SELECT m.id, $1, m.role, m.parts, m.metadata, m.text, m.created_at \
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+             $7::bigint[]) AS m (id, role, parts, metadata, text, created_at) \
+             ON CONFLICT (id) DO NOTHING RETURNING created_at",
+            &[
+                &session.id.as_str(),
+                &ids,
+                &roles,
+                &parts,
+                &metadata,
+                &texts,
+                &created,
+            ],
+        )
+        .await
+        .map_err(db_write("importing messages"))?;
+    let added = rows.len() as i64;
+    let mut newest = session.updated_at;
+    for row in &rows {
+        let at: i64 = row
+            .try_get(0)
+            .map_err(db_write("reading an imported message"))?;
+        newest = newest.max(at);
+    }
+    if !mapping.pairs.is_empty() {
+        let (originals, targets): (Vec<&str>, Vec<&str>) = mapping
+            .pairs
+            .iter()
+            .map(|(o, t)| (o.as_str(), t.as_str()))
+            .unzip();
+        ctx.client
+            .execute(
+                "INSERT INTO import_map (source, original_id, target_id) \
+                 SELECT $1, * FROM unnest($2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+                &[&mapping.source, &originals, &targets],
+            )
+            .await
+            .map_err(db_write("recording import mappings"))?;
+    }
+    if stored && added == 0 {
+        return Ok(ImportedSession::default());
+    }
+    let seq = ctx.reserve_seq();
+    ctx.client
+        .execute(
+            "UPDATE sessions SET message_count = message_count + $2, \
+             updated_at = GREATEST(updated_at, $3), version = $4 WHERE id = $1",
+            &[&session.id.as_str(), &added, &newest, &seq],
+        )
+        .await
+        .map_err(db_write("counting an imported session's messages"))?;
+    let session = load_session(ctx, &session.id).await?;
+    let now = ctx.now();
+    let kind = if stored {
+        EventKind::SessionUpdated
+    } else {
+        EventKind::SessionCreated
+    };
+    let data = to_json(&session)?;
+    ctx.emit(seq, kind, &session.id, &session.directory, now, data)
+        .await?;
+    Ok(ImportedSession {
+        created: !stored,
+        messages: added as u64,
+    })
+}
+
 /// Rows per statement of a bulk import.
 const IMPORT_CHUNK: usize = 2000;
 
@@ -355,7 +479,7 @@ pub async fn import(
         }
     }
     for chunk in session_rows.chunks(IMPORT_CHUNK) {
-        let mut columns: [Vec<Option<String>>; 5] = Default::default();
+        let mut columns: [Vec<Option<String>>; 6] = Default::default();
         let mut numbers: [Vec<Option<i64>>; 5] = Default::default();
         for s in chunk {
             columns[0].push(Some(s.id.as_str().to_owned()));
@@ -363,6 +487,7 @@ pub async fn import(
             columns[2].push(Some(s.title.clone()));
             columns[3].push(Some(fold_title(&s.title)));
             columns[4].push(s.parent_id.as_ref().map(|p| p.as_str().to_owned()));
+            columns[5].push(Some(s.metadata.get().to_owned()));
             numbers[0].push(Some(s.created_at));
             numbers[1].push(Some(s.updated_at));
             numbers[2].push(s.archived_at);
@@ -375,10 +500,10 @@ pub async fn import(
             .chain(numbers.iter().map(|c| c as &(dyn ToSql + Sync)))
             .collect();
         tx.execute(
-            "INSERT INTO sessions (id, directory, title, title_fold, parent_id, created_at, \
-             updated_at, archived_at, message_count, version) \
+            "INSERT INTO sessions (id, directory, title, title_fold, parent_id, metadata, \
+             created_at, updated_at, archived_at, message_count, version) \
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])",
+             $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])",
             &params,
         )
         .await

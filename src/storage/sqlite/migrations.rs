@@ -31,6 +31,14 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "api_keys",
         include_str!("../../../migrations/0005_api_keys.sql"),
     ),
+    (
+        "session_metadata",
+        include_str!("../../../migrations/0006_session_metadata.sql"),
+    ),
+    (
+        "import_map",
+        include_str!("../../../migrations/0007_import_map.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.

@@ -27,8 +27,8 @@ pub use writer::CommitHook;
 use self::pool::ReadPool;
 use self::writer::{WriterHandle, WriterOptions};
 use super::{
-    Counts, EventBounds, ImportSession, MessageListQuery, SearchQuery, SessionListQuery,
-    SessionText, Storage, StorageResult,
+    Counts, EventBounds, ImportMapping, ImportSession, ImportedSession, MessageListQuery,
+    SearchQuery, SessionListQuery, SessionText, Storage, StorageResult,
 };
 use crate::domain::keys::{ApiKey, NewKey};
 use crate::domain::{
@@ -366,6 +366,37 @@ impl Storage for SqliteStorage {
     async fn import(&self, sessions: Vec<ImportSession>) -> StorageResult<()> {
         self.writer
             .write(move |ctx| writes::import(ctx, sessions))
+            .await
+    }
+
+    async fn import_session(
+        &self,
+        item: ImportSession,
+        mapping: ImportMapping,
+    ) -> StorageResult<ImportedSession> {
+        self.writer
+            .write(move |ctx| writes::import_session(ctx, item, mapping))
+            .await
+    }
+
+    async fn import_targets(
+        &self,
+        source: &str,
+        originals: Vec<String>,
+    ) -> StorageResult<Vec<Option<String>>> {
+        let source = source.to_owned();
+        self.readers
+            .read(move |conn| reads::import_targets(conn, &source, &originals))
+            .await
+    }
+
+    async fn sessions_by_id(
+        &self,
+        after: Option<SessionId>,
+        limit: u32,
+    ) -> StorageResult<Vec<Session>> {
+        self.readers
+            .read(move |conn| reads::sessions_by_id(conn, after.as_ref(), limit))
             .await
     }
 

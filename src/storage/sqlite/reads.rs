@@ -592,6 +592,45 @@ pub fn events_after(
     Ok(events)
 }
 
+/// The targets of `originals` in the import map of `source`.
+pub fn import_targets(
+    conn: &Connection,
+    source: &str,
+    originals: &[String],
+) -> StorageResult<Vec<Option<String>>> {
+    let mut statement = conn
+        .prepare_cached("SELECT target_id FROM import_map WHERE source = ?1 AND original_id = ?2")
+        .context("preparing an import map lookup")?;
+    let mut targets = Vec::with_capacity(originals.len());
+    for original in originals {
+        targets.push(
+            statement
+                .query_row([source, original.as_str()], |row| row.get(0))
+                .optional()
+                .context("reading the import map")?,
+        );
+    }
+    Ok(targets)
+}
+
+/// Sessions in id order after `after`.
+pub fn sessions_by_id(
+    conn: &Connection,
+    after: Option<&SessionId>,
+    limit: u32,
+) -> StorageResult<Vec<Session>> {
+    let after = after.map_or("", SessionId::as_str);
+    conn.prepare_cached(&format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE id > ?1 ORDER BY id LIMIT ?2"
+    ))
+    .context("preparing a session walk")?
+    .query_map(params![after, limit], rows::session)
+    .context("walking sessions")?
+    .collect::<Result<Vec<_>, _>>()
+    .context("reading sessions")
+    .map_err(Into::into)
+}
+
 pub fn counts(conn: &Connection) -> StorageResult<crate::storage::Counts> {
     let (sessions, messages, keys): (i64, i64, i64) = conn
         .prepare_cached(crate::storage::COUNTS_SQL)

@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 use crate::domain::{Message, MessageId, Role, Session, SessionId};
 
 pub const SESSION_COLUMNS: &str = "id, directory, title, parent_id, created_at, updated_at, \
-     archived_at, message_count, version";
+     archived_at, message_count, version, metadata";
 
 pub fn session(row: &Row<'_>) -> rusqlite::Result<Session> {
     Ok(Session {
@@ -22,6 +22,7 @@ pub fn session(row: &Row<'_>) -> rusqlite::Result<Session> {
         archived_at: row.get(6)?,
         message_count: row.get(7)?,
         version: row.get(8)?,
+        metadata: raw_json(row, 9)?,
     })
 }
 

@@ -12,7 +12,7 @@ use crate::domain::{
     fold_title,
 };
 use crate::events::EventKind;
-use crate::storage::{ImportSession, StorageError, StorageResult};
+use crate::storage::{ImportMapping, ImportSession, ImportedSession, StorageError, StorageResult};
 
 fn load_session(ctx: &WriteCtx<'_>, id: &SessionId) -> StorageResult<Session> {
     ctx.conn
@@ -34,8 +34,8 @@ fn insert_session(ctx: &WriteCtx<'_>, session: &Session) -> anyhow::Result<()> {
     ctx.conn
         .prepare_cached(
             "INSERT INTO sessions (id, directory, title, title_fold, parent_id, created_at, \
-             updated_at, archived_at, message_count, version) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             updated_at, archived_at, message_count, version, metadata) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?
         .execute(params![
             session.id.as_str(),
@@ -48,6 +48,7 @@ fn insert_session(ctx: &WriteCtx<'_>, session: &Session) -> anyhow::Result<()> {
             session.archived_at,
             session.message_count,
             session.version,
+            session.metadata.get(),
         ])
         .context("inserting a session")?;
     Ok(())
@@ -81,6 +82,7 @@ pub fn create_session(ctx: &mut WriteCtx<'_>, new: NewSession) -> StorageResult<
         updated_at: now,
         archived_at: None,
         message_count: 0,
+        metadata: new.metadata,
         version: seq,
     };
     insert_session(ctx, &session)?;
@@ -108,7 +110,7 @@ pub fn update_session(
     ctx.conn
         .prepare_cached(
             "UPDATE sessions SET title = ?2, title_fold = ?3, updated_at = ?4, archived_at = ?5, \
-             version = ?6 WHERE id = ?1",
+             version = ?6, metadata = ?7 WHERE id = ?1",
         )
         .context("preparing a session update")?
         .execute(params![
@@ -118,6 +120,7 @@ pub fn update_session(
             session.updated_at,
             session.archived_at,
             session.version,
+            session.metadata.get(),
         ])
         .context("updating a session")?;
     let data = to_json(&session)?;
@@ -230,6 +233,7 @@ pub fn append_message(
         &new.metadata,
         &new.text,
         now,
+        false,
     )?;
     let message = Message {
         id,
@@ -251,7 +255,8 @@ pub fn append_message(
     Ok(message)
 }
 
-/// Inserts a message and indexes its text.
+/// Inserts a message and indexes its text; with `if_new`, a message whose id is stored already
+/// is left as it is. Returns whether it was inserted.
 #[allow(clippy::too_many_arguments)]
 fn insert_message(
     ctx: &WriteCtx<'_>,
@@ -262,13 +267,16 @@ fn insert_message(
     metadata: &str,
     text: &str,
     created_at: i64,
-) -> anyhow::Result<()> {
+    if_new: bool,
+) -> anyhow::Result<bool> {
+    const INSERT: &str = "INSERT INTO messages (id, session_id, role, parts, metadata, text, \
+         created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    const INSERT_IF_NEW: &str = "INSERT INTO messages (id, session_id, role, parts, metadata, \
+         text, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING";
     // No RETURNING (see the writer): the new seq is the last inserted rowid.
-    ctx.conn
-        .prepare_cached(
-            "INSERT INTO messages (id, session_id, role, parts, metadata, text, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
+    let inserted = ctx
+        .conn
+        .prepare_cached(if if_new { INSERT_IF_NEW } else { INSERT })?
         .execute(params![
             id.as_str(),
             session_id.as_str(),
@@ -279,6 +287,9 @@ fn insert_message(
             created_at,
         ])
         .context("inserting a message")?;
+    if inserted == 0 {
+        return Ok(false);
+    }
     let seq = ctx.conn.last_insert_rowid();
     if !text.is_empty() {
         ctx.conn
@@ -286,7 +297,7 @@ fn insert_message(
             .execute(params![seq, text])
             .context("indexing a message")?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Bulk load: complete sessions and messages as given, without events. Moves the database's
@@ -312,10 +323,91 @@ pub fn import(ctx: &mut WriteCtx<'_>, sessions: Vec<ImportSession>) -> StorageRe
                 message.metadata.get(),
                 &m.text,
                 message.created_at,
+                false,
             )?;
         }
     }
     Ok(())
+}
+
+/// One session beside what is stored (see [`crate::storage::Storage::import_session`]).
+pub fn import_session(
+    ctx: &mut WriteCtx<'_>,
+    item: ImportSession,
+    mapping: ImportMapping,
+) -> StorageResult<ImportedSession> {
+    let exists = |ctx: &WriteCtx<'_>, id: &SessionId| -> anyhow::Result<bool> {
+        ctx.conn
+            .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")
+            .context("preparing a session lookup")?
+            .exists([id.as_str()])
+            .context("looking up a session")
+    };
+    let mut session = item.session;
+    if let Some(parent) = &session.parent_id
+        && !exists(ctx, parent)?
+    {
+        session.parent_id = None;
+    }
+    let stored = exists(ctx, &session.id)?;
+    if !stored {
+        session.message_count = 0;
+        insert_session(ctx, &session)?;
+    }
+    let mut added = 0_u64;
+    let mut newest = session.updated_at;
+    for m in &item.messages {
+        let message = &m.message;
+        if insert_message(
+            ctx,
+            &message.id,
+            &session.id,
+            message.role,
+            message.parts.get(),
+            message.metadata.get(),
+            &m.text,
+            message.created_at,
+            true,
+        )? {
+            added += 1;
+            newest = newest.max(message.created_at);
+        }
+    }
+    for (original, target) in &mapping.pairs {
+        ctx.conn
+            .prepare_cached(
+                "INSERT INTO import_map (source, original_id, target_id) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .context("preparing an import mapping")?
+            .execute(params![mapping.source, original, target])
+            .context("recording an import mapping")?;
+    }
+    if stored && added == 0 {
+        return Ok(ImportedSession::default());
+    }
+    let seq = ctx.reserve_seq();
+    ctx.conn
+        .prepare_cached(
+            "UPDATE sessions SET message_count = message_count + ?2, \
+             updated_at = max(updated_at, ?3), version = ?4 WHERE id = ?1",
+        )
+        .context("preparing an imported session's update")?
+        .execute(params![session.id.as_str(), added as i64, newest, seq])
+        .context("counting an imported session's messages")?;
+    let session = load_session(ctx, &session.id)?;
+    let now = ctx.now();
+    let kind = if stored {
+        EventKind::SessionUpdated
+    } else {
+        EventKind::SessionCreated
+    };
+    let data = to_json(&session)?;
+    ctx.emit(seq, kind, &session.id, &session.directory, now, data)?;
+    Ok(ImportedSession {
+        created: !stored,
+        messages: added,
+    })
 }
 
 /// Events deleted per writer job, so pruning never holds up writes for long.

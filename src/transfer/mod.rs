@@ -1,0 +1,225 @@
+//! Moving data in and out: `sessiond export`, `import jsonl`, `import opencode` and
+//! `migrate-data`, each in a module of its own, and what the imports share: the pipeline that
+//! writes one session per transaction, the report every import prints, and its progress line.
+//!
+//! Imports write through [`Storage::import_session`], so every session lands whole (with every
+//! message of it that could be read) or not at all, and running instances hear of it through
+//! the event log. Several sessions are in flight at once, so the backend's writer can commit
+//! them in groups; they are still queued in order, so a parent is always written before the
+//! children that follow it.
+
+pub mod export;
+pub mod jsonl;
+pub mod migrate;
+pub mod opencode;
+
+use std::fmt;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+
+use crate::storage::{ImportMapping, ImportSession, ImportedSession, Storage, StorageResult};
+
+/// Sessions handed to the writer before the first of them must be answered.
+const IN_FLIGHT: usize = 32;
+
+/// How many records of one kind an import read, wrote, and found already there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub read: u64,
+    pub imported: u64,
+    pub skipped: u64,
+}
+
+/// A record an import could not take, with where it is and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// A file path, `line N`, or a table and row.
+    pub location: String,
+    pub reason: String,
+}
+
+/// What an import did.
+#[derive(Clone, Debug, Default)]
+pub struct ImportReport {
+    pub sessions: Tally,
+    pub messages: Tally,
+    pub refused: Vec<Refusal>,
+    pub elapsed: Duration,
+}
+
+impl ImportReport {
+    pub fn refuse(&mut self, location: impl Into<String>, reason: impl Into<String>) {
+        self.refused.push(Refusal {
+            location: location.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+impl fmt::Display for ImportReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (s, m) = (&self.sessions, &self.messages);
+        writeln!(f, "read:     {} sessions, {} messages", s.read, m.read)?;
+        writeln!(
+            f,
+            "imported: {} sessions, {} messages",
+            s.imported, m.imported
+        )?;
+        writeln!(
+            f,
+            "skipped:  {} sessions, {} messages (already there)",
+            s.skipped, m.skipped
+        )?;
+        writeln!(f, "refused:  {} records", self.refused.len())?;
+        for refusal in &self.refused {
+            writeln!(f, "  {}: {}", refusal.location, refusal.reason)?;
+        }
+        let secs = self.elapsed.as_secs_f64();
+        write!(
+            f,
+            "in {secs:.1}s ({:.0} messages/s)",
+            m.read as f64 / secs.max(1e-9)
+        )
+    }
+}
+
+/// A session to write, with what the report needs to know about it.
+pub struct Pending {
+    pub item: ImportSession,
+    pub mapping: ImportMapping,
+    /// Where the session came from, for a refusal.
+    pub location: String,
+}
+
+type Write = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (String, u64, StorageResult<ImportedSession>)> + Send>,
+>;
+
+/// Writes sessions one transaction each, a bounded number in flight, and tallies the answers.
+pub struct Pipeline {
+    storage: Arc<dyn Storage>,
+    in_flight: FuturesOrdered<Write>,
+    pub report: ImportReport,
+    progress: Progress,
+}
+
+impl Pipeline {
+    pub fn new(storage: Arc<dyn Storage>, total_hint: Option<u64>) -> Pipeline {
+        Pipeline {
+            storage,
+            in_flight: FuturesOrdered::new(),
+            report: ImportReport::default(),
+            progress: Progress::new(total_hint),
+        }
+    }
+
+    /// Queues `pending`, first waiting for an answer when the window is full.
+    pub async fn write(&mut self, pending: Pending) {
+        while self.in_flight.len() >= IN_FLIGHT {
+            self.settle_one().await;
+        }
+        let storage = self.storage.clone();
+        let messages = pending.item.messages.len() as u64;
+        let location = pending.location;
+        let (item, mapping) = (pending.item, pending.mapping);
+        self.in_flight.push_back(Box::pin(async move {
+            let result = storage.import_session(item, mapping).await;
+            (location, messages, result)
+        }));
+    }
+
+    async fn settle_one(&mut self) {
+        let Some((location, messages, result)) = self.in_flight.next().await else {
+            return;
+        };
+        match result {
+            Ok(written) => {
+                if written.created {
+                    self.report.sessions.imported += 1;
+                } else {
+                    self.report.sessions.skipped += 1;
+                }
+                self.report.messages.imported += written.messages;
+                self.report.messages.skipped += messages - written.messages;
+            }
+            Err(error) => self.report.refuse(
+                location,
+                format!("the session and its {messages} messages were not written: {error}"),
+            ),
+        }
+        self.progress.show(&self.report);
+    }
+
+    /// Waits for every queued session and returns the report.
+    pub async fn finish(mut self, started: Instant) -> ImportReport {
+        while !self.in_flight.is_empty() {
+            self.settle_one().await;
+        }
+        self.progress.done();
+        self.report.elapsed = started.elapsed();
+        self.report
+    }
+}
+
+/// A progress line on standard error, only when it is a terminal: counts and rate, redrawn at
+/// most ten times a second.
+pub struct Progress {
+    terminal: bool,
+    total: Option<u64>,
+    started: Instant,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    pub fn new(total: Option<u64>) -> Progress {
+        Progress {
+            terminal: std::io::stderr().is_terminal(),
+            total,
+            started: Instant::now(),
+            last: None,
+        }
+    }
+
+    fn show(&mut self, report: &ImportReport) {
+        if !self.terminal {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|at| now.duration_since(at) < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last = Some(now);
+        let done = report.sessions.imported + report.sessions.skipped + report.refused.len() as u64;
+        let bar = match self.total {
+            Some(total) if total > 0 => {
+                let filled = (done.min(total) * 30 / total) as usize;
+                format!(
+                    "[{}{}] {done}/{total}",
+                    "#".repeat(filled),
+                    "-".repeat(30 - filled)
+                )
+            }
+            _ => format!("{done}"),
+        };
+        let secs = now.duration_since(self.started).as_secs_f64().max(1e-9);
+        eprint!(
+            "\r{bar} sessions, {} messages written ({:.0}/s), {} refused   ",
+            report.messages.imported,
+            report.messages.imported as f64 / secs,
+            report.refused.len()
+        );
+    }
+
+    fn done(&self) {
+        if self.terminal && self.last.is_some() {
+            eprintln!();
+        }
+    }
+}

@@ -1,0 +1,893 @@
+//! `sessiond import opencode PATH`: the sessions, messages and parts of an opencode (or
+//! IronCode) installation, from either of its two storage forms (see
+//! `shared/formats/opencode.md`): the JSON files under `…/opencode/storage` (releases before
+//! 1.2) or `opencode.db` (1.2 and later).
+//!
+//! The source is only ever opened for reading; a database is read in one read transaction, so a
+//! live opencode writing beside us is seen as of one instant. Every id comes from a file's path
+//! or a row's key, never from inside the JSON (old migrations copied files without updating
+//! the ids in them). Sessions are written in creation order, messages in `(time.created, id)`
+//! order and parts in id order; sessiond ids are made from the original creation times. What
+//! the import made of each original id is recorded in the import map in the same transaction as
+//! its session, so a second run imports nothing and a later one only what is new.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use rusqlite::{Connection, OpenFlags};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use super::{ImportReport, Pending, Pipeline, Refusal};
+use crate::domain::{
+    IdGenerator, MAX_SESSION_METADATA_BYTES, Message, MessageId, Role, Session, SessionId,
+    search_text,
+};
+use crate::storage::{ImportMapping, ImportMessage, ImportSession, Storage};
+
+/// The import map's name for opencode ids (the same in both forms: opencode's own migration
+/// keeps them, so moving from files to the database imports nothing twice).
+pub const SOURCE: &str = "opencode";
+
+/// A session as read from the source.
+struct SourceSession {
+    id: String,
+    location: String,
+    parent: Option<String>,
+    directory: String,
+    title: String,
+    created: i64,
+    updated: i64,
+    archived: Option<i64>,
+    /// What goes under `metadata.opencode`.
+    extra: Map<String, Value>,
+}
+
+/// A message's info as read from the source.
+struct SourceMessage {
+    id: String,
+    location: String,
+    created: i64,
+    info: Map<String, Value>,
+}
+
+/// A part as read from the source.
+struct SourcePart {
+    id: String,
+    location: String,
+    data: Map<String, Value>,
+}
+
+/// One of the two storage forms.
+trait Source: Send {
+    /// Every session, refusing those that cannot be read.
+    fn sessions(&mut self, refused: &mut Vec<Refusal>) -> anyhow::Result<Vec<SourceSession>>;
+    /// A session's messages (in any order).
+    fn messages(
+        &mut self,
+        session: &SourceSession,
+        refused: &mut Vec<Refusal>,
+    ) -> anyhow::Result<Vec<SourceMessage>>;
+    /// A message's parts (in any order).
+    fn parts(
+        &mut self,
+        message: &SourceMessage,
+        refused: &mut Vec<Refusal>,
+    ) -> anyhow::Result<Vec<SourcePart>>;
+    /// Messages whose session and parts whose message are not in the source: refused.
+    fn orphans(
+        &mut self,
+        sessions: &HashSet<String>,
+        refused: &mut Vec<Refusal>,
+    ) -> anyhow::Result<()>;
+}
+
+/// Opens `path`: an `opencode.db` (any SQLite file) or a storage directory (or the opencode
+/// data directory holding either).
+fn open(path: &Path) -> anyhow::Result<Box<dyn Source>> {
+    if path.is_dir() {
+        if path.join("session").is_dir() || path.join("message").is_dir() {
+            return Ok(Box::new(Files::new(path.to_owned())));
+        }
+        let db = path.join("opencode.db");
+        if db.is_file() {
+            return Ok(Box::new(Database::open(&db)?));
+        }
+        let storage = path.join("storage");
+        if storage.join("session").is_dir() {
+            return Ok(Box::new(Files::new(storage)));
+        }
+        anyhow::bail!(
+            "{} is neither an opencode storage directory (with session/ and message/) nor holds \
+             an opencode.db",
+            path.display()
+        );
+    }
+    if path.is_file() {
+        return Ok(Box::new(Database::open(path)?));
+    }
+    anyhow::bail!("{} does not exist", path.display())
+}
+
+/// What the reader sends the writer.
+enum Item {
+    Session(Box<Pending>),
+    Refused(Refusal),
+    /// Counts of records read and found already imported.
+    Counted {
+        sessions_read: u64,
+        sessions_skipped: u64,
+        messages_read: u64,
+        messages_skipped: u64,
+    },
+}
+
+/// Imports the installation at `path` into `storage`.
+pub async fn import(storage: Arc<dyn Storage>, path: &Path) -> anyhow::Result<ImportReport> {
+    let started = Instant::now();
+    let source = {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || open(&path))
+            .await
+            .context("opening the source")??
+    };
+    let (tx, mut rx) = mpsc::channel::<Item>(64);
+    let runtime = tokio::runtime::Handle::current();
+    let reader_storage = storage.clone();
+    let reader = tokio::task::spawn_blocking(move || read(source, reader_storage, runtime, tx));
+    let mut pipeline = Pipeline::new(storage, None);
+    while let Some(item) = rx.recv().await {
+        match item {
+            Item::Session(pending) => pipeline.write(*pending).await,
+            Item::Refused(refusal) => pipeline.report.refused.push(refusal),
+            Item::Counted {
+                sessions_read,
+                sessions_skipped,
+                messages_read,
+                messages_skipped,
+            } => {
+                let report = &mut pipeline.report;
+                report.sessions.read += sessions_read;
+                report.sessions.skipped += sessions_skipped;
+                report.messages.read += messages_read;
+                report.messages.skipped += messages_skipped;
+            }
+        }
+    }
+    let report = pipeline.finish(started).await;
+    reader.await.context("the source reader stopped")??;
+    Ok(report)
+}
+
+/// Reads everything from `source` and sends it on `tx` (on a blocking thread).
+fn read(
+    mut source: Box<dyn Source>,
+    storage: Arc<dyn Storage>,
+    runtime: tokio::runtime::Handle,
+    tx: mpsc::Sender<Item>,
+) -> anyhow::Result<()> {
+    let send = |item: Item| {
+        tx.blocking_send(item)
+            .map_err(|_| anyhow::anyhow!("the writer stopped"))
+    };
+    let mut refused = Vec::new();
+    let flush = |refused: &mut Vec<Refusal>| -> anyhow::Result<()> {
+        for refusal in refused.drain(..) {
+            send(Item::Refused(refusal))?;
+        }
+        Ok(())
+    };
+    let mut sessions = source.sessions(&mut refused)?;
+    flush(&mut refused)?;
+    // Creation order (the hex part of opencode ids wraps, so never the id alone).
+    sessions.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+    let known: HashSet<String> = sessions.iter().map(|s| s.id.clone()).collect();
+
+    // Every session's sessiond id, before any is written: those imported before keep theirs,
+    // new ones are made from their creation times.
+    let mut targets: HashMap<String, (String, bool)> = HashMap::with_capacity(sessions.len());
+    let mut ids = IdGenerator::default();
+    for chunk in sessions.chunks(1000) {
+        let originals: Vec<String> = chunk.iter().map(|s| s.id.clone()).collect();
+        let found = runtime
+            .block_on(storage.import_targets(SOURCE, originals))
+            .context("reading the import map")?;
+        for (session, target) in chunk.iter().zip(found) {
+            let entry = match target {
+                Some(existing) => (existing, true),
+                None => (
+                    SessionId::from_value(ids.next(session.created).1).into_string(),
+                    false,
+                ),
+            };
+            targets.insert(session.id.clone(), entry);
+        }
+    }
+
+    for session in &sessions {
+        let Some((target, imported_before)) = targets.get(&session.id).cloned() else {
+            continue;
+        };
+        let messages = match source.messages(session, &mut refused) {
+            Ok(messages) => messages,
+            Err(error) => {
+                refused.push(Refusal {
+                    location: session.location.clone(),
+                    reason: format!("its messages cannot be read: {error:#}"),
+                });
+                flush(&mut refused)?;
+                continue;
+            }
+        };
+        let mut messages = messages;
+        messages.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        let originals: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
+        let found = runtime
+            .block_on(storage.import_targets(SOURCE, originals))
+            .context("reading the import map")?;
+        let messages_read = messages.len() as u64;
+        let mut messages_skipped = 0;
+        let mut written = Vec::new();
+        let mut pairs = Vec::new();
+        let session_id = SessionId::from_trusted(target.clone());
+        let mut message_ids = IdGenerator::default();
+        for (message, found) in messages.into_iter().zip(found) {
+            if found.is_some() {
+                messages_skipped += 1;
+                continue;
+            }
+            match convert_message(
+                &mut source,
+                &message,
+                &session_id,
+                &mut message_ids,
+                &mut refused,
+            ) {
+                Ok(converted) => {
+                    pairs.push((message.id.clone(), converted.message.id.as_str().to_owned()));
+                    written.push(converted);
+                }
+                Err(reason) => refused.push(Refusal {
+                    location: message.location.clone(),
+                    reason,
+                }),
+            }
+        }
+        flush(&mut refused)?;
+        send(Item::Counted {
+            sessions_read: 1,
+            sessions_skipped: u64::from(imported_before && written.is_empty()),
+            messages_read,
+            messages_skipped,
+        })?;
+        if imported_before && written.is_empty() {
+            continue;
+        }
+        if !imported_before {
+            pairs.push((session.id.clone(), target.clone()));
+        }
+        let parent_id = session
+            .parent
+            .as_ref()
+            .and_then(|parent| targets.get(parent))
+            .map(|(id, _)| SessionId::from_trusted(id.clone()));
+        let item = ImportSession {
+            session: Session {
+                id: session_id,
+                directory: session.directory.clone(),
+                title: session.title.clone(),
+                parent_id,
+                created_at: session.created,
+                updated_at: session.updated.max(session.created),
+                archived_at: session.archived,
+                message_count: 0,
+                metadata: session_metadata(session)?,
+                version: 0,
+            },
+            messages: written,
+        };
+        send(Item::Session(Box::new(Pending {
+            item,
+            mapping: ImportMapping {
+                source: SOURCE.to_owned(),
+                pairs,
+            },
+            location: session.location.clone(),
+        })))?;
+    }
+    source.orphans(&known, &mut refused)?;
+    flush(&mut refused)?;
+    Ok(())
+}
+
+/// `{"opencode": {…}}` within the size limit: whatever does not fit (large `revert` or
+/// `permission` values) is left out, and `truncated` says so.
+fn session_metadata(session: &SourceSession) -> anyhow::Result<Box<RawValue>> {
+    let full = serde_json::json!({ "opencode": session.extra });
+    let mut text = full.to_string();
+    if text.len() > MAX_SESSION_METADATA_BYTES {
+        let mut kept = Map::new();
+        for key in [
+            "id",
+            "projectID",
+            "parentID",
+            "slug",
+            "version",
+            "summary",
+            "share",
+            "time",
+        ] {
+            if let Some(value) = session.extra.get(key) {
+                kept.insert(key.to_owned(), value.clone());
+            }
+        }
+        kept.insert("truncated".to_owned(), Value::Bool(true));
+        text = serde_json::json!({ "opencode": kept }).to_string();
+        if text.len() > MAX_SESSION_METADATA_BYTES {
+            text =
+                serde_json::json!({"opencode": {"id": session.id, "truncated": true}}).to_string();
+        }
+    }
+    RawValue::from_string(text).context("encoding session metadata")
+}
+
+/// A message with its parts, as sessiond stores it; `Err` says why it cannot be.
+fn convert_message(
+    source: &mut Box<dyn Source>,
+    message: &SourceMessage,
+    session: &SessionId,
+    ids: &mut IdGenerator,
+    refused: &mut Vec<Refusal>,
+) -> Result<ImportMessage, String> {
+    let role = match message.info.get("role").and_then(Value::as_str) {
+        Some(raw) => Role::parse(raw).ok_or_else(|| format!("unknown role {raw:?}"))?,
+        None => return Err("the message has no role".to_owned()),
+    };
+    let mut parts = source
+        .parts(message, refused)
+        .map_err(|e| format!("its parts cannot be read: {e:#}"))?;
+    parts.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut kept = Vec::with_capacity(parts.len());
+    for part in parts {
+        let mut data = part.data;
+        // The path's ids, never the file's; the session and message ids are opencode's and
+        // name nothing here.
+        data.remove("sessionID");
+        data.remove("messageID");
+        data.insert("id".to_owned(), Value::String(part.id.clone()));
+        let value = Value::Object(data);
+        let one = format!("[{value}]");
+        match search_text(&one) {
+            Ok(_) => kept.push(value),
+            Err(why) => refused.push(Refusal {
+                location: part.location,
+                reason: why.0.replace("parts[0]", "the part"),
+            }),
+        }
+    }
+    if kept.is_empty() {
+        return Err(
+            "the message has no parts that could be read (sessiond messages need at least one)"
+                .to_owned(),
+        );
+    }
+    let parts = Value::Array(kept).to_string();
+    let text = search_text(&parts).map_err(|e| e.0)?;
+    let mut info = message.info.clone();
+    info.remove("sessionID");
+    info.remove("role");
+    info.insert("id".to_owned(), Value::String(message.id.clone()));
+    let metadata = serde_json::json!({ "opencode": info }).to_string();
+    let raw = |json: String| RawValue::from_string(json).map_err(|e| e.to_string());
+    Ok(ImportMessage {
+        message: Message {
+            id: MessageId::from_value(ids.next(message.created).1),
+            session_id: session.clone(),
+            role,
+            parts: raw(parts)?,
+            metadata: raw(metadata)?,
+            created_at: message.created,
+        },
+        text,
+    })
+}
+
+fn int(value: Option<&Value>) -> Option<i64> {
+    value.and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+}
+
+/// The file name without `.json`, when it is one.
+fn stem(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_suffix(".json").map(str::to_owned)
+}
+
+/// The JSON files of storage releases before 1.2.
+struct Files {
+    root: PathBuf,
+    /// Message ids seen, to find parts whose message is missing.
+    messages: HashSet<String>,
+}
+
+impl Files {
+    fn new(root: PathBuf) -> Files {
+        Files {
+            root,
+            messages: HashSet::new(),
+        }
+    }
+
+    /// `*.json` files directly in `dir` (none when it does not exist).
+    fn json_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        let mut files = Vec::new();
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("listing {}", dir.display()))?
+                .path();
+            if path.extension().is_some_and(|e| e == "json") && path.is_file() {
+                files.push(path);
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    fn subdirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        let mut dirs = Vec::new();
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("listing {}", dir.display()))?
+                .path();
+            if path.is_dir() {
+                dirs.push(path);
+            }
+        }
+        dirs.sort();
+        Ok(dirs)
+    }
+
+    /// A file's JSON object, or why not.
+    fn object(path: &Path) -> Result<Map<String, Value>, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(_) => Err("not a JSON object".to_owned()),
+            Err(e) => Err(format!("broken JSON: {e}")),
+        }
+    }
+
+    fn location(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+}
+
+impl Source for Files {
+    fn sessions(&mut self, refused: &mut Vec<Refusal>) -> anyhow::Result<Vec<SourceSession>> {
+        let mut sessions = Vec::new();
+        for project_dir in Self::subdirs(&self.root.join("session"))? {
+            let Some(project) = project_dir.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let project = project.to_owned();
+            for path in Self::json_files(&project_dir)? {
+                let location = self.location(&path);
+                let Some(id) = stem(&path) else { continue };
+                match Self::object(&path) {
+                    Ok(data) => {
+                        sessions.push(session_from_json(id, project.clone(), location, data))
+                    }
+                    Err(reason) => refused.push(Refusal { location, reason }),
+                }
+            }
+        }
+        Ok(sessions)
+    }
+
+    fn messages(
+        &mut self,
+        session: &SourceSession,
+        refused: &mut Vec<Refusal>,
+    ) -> anyhow::Result<Vec<SourceMessage>> {
+        let mut messages = Vec::new();
+        for path in Self::json_files(&self.root.join("message").join(&session.id))? {
+            let location = self.location(&path);
+            let Some(id) = stem(&path) else { continue };
+            self.messages.insert(id.clone());
+            match Self::object(&path) {
+                Ok(info) => {
+                    let created = int(info.get("time").and_then(|t| t.get("created")))
+                        .unwrap_or(session.created);
+                    messages.push(SourceMessage {
+                        id,
+                        location,
+                        created,
+                        info,
+                    });
+                }
+                Err(reason) => refused.push(Refusal { location, reason }),
+            }
+        }
+        Ok(messages)
+    }
+
+    fn parts(
+        &mut self,
+        message: &SourceMessage,
+        refused: &mut Vec<Refusal>,
+    ) -> anyhow::Result<Vec<SourcePart>> {
+        let mut parts = Vec::new();
+        for path in Self::json_files(&self.root.join("part").join(&message.id))? {
+            let location = self.location(&path);
+            let Some(id) = stem(&path) else { continue };
+            match Self::object(&path) {
+                Ok(data) => parts.push(SourcePart { id, location, data }),
+                Err(reason) => refused.push(Refusal { location, reason }),
+            }
+        }
+        Ok(parts)
+    }
+
+    fn orphans(
+        &mut self,
+        sessions: &HashSet<String>,
+        refused: &mut Vec<Refusal>,
+    ) -> anyhow::Result<()> {
+        for dir in Self::subdirs(&self.root.join("message"))? {
+            let Some(session) = dir.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if sessions.contains(session) {
+                continue;
+            }
+            for path in Self::json_files(&dir)? {
+                refused.push(Refusal {
+                    location: self.location(&path),
+                    reason: format!("its session {session} is not in the storage"),
+                });
+            }
+        }
+        for dir in Self::subdirs(&self.root.join("part"))? {
+            let Some(message) = dir.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if self.messages.contains(message) {
+                continue;
+            }
+            for path in Self::json_files(&dir)? {
+                refused.push(Refusal {
+                    location: self.location(&path),
+                    reason: format!("its message {message} is not in the storage"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A session file's record, its ids taken from the path.
+fn session_from_json(
+    id: String,
+    project: String,
+    location: String,
+    mut data: Map<String, Value>,
+) -> SourceSession {
+    let time = data.get("time").cloned().unwrap_or(Value::Null);
+    let created = int(time.get("created")).unwrap_or(0);
+    let updated = int(time.get("updated")).unwrap_or(created);
+    let archived = int(time.get("archived"));
+    let parent = data
+        .get("parentID")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let directory = data
+        .remove("directory")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "/".to_owned());
+    let title = data
+        .remove("title")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    // Migration 2 moved these out of session files; an old file may still hold them.
+    if let Some(Value::Object(summary)) = data.get_mut("summary") {
+        summary.remove("diffs");
+    }
+    data.insert("id".to_owned(), Value::String(id.clone()));
+    data.insert("projectID".to_owned(), Value::String(project));
+    SourceSession {
+        id,
+        location,
+        parent,
+        directory,
+        title: clip_title(title),
+        created,
+        updated,
+        archived,
+        extra: data,
+    }
+}
+
+/// opencode titles have no limit; sessiond's do.
+fn clip_title(title: String) -> String {
+    match title.char_indices().nth(crate::domain::MAX_TITLE_CHARS) {
+        Some((at, _)) => title[..at].to_owned(),
+        None => title,
+    }
+}
+
+/// `opencode.db` (releases 1.2 and later), read in one read transaction.
+struct Database {
+    conn: Connection,
+    /// The `session` table's columns (they grow across releases).
+    columns: HashSet<String>,
+}
+
+impl Database {
+    fn open(path: &Path) -> anyhow::Result<Database> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("opening {} read-only", path.display()))?;
+        conn.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")
+            .context("configuring the source connection")?;
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN \
+                 ('session', 'message', 'part')",
+                [],
+                |row| row.get(0),
+            )
+            .with_context(|| format!("{} is not a readable SQLite database", path.display()))?;
+        if tables != 3 {
+            anyhow::bail!(
+                "{} is not an opencode database (no session, message and part tables)",
+                path.display()
+            );
+        }
+        // Every later read sees the database as of this one (a live opencode may be writing).
+        conn.execute_batch("BEGIN")
+            .context("starting the read transaction")?;
+        let columns = conn
+            .prepare("SELECT name FROM pragma_table_info('session')")?
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<Result<HashSet<_>, _>>()
+            .context("reading the session table's columns")?;
+        Ok(Database { conn, columns })
+    }
+
+    /// `column` when the table has it, else NULL.
+    fn column(&self, column: &str) -> String {
+        if self.columns.contains(column) {
+            format!("\"{column}\"")
+        } else {
+            "NULL".to_owned()
+        }
+    }
+}
+
+/// A `data` column's JSON object, or why not.
+fn data_object(data: Option<String>) -> Result<Map<String, Value>, String> {
+    match data.as_deref().map(serde_json::from_str::<Value>) {
+        Some(Ok(Value::Object(map))) => Ok(map),
+        Some(Ok(_)) => Err("data is not a JSON object".to_owned()),
+        Some(Err(e)) => Err(format!("broken JSON in data: {e}")),
+        None => Err("no data".to_owned()),
+    }
+}
+
+/// The text of a JSON column, parsed; text that is not JSON stays a string.
+fn json_column(raw: Option<String>) -> Option<Value> {
+    raw.map(|text| serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+impl Source for Database {
+    fn sessions(&mut self, _refused: &mut Vec<Refusal>) -> anyhow::Result<Vec<SourceSession>> {
+        let names = [
+            "id",
+            "project_id",
+            "parent_id",
+            "slug",
+            "directory",
+            "title",
+            "version",
+            "share_url",
+            "summary_additions",
+            "summary_deletions",
+            "summary_files",
+            "revert",
+            "permission",
+            "time_created",
+            "time_updated",
+            "time_compacting",
+            "time_archived",
+            "workspace_id",
+            "path",
+        ];
+        let select = names
+            .iter()
+            .map(|c| self.column(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut statement = self
+            .conn
+            .prepare(&format!("SELECT {select} FROM session"))
+            .context("reading sessions")?;
+        let rows = statement
+            .query_map([], |row| {
+                let text = |i: usize| row.get::<_, Option<String>>(i);
+                let number = |i: usize| row.get::<_, Option<i64>>(i);
+                let id: String = row.get(0)?;
+                let mut extra = Map::new();
+                extra.insert("id".into(), Value::String(id.clone()));
+                for (key, index) in [
+                    ("projectID", 1),
+                    ("parentID", 2),
+                    ("slug", 3),
+                    ("version", 6),
+                    ("workspaceID", 17),
+                    ("path", 18),
+                ] {
+                    if let Some(value) = text(index)? {
+                        extra.insert(key.into(), Value::String(value));
+                    }
+                }
+                if let Some(url) = text(7)? {
+                    extra.insert("share".into(), serde_json::json!({ "url": url }));
+                }
+                let (additions, deletions, files) = (number(8)?, number(9)?, number(10)?);
+                if additions.is_some() || deletions.is_some() || files.is_some() {
+                    extra.insert(
+                        "summary".into(),
+                        serde_json::json!({"additions": additions, "deletions": deletions, "files": files}),
+                    );
+                }
+                for (key, index) in [("revert", 11), ("permission", 12)] {
+                    if let Some(value) = json_column(text(index)?) {
+                        extra.insert(key.into(), value);
+                    }
+                }
+                let created = number(13)?.unwrap_or(0);
+                let updated = number(14)?.unwrap_or(created);
+                let compacting = number(15)?;
+                let archived = number(16)?;
+                let mut time = Map::new();
+                time.insert("created".into(), created.into());
+                time.insert("updated".into(), updated.into());
+                if let Some(at) = compacting {
+                    time.insert("compacting".into(), at.into());
+                }
+                if let Some(at) = archived {
+                    time.insert("archived".into(), at.into());
+                }
+                extra.insert("time".into(), Value::Object(time));
+                Ok(SourceSession {
+                    location: format!("session row {id}"),
+                    parent: text(2)?,
+                    directory: text(4)?
+                        .filter(|d| !d.is_empty())
+                        .unwrap_or_else(|| "/".to_owned()),
+                    title: clip_title(text(5)?.unwrap_or_default()),
+                    id,
+                    created,
+                    updated,
+                    archived,
+                    extra,
+                })
+            })
+            .context("reading sessions")?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .context("reading sessions")
+    }
+
+    fn messages(
+        &mut self,
+        session: &SourceSession,
+        refused: &mut Vec<Refusal>,
+    ) -> anyhow::Result<Vec<SourceMessage>> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT id, time_created, data FROM message WHERE session_id = ?1")
+            .context("reading messages")?;
+        let mut rows = statement.query([&session.id]).context("reading messages")?;
+        let mut messages = Vec::new();
+        while let Some(row) = rows.next().context("reading messages")? {
+            let id: String = row.get(0)?;
+            let location = format!("message row {id}");
+            let created: Option<i64> = row.get(1)?;
+            match data_object(row.get(2)?) {
+                Ok(info) => {
+                    let created = created
+                        .or_else(|| int(info.get("time").and_then(|t| t.get("created"))))
+                        .unwrap_or(session.created);
+                    messages.push(SourceMessage {
+                        id,
+                        location,
+                        created,
+                        info,
+                    });
+                }
+                Err(reason) => refused.push(Refusal { location, reason }),
+            }
+        }
+        Ok(messages)
+    }
+
+    fn parts(
+        &mut self,
+        message: &SourceMessage,
+        refused: &mut Vec<Refusal>,
+    ) -> anyhow::Result<Vec<SourcePart>> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT id, data FROM part WHERE message_id = ?1")
+            .context("reading parts")?;
+        let mut rows = statement.query([&message.id]).context("reading parts")?;
+        let mut parts = Vec::new();
+        while let Some(row) = rows.next().context("reading parts")? {
+            let id: String = row.get(0)?;
+            let location = format!("part row {id}");
+            match data_object(row.get(1)?) {
+                Ok(data) => parts.push(SourcePart { id, location, data }),
+                Err(reason) => refused.push(Refusal { location, reason }),
+            }
+        }
+        Ok(parts)
+    }
+
+    fn orphans(
+        &mut self,
+        _sessions: &HashSet<String>,
+        refused: &mut Vec<Refusal>,
+    ) -> anyhow::Result<()> {
+        let mut push = |sql: &str, what: &str| -> anyhow::Result<()> {
+            let mut statement = self.conn.prepare(sql).context("finding orphans")?;
+            let mut rows = statement.query([]).context("finding orphans")?;
+            while let Some(row) = rows.next().context("finding orphans")? {
+                let id: String = row.get(0)?;
+                let owner: Option<String> = row.get(1)?;
+                refused.push(Refusal {
+                    location: format!("{what} row {id}"),
+                    reason: format!(
+                        "its {} {} is not in the database",
+                        if what == "message" {
+                            "session"
+                        } else {
+                            "message"
+                        },
+                        owner.unwrap_or_default()
+                    ),
+                });
+            }
+            Ok(())
+        };
+        push(
+            "SELECT m.id, m.session_id FROM message m \
+             WHERE NOT EXISTS (SELECT 1 FROM session s WHERE s.id = m.session_id) ORDER BY m.id",
+            "message",
+        )?;
+        push(
+            "SELECT p.id, p.message_id FROM part p \
+             WHERE NOT EXISTS (SELECT 1 FROM message m WHERE m.id = p.message_id) ORDER BY p.id",
+            "part",
+        )?;
+        Ok(())
+    }
+}
