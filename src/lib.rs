@@ -16,6 +16,7 @@ pub mod events;
 pub mod http;
 pub mod migrate;
 pub mod ratelimit;
+pub mod search;
 pub mod seed;
 pub mod server;
 pub mod storage;

@@ -56,6 +56,12 @@ pub struct Readiness {
     /// `ok`, `degraded` (optional dependencies failing) or `down`.
     status: &'static str,
     checks: BTreeMap<&'static str, Check>,
+    /// The embedded search index: `building` with its `progress` (0..=1) while it is built
+    /// from the database (searches answer 503 meanwhile), the log positions of its last
+    /// commit, its `lag` in messages and its segment count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    search_index: Option<crate::search::Status>,
 }
 
 /// Readiness: checks every dependency with a short timeout.
@@ -87,6 +93,9 @@ pub async fn ready(State(state): State<SharedState>) -> ApiResult<Response> {
         degraded = check.status != "ok";
         checks.insert("redis", check);
     }
+    let search_index = state.storage.search_status();
+    // Everything but search is served while the index is built.
+    degraded |= search_index.is_some_and(|s| s.building);
     let body = Readiness {
         status: match (up, degraded) {
             (false, _) => "down",
@@ -94,6 +103,7 @@ pub async fn ready(State(state): State<SharedState>) -> ApiResult<Response> {
             (true, false) => "ok",
         },
         checks,
+        search_index,
     };
     let status = if up {
         StatusCode::OK

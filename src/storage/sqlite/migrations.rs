@@ -31,6 +31,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "api_keys",
         include_str!("../../../migrations/0005_api_keys.sql"),
     ),
+    (
+        "drop_fts",
+        include_str!("../../../migrations/0006_drop_fts.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.

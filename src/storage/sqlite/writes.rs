@@ -136,14 +136,6 @@ pub fn delete_session(ctx: &mut WriteCtx<'_>, id: SessionId) -> StorageResult<()
     let session = load_session(ctx, &id)?;
     let now = ctx.now();
     ctx.conn
-        .prepare_cached(
-            "INSERT INTO messages_fts (messages_fts, rowid, text) \
-             SELECT 'delete', seq, text FROM messages WHERE session_id = ?1 AND text <> ''",
-        )
-        .context("preparing a search index delete")?
-        .execute([id.as_str()])
-        .context("removing a session's messages from the search index")?;
-    ctx.conn
         .prepare_cached("DELETE FROM messages WHERE session_id = ?1")
         .context("preparing a message delete")?
         .execute([id.as_str()])
@@ -279,13 +271,6 @@ fn insert_message(
             created_at,
         ])
         .context("inserting a message")?;
-    let seq = ctx.conn.last_insert_rowid();
-    if !text.is_empty() {
-        ctx.conn
-            .prepare_cached("INSERT INTO messages_fts (rowid, text) VALUES (?1, ?2)")?
-            .execute(params![seq, text])
-            .context("indexing a message")?;
-    }
     Ok(())
 }
 
