@@ -512,3 +512,69 @@ async fn a_corrupted_or_deleted_index_is_rebuilt() {
     );
     assert!(index_dir.join("meta.json").exists());
 }
+
+/// An index too big to build before serving is built in the background: meanwhile a search is
+/// either the complete answer or 503 `overloaded` with `Retry-After`, never a partial one, and
+/// `/ready` shows the build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_index_builds_in_the_background_and_search_is_never_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeded = std::process::Command::new(Process::binary())
+        .args(["seed", "--database", "sqlite", "--data-dir"])
+        .arg(dir.path())
+        .args(["--sessions", "200", "--messages-per-session", "10"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        seeded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+    std::fs::remove_dir_all(dir.path().join("search")).unwrap();
+
+    let client = reqwest::Client::new();
+    let server = Process::start(dir.path(), &["--search-index-foreground", "100"]);
+    let url = server.url("/v1/search?q=the&limit=20");
+    let mut during = Vec::new();
+    let started = std::time::Instant::now();
+    loop {
+        let ready: Value = client
+            .get(server.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let index = &ready["search_index"];
+        let progress = index["progress"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&progress), "{ready}");
+        if index["building"] == false {
+            break;
+        }
+        assert_eq!(ready["status"], "degraded", "{ready}");
+        let response = client.get(&url).send().await.unwrap();
+        if response.status() == StatusCode::OK {
+            during.push(response.json::<Value>().await.unwrap());
+        } else {
+            assert!(response.headers().contains_key("retry-after"));
+            let problem =
+                assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
+            assert!(
+                problem["detail"].as_str().unwrap().contains("index"),
+                "{problem}"
+            );
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "the build did not finish: {ready}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let complete: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(complete["items"].as_array().unwrap().len(), 20);
+    for answer in during {
+        assert_eq!(answer["items"], complete["items"]);
+    }
+}

@@ -58,6 +58,8 @@ pub struct SqliteOptions {
     pub max_batch: usize,
     /// Called with the events of each committed batch.
     pub on_commit: Option<CommitHook>,
+    /// A search index rebuilt over at most this many messages is built before `open` returns.
+    pub search_index_foreground: u64,
 }
 
 impl SqliteOptions {
@@ -68,6 +70,7 @@ impl SqliteOptions {
             writer_queue: 4096,
             max_batch: 512,
             on_commit: None,
+            search_index_foreground: 20_000,
         }
     }
 }
@@ -142,8 +145,11 @@ impl SqliteStorage {
                 |row| row.get(0),
             )
             .context("reading the database id")?;
+        let mut index_options = IndexOptions::new(dir.join(SEARCH_DIR), database_id);
+        index_options.build_in_foreground =
+            i64::try_from(options.search_index_foreground).unwrap_or(i64::MAX);
         let index = TantivyIndex::open(
-            IndexOptions::new(dir.join(SEARCH_DIR), database_id),
+            index_options,
             Box::new(indexing::OwnedSource(open_reader(&path)?)),
         )?;
         let readers = (0..options.read_connections.max(1))
