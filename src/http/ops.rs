@@ -247,6 +247,32 @@ pub async fn metrics(State(state): State<SharedState>) -> Response {
         "Bytes held by the response cache.",
         &[(responses, cache.bytes as f64)],
     );
+    if let Some(index) = state.storage.search_status() {
+        metric(
+            "sessiond_search_index_lag",
+            "gauge",
+            "Messages written but not yet in a search index commit (by seq).",
+            &[("", index.lag as f64)],
+        );
+        metric(
+            "sessiond_search_index_segments",
+            "gauge",
+            "Segments of the search index.",
+            &[("", index.segments as f64)],
+        );
+        metric(
+            "sessiond_search_index_committed_seq",
+            "gauge",
+            "The newest message seq in the search index's last commit.",
+            &[("", index.committed.messages as f64)],
+        );
+        metric(
+            "sessiond_search_index_build_progress",
+            "gauge",
+            "Progress of a search index build, 0..1 (1 when not building).",
+            &[("", index.progress)],
+        );
+    }
     metric(
         "sessiond_event_clients",
         "gauge",

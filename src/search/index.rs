@@ -219,7 +219,8 @@ fn commit(writer: &mut IndexWriter, database: &str, heads: Heads) -> anyhow::Res
         .context("preparing an index commit")?;
     prepared.set_payload(&payload);
     prepared.commit().context("committing the search index")?;
-    metrics::histogram!("sessiond_search_commit_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!(crate::telemetry::metrics::SEARCH_INDEX_COMMIT)
+        .record(started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -437,19 +438,35 @@ impl TantivyIndex {
 
         let mut committed = committed;
         let mut building = None;
-        if fresh && heads.messages > 0 {
-            if heads.messages <= options.build_in_foreground {
-                feed_messages(&fields, &writer, &*source, 0, heads.messages, |_| {})?;
-                committed.messages = heads.messages;
-                commit(&mut writer, &options.database, committed)?;
-                reader.reload().context("reloading the index reader")?;
-            } else {
-                tracing::info!(
-                    messages = heads.messages,
-                    "building the search index in the background"
-                );
-                building = Some(heads);
+        let gap = heads.messages - committed.messages;
+        if gap > options.build_in_foreground {
+            // Far behind (new, or an interrupted build): built in the background, never
+            // served partial and never through a tail this big.
+            tracing::info!(
+                messages = gap,
+                fresh,
+                "building the search index in the background"
+            );
+            building = Some(heads);
+        } else if !committed.covers(&heads) {
+            // A short way behind (a crash lost the last commit's worth): caught up before
+            // serving, so the tail starts small.
+            feed_messages(
+                &fields,
+                &writer,
+                &*source,
+                committed.messages,
+                heads.messages,
+                |_| {},
+            )?;
+            if heads.events > committed.events {
+                for (_, session) in source.deletions(committed.events, heads.events)? {
+                    writer.delete_term(tantivy::Term::from_field_text(fields.session, &session));
+                }
             }
+            committed = committed.max(heads);
+            commit(&mut writer, &options.database, committed)?;
+            reader.reload().context("reloading the index reader")?;
         }
 
         let tail_index = Index::create_in_ram(schema);
@@ -668,7 +685,8 @@ impl SearchIndex for TantivyIndex {
         request: &Request<'_>,
         k: usize,
     ) -> Result<Vec<Hit>, IndexError> {
-        metrics::counter!("sessiond_searches_total", "kind" => kind(request)).increment(1);
+        metrics::counter!(crate::telemetry::metrics::SEARCHES, "kind" => kind(request))
+            .increment(1);
         let collector = TopDocs::with_limit(k.max(1)).order_by_score();
         let mut hits = self.run(source, heads, request, &collector, seqs_of)?;
         hits.truncate(k);
@@ -681,7 +699,7 @@ impl SearchIndex for TantivyIndex {
         heads: Heads,
         request: &Request<'_>,
     ) -> Result<Vec<Hit>, IndexError> {
-        metrics::counter!("sessiond_searches_total", "kind" => "unpruned").increment(1);
+        metrics::counter!(crate::telemetry::metrics::SEARCHES, "kind" => "unpruned").increment(1);
         self.run(source, heads, request, &Every { seq: "seq" }, |_, hits| {
             Ok(hits)
         })
@@ -795,8 +813,6 @@ impl Indexer {
         } else if let Some(index) = self.index.upgrade() {
             lock(&index.view).seen = heads;
         }
-        metrics::gauge!("sessiond_search_index_lag")
-            .set((heads.messages - self.committed.messages).max(0) as f64);
         Ok(())
     }
 
@@ -811,7 +827,6 @@ impl Indexer {
         self.last_commit = Instant::now();
         self.reader.reload().context("reloading the index reader")?;
         let searcher = self.reader.searcher();
-        metrics::gauge!("sessiond_search_segments").set(searcher.segment_readers().len() as f64);
         let Some(index) = self.index.upgrade() else {
             return Ok(());
         };

@@ -500,6 +500,22 @@ async fn a_corrupted_or_deleted_index_is_rebuilt() {
         30
     );
     assert_eq!(index_status(&client, &server).await["building"], false);
+    let metrics = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "sessiond_searches_total{kind=\"word\"}",
+        "sessiond_search_index_lag ",
+        "sessiond_search_index_segments ",
+        "sessiond_search_index_commit_seconds",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from /metrics");
+    }
     assert!(server.terminate().success());
     let rebuilt = std::fs::read_to_string(&meta).unwrap();
     assert!(rebuilt.contains("payload"), "{rebuilt}");
