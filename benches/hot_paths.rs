@@ -9,7 +9,6 @@ use sessiond::domain::{
     SessionId,
 };
 use sessiond::http::response::PageBody;
-use sessiond::storage::sqlite::fts::match_expression;
 
 fn ids(c: &mut Criterion) {
     let mut generator = IdGenerator::default();
@@ -55,10 +54,13 @@ fn cursors(c: &mut Criterion) {
 
 fn search_queries(c: &mut Criterion) {
     let q = r#"login "token expired" auth* NEAR(x) col:y ((z))"#;
-    c.bench_function("search/parse+fts_expression", |b| {
+    let text = "Why does the login fail when the token expired? The auth middleware \
+                retries NEAR the gateway, then col:y gives up. "
+        .repeat(8);
+    c.bench_function("search/parse+snippet", |b| {
         b.iter(|| {
             let terms = SearchTerms::parse(black_box(q)).unwrap_or_else(|e| panic!("{e}"));
-            black_box(match_expression(&terms))
+            black_box(sessiond::search::snippet(&text, &terms))
         })
     });
 }

@@ -250,6 +250,7 @@ async fn open_storage(
     let options = SqliteOptions {
         data_dir: config.data_dir.clone(),
         read_connections: config.read_connections,
+        search_index_foreground: config.search_index_foreground,
         writer_queue: config.writer_queue,
         max_batch: config.write_batch,
         on_commit: Some(Arc::new(on_commit)),

@@ -72,6 +72,9 @@ pub struct ServeArgs {
     /// Searches rank the newest this-many matches; 0 ranks all [env: SESSIOND_SEARCH_WINDOW] [default: 0]
     #[arg(long, value_name = "N")]
     pub search_window: Option<String>,
+    /// A search index rebuilt over at most this many messages is built before serving; a bigger one in the background [env: SESSIOND_SEARCH_INDEX_FOREGROUND] [default: 20000]
+    #[arg(long, value_name = "N")]
+    pub search_index_foreground: Option<String>,
     /// Events are kept this long for resuming streams [env: SESSIOND_EVENT_RETENTION] [default: 24h]
     #[arg(long, value_name = "DURATION")]
     pub event_retention: Option<String>,
@@ -225,6 +228,7 @@ pub struct Config {
     pub search_concurrency: usize,
     pub search_queue: usize,
     pub search_window: u32,
+    pub search_index_foreground: u64,
     pub event_retention: Duration,
     pub event_retention_count: u64,
     pub event_prune_interval: Duration,
@@ -346,6 +350,12 @@ impl Config {
             search_window: r.get("search_window", &args.search_window, "0", |v| {
                 parse_count(v, 0, u32::MAX as usize).map(|n| n as u32)
             })?,
+            search_index_foreground: r.get(
+                "search_index_foreground",
+                &args.search_index_foreground,
+                "20000",
+                |v| parse_count(v, 0, usize::MAX).map(|n| n as u64),
+            )?,
             event_retention: r.get(
                 "event_retention",
                 &args.event_retention,
@@ -528,6 +538,7 @@ const FILE_KEYS: &[&str] = &[
     "search_concurrency",
     "search_queue",
     "search_window",
+    "search_index_foreground",
     "event_retention",
     "event_retention_count",
     "event_prune_interval",

@@ -136,6 +136,13 @@ impl From<StorageError> for ApiError {
                 "the server cannot take this request right now ({why}); retry shortly"
             )),
             StorageError::Rejected(why) => ApiError::InvalidRequest(why),
+            StorageError::Overloaded {
+                reason,
+                retry_after_secs,
+            } => ApiError::Overloaded {
+                reason,
+                retry_after_secs,
+            },
             StorageError::Internal(cause) => ApiError::Internal(cause),
         }
     }

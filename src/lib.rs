@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod ratelimit;
+pub mod search;
 pub mod seed;
 pub mod server;
 pub mod storage;

@@ -3,7 +3,11 @@
 //! The data looks like a team's agent sessions: directories under home folders, titles like
 //! "Fix the flaky login test", alternating user and assistant messages made of technical prose
 //! (so search and summaries have something to chew on), tool calls, sub-sessions and some
-//! archived sessions, spread over the last 90 days. Generation is deterministic for a given
+//! archived sessions, spread over the last 90 days. The prose draws on a generated vocabulary
+//! of 60,000 words with Zipf-like frequencies (word `r` about `1/r` as often as the first) and
+//! mixes in identifiers, file paths, error messages, numbers and code blocks, so search meets
+//! the long tail of distinct tokens a real corpus has, not a few hundred words that all match
+//! everywhere. Generation is deterministic for a given
 //! `--seed`. Rows go through the storage layer's bulk import while the next batch is being
 //! generated, so the generator and the writer run on both cores.
 
@@ -196,8 +200,59 @@ pub async fn seed(
     })
 }
 
+/// Words in the generated vocabulary.
+const VOCABULARY: usize = 60_000;
+
+const ONSETS: &[&str] = &[
+    "b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z", "br",
+    "ch", "cl", "dr", "fl", "gr", "pl", "pr", "sh", "sk", "sl", "sp", "st", "tr", "th",
+];
+const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "ai", "ea", "io", "ou", "y"];
+const CODAS: &[&str] = &["", "n", "r", "s", "t", "x", "l", "m", "ck", "nd", "st"];
+const EXTENSIONS: &[&str] = &["rs", "ts", "py", "go", "sql", "toml", "yaml", "md", "tsx"];
+const ERRORS: &[&str] = &[
+    "error[E0425]: cannot find value `{ident}` in this scope\n  --> {path}",
+    "thread 'main' panicked at {path}: called `Result::unwrap()` on an `Err` value: {word}",
+    "TypeError: Cannot read properties of undefined (reading '{ident}') at {path}",
+    "ECONNREFUSED 127.0.0.1:{port} while calling {ident}",
+    "ERROR: relation \"{word}_{word}\" does not exist at character {num}",
+    "Traceback (most recent call last): File \"{path}\", in {ident}: KeyError: '{word}'",
+    "HTTP {status} from /v1/{word}/{num}: {word} {word} failed after {num} ms",
+];
+
+/// The words of the generated corpus, most frequent first.
+struct Vocabulary(Vec<String>);
+
+impl Vocabulary {
+    fn new(rng: &mut fastrand::Rng) -> Vocabulary {
+        let mut seen = std::collections::HashSet::with_capacity(VOCABULARY);
+        let mut words = Vec::with_capacity(VOCABULARY);
+        while words.len() < VOCABULARY {
+            // Frequent words come first and tend to be short, as in natural language.
+            let syllables = 1 + usize::from(words.len() > 300) + usize::from(rng.u8(..3) == 0);
+            let mut word = String::new();
+            for _ in 0..syllables {
+                word.push_str(ONSETS[rng.usize(..ONSETS.len())]);
+                word.push_str(VOWELS[rng.usize(..VOWELS.len())]);
+                word.push_str(CODAS[rng.usize(..CODAS.len())]);
+            }
+            if seen.insert(word.clone()) {
+                words.push(word);
+            }
+        }
+        Vocabulary(words)
+    }
+
+    /// A word with Zipf-like frequency: rank `r` (from 1) is drawn with probability ∝ `1/r`.
+    fn word(&self, rng: &mut fastrand::Rng) -> &str {
+        let rank = (self.0.len() as f64).powf(rng.f64()) as usize;
+        &self.0[rank.saturating_sub(1).min(self.0.len() - 1)]
+    }
+}
+
 struct Generator {
     rng: fastrand::Rng,
+    vocabulary: Vocabulary,
     session_ids: IdGenerator,
     directories: Vec<String>,
     /// The last session made in each directory: the parent of the next sub-session there.
@@ -209,7 +264,8 @@ struct Generator {
 
 impl Generator {
     fn new(options: &SeedOptions) -> Self {
-        let rng = fastrand::Rng::with_seed(options.seed);
+        let mut rng = fastrand::Rng::with_seed(options.seed);
+        let vocabulary = Vocabulary::new(&mut rng);
         let directories: Vec<String> = (0..options.directories.max(1))
             .map(|i| {
                 let user = USERS[i % USERS.len()];
@@ -230,6 +286,7 @@ impl Generator {
         let step_ms = (span / options.sessions.max(1) as i64).max(1);
         Generator {
             rng,
+            vocabulary,
             session_ids: IdGenerator::starting_after(start_ms),
             last_in_directory: vec![None; directories.len()],
             directories,
@@ -237,6 +294,86 @@ impl Generator {
             start_ms,
             step_ms,
         }
+    }
+
+    fn word(&mut self) -> String {
+        self.vocabulary.word(&mut self.rng).to_owned()
+    }
+
+    /// `snake_case`, `camelCase` or `PascalCase` of two or three words.
+    fn identifier(&mut self) -> String {
+        let count = self.rng.usize(2..4);
+        let words: Vec<String> = (0..count).map(|_| self.word()).collect();
+        match self.rng.u8(..3) {
+            0 => words.join("_"),
+            style => words
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    if i == 0 && style == 1 {
+                        w.clone()
+                    } else {
+                        capitalize(w)
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    fn path(&mut self) -> String {
+        let ext = self.pick(EXTENSIONS);
+        format!(
+            "src/{}/{}.{ext}:{}",
+            self.word(),
+            self.identifier().to_lowercase(),
+            self.rng.u32(1..2000)
+        )
+    }
+
+    /// A sentence of vocabulary words.
+    fn prose(&mut self) -> String {
+        let count = self.rng.usize(6..20);
+        let mut words: Vec<String> = (0..count).map(|_| self.word()).collect();
+        match self.rng.u8(..6) {
+            0 => words.insert(self.rng.usize(..count), format!("`{}`", self.identifier())),
+            1 => words.insert(self.rng.usize(..count), self.path()),
+            2 => words.insert(self.rng.usize(..count), self.rng.u32(..100_000).to_string()),
+            _ => {}
+        }
+        let mut sentence = words.join(" ");
+        sentence = capitalize(&sentence);
+        sentence.push('.');
+        sentence
+    }
+
+    fn error(&mut self) -> String {
+        let mut out = self.pick(ERRORS).to_owned();
+        for slot in ["{ident}", "{path}", "{word}", "{num}", "{port}", "{status}"] {
+            while out.contains(slot) {
+                let value = match slot {
+                    "{ident}" => self.identifier(),
+                    "{path}" => self.path(),
+                    "{word}" => self.word(),
+                    "{port}" => self.rng.u32(1024..65536).to_string(),
+                    "{status}" => self
+                        .pick(&["400", "401", "404", "409", "500", "502", "503"])
+                        .to_owned(),
+                    _ => self.rng.u32(..10_000).to_string(),
+                };
+                out = out.replacen(slot, &value, 1);
+            }
+        }
+        out
+    }
+
+    fn code_block(&mut self) -> String {
+        let function = self.identifier().to_lowercase();
+        let (a, b) = (self.word(), self.word());
+        let call = self.identifier().to_lowercase();
+        let number = self.rng.u32(..1000);
+        format!(
+            "```rust\nfn {function}({a}: &str) -> Result<u32, Error> {{\n    let {b} = {call}({a}, {number})?;\n    Ok({b})\n}}\n```"
+        )
     }
 
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
@@ -330,7 +467,12 @@ impl Generator {
     fn message(&mut self, index: usize, project: &str) -> (Role, Box<RawValue>, String) {
         if index.is_multiple_of(2) {
             let template = self.pick(QUESTIONS);
-            let text = self.fill(template, project);
+            let mut text = self.fill(template, project);
+            match self.rng.u8(..4) {
+                0 => text = format!("{text} {}", self.prose()),
+                1 => text = format!("{text}\n\n{}", self.error()),
+                _ => {}
+            }
             let parts = json!([{"type": "text", "text": text}]).to_string();
             return (Role::User, raw(parts), text);
         }
@@ -340,8 +482,16 @@ impl Generator {
             if !text.is_empty() {
                 text.push(' ');
             }
-            let template = self.pick(ADVICE);
-            text.push_str(&self.fill(template, project));
+            let sentence = match self.rng.u8(..8) {
+                0..=2 => {
+                    let template = self.pick(ADVICE);
+                    self.fill(template, project)
+                }
+                3 => self.error(),
+                4 => self.code_block(),
+                _ => self.prose(),
+            };
+            text.push_str(&sentence);
         }
         let parts = if self.rng.u8(..3) == 0 {
             let command = self.pick(COMMANDS);

@@ -55,6 +55,12 @@ pub struct Readiness {
     /// `ok`, `degraded` (optional dependencies failing) or `down`.
     status: &'static str,
     checks: BTreeMap<&'static str, Check>,
+    /// The embedded search index: `building` with its `progress` (0..=1) while it is built
+    /// from the database (searches answer 503 meanwhile), the log positions of its last
+    /// commit, its `lag` in messages and its segment count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    search_index: Option<crate::search::Status>,
 }
 
 /// Readiness: checks every dependency with a short timeout.
@@ -86,6 +92,9 @@ pub async fn ready(State(state): State<SharedState>) -> ApiResult<Response> {
         degraded = check.status != "ok";
         checks.insert("redis", check);
     }
+    let search_index = state.storage.search_status();
+    // Everything but search is served while the index is built.
+    degraded |= search_index.is_some_and(|s| s.building);
     let body = Readiness {
         status: match (up, degraded) {
             (false, _) => "down",
@@ -93,6 +102,7 @@ pub async fn ready(State(state): State<SharedState>) -> ApiResult<Response> {
             (true, false) => "ok",
         },
         checks,
+        search_index,
     };
     let status = if up {
         StatusCode::OK
@@ -226,6 +236,32 @@ pub async fn metrics(State(state): State<SharedState>) -> Response {
         "Bytes held by the response cache.",
         &[(responses, cache.bytes as f64)],
     );
+    if let Some(index) = state.storage.search_status() {
+        metric(
+            "sessiond_search_index_lag",
+            "gauge",
+            "Messages written but not yet in a search index commit (by seq).",
+            &[("", index.lag as f64)],
+        );
+        metric(
+            "sessiond_search_index_segments",
+            "gauge",
+            "Segments of the search index.",
+            &[("", index.segments as f64)],
+        );
+        metric(
+            "sessiond_search_index_committed_seq",
+            "gauge",
+            "The newest message seq in the search index's last commit.",
+            &[("", index.committed.messages as f64)],
+        );
+        metric(
+            "sessiond_search_index_build_progress",
+            "gauge",
+            "Progress of a search index build, 0..1 (1 when not building).",
+            &[("", index.progress)],
+        );
+    }
     metric(
         "sessiond_log_lines_dropped_total",
         "counter",

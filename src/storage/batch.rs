@@ -20,7 +20,8 @@ impl JobStatus {
             Err(
                 StorageError::NotFound { .. }
                 | StorageError::Unavailable(_)
-                | StorageError::Rejected(_),
+                | StorageError::Rejected(_)
+                | StorageError::Overloaded { .. },
             ) => JobStatus::Refused,
             Err(StorageError::Internal(_)) => JobStatus::Poisoned,
         }

@@ -36,6 +36,12 @@ pub enum StorageError {
     /// refused before anything was written.
     #[error("{0}")]
     Rejected(String),
+    /// Temporarily unable to answer (the message is safe to show to clients); retry later.
+    #[error("{reason}")]
+    Overloaded {
+        reason: &'static str,
+        retry_after_secs: u32,
+    },
     /// Anything else; carries context for the logs, never shown to clients.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -296,6 +302,11 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Bytes the database occupies on disk, when it is on this machine's disk.
     fn disk_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// The embedded search index's state, when this backend searches through one.
+    fn search_status(&self) -> Option<crate::search::Status> {
         None
     }
 

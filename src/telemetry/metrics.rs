@@ -48,6 +48,10 @@ pub const WRITER_BATCH_SIZE: &str = "sessiond_writer_batch_size";
 pub const WRITER_COMMIT: &str = "sessiond_writer_commit_seconds";
 pub const WRITER_QUEUE: &str = "sessiond_writer_queue_depth";
 pub const READ_WAIT: &str = "sessiond_db_read_wait_seconds";
+pub const SEARCH_INDEX_COMMIT: &str = "sessiond_search_index_commit_seconds";
+/// Index searches by kind of query (`word`, `conjunction`, `phrase`, `prefix`, `mixed`, and
+/// `unpruned` for pages continuing past a kept ranking).
+pub const SEARCHES: &str = "sessiond_searches_total";
 
 /// A method label from a bounded set.
 pub fn method_label(method: &axum::http::Method) -> &'static str {

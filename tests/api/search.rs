@@ -3,7 +3,7 @@ use std::collections::HashSet;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_problem};
+use crate::helpers::{Process, TestApp, assert_problem};
 
 fn message_ids(items: &[Value]) -> Vec<String> {
     items
@@ -364,4 +364,233 @@ async fn deleted_messages_leave_the_index() {
     let hits = search(&app, "q=quokka").await;
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0]["session_id"], keep.as_str());
+}
+
+/// Appends `count` messages `"{word}{n} shared"` and returns their ids in order.
+async fn append_numbered(
+    client: &reqwest::Client,
+    server: &Process,
+    sid: &str,
+    word: &str,
+    count: usize,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let response = client
+            .post(server.url(&format!("/v1/sessions/{sid}/messages")))
+            .json(&json!({"role": "user", "parts": [{"type": "text", "text": format!("{word}{n} shared")}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+async fn process_search(client: &reqwest::Client, server: &Process, query: &str) -> Vec<String> {
+    let response = client
+        .get(server.url(&format!("/v1/search?{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    message_ids(body["items"].as_array().unwrap())
+}
+
+async fn index_status(client: &reqwest::Client, server: &Process) -> Value {
+    let body: Value = client
+        .get(server.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["search_index"].clone()
+}
+
+/// Every acknowledged message is searchable right after a restart, whether or not the index had
+/// committed it, and the index then catches up from its last commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_loses_nothing_to_sigkill_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let server = Process::start(dir.path(), &[]);
+    let session: Value = client
+        .post(server.url("/v1/sessions"))
+        .json(&json!({"directory": "/kill", "title": "k"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sid = session["id"].as_str().unwrap().to_owned();
+    let ids = append_numbered(&client, &server, &sid, "kiwi", 200).await;
+    server.kill();
+
+    let server = Process::start(dir.path(), &[]);
+    for n in [0, 99, 199] {
+        assert_eq!(
+            process_search(&client, &server, &format!("q=kiwi{n}")).await,
+            vec![ids[n].clone()]
+        );
+    }
+    let all: HashSet<String> = process_search(&client, &server, "q=shared&limit=1000")
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(all, ids.iter().cloned().collect::<HashSet<_>>());
+    let newest = 200; // one message per seq, the session is no message
+    let started = std::time::Instant::now();
+    loop {
+        let status = index_status(&client, &server).await;
+        if status["lag"] == 0 && status["committed"]["messages"].as_i64() >= Some(newest) {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the index never caught up: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // New writes after the restart are found too.
+    let more = append_numbered(&client, &server, &sid, "lime", 3).await;
+    assert_eq!(
+        process_search(&client, &server, "q=lime2").await,
+        vec![more[2].clone()]
+    );
+}
+
+/// A corrupted or deleted index dir is rebuilt from the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_or_deleted_index_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let server = Process::start(dir.path(), &[]);
+    let session: Value = client
+        .post(server.url("/v1/sessions"))
+        .json(&json!({"directory": "/rebuild", "title": "r"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sid = session["id"].as_str().unwrap().to_owned();
+    let ids = append_numbered(&client, &server, &sid, "papaya", 30).await;
+    assert!(server.terminate().success());
+    let index_dir = dir.path().join("search");
+    let meta = index_dir.join("meta.json");
+    assert!(meta.exists(), "the index lives in the data dir");
+
+    std::fs::write(&meta, b"{ not json").unwrap();
+    let server = Process::start(dir.path(), &[]);
+    assert_eq!(
+        process_search(&client, &server, "q=papaya7").await,
+        vec![ids[7].clone()]
+    );
+    assert_eq!(
+        process_search(&client, &server, "q=shared&limit=100")
+            .await
+            .len(),
+        30
+    );
+    assert_eq!(index_status(&client, &server).await["building"], false);
+    let metrics = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "sessiond_searches_total{kind=\"word\"}",
+        "sessiond_search_index_lag ",
+        "sessiond_search_index_segments ",
+        "sessiond_search_index_commit_seconds",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from /metrics");
+    }
+    assert!(server.terminate().success());
+    let rebuilt = std::fs::read_to_string(&meta).unwrap();
+    assert!(rebuilt.contains("payload"), "{rebuilt}");
+
+    std::fs::remove_dir_all(&index_dir).unwrap();
+    let server = Process::start(dir.path(), &[]);
+    assert_eq!(
+        process_search(&client, &server, "q=papaya29").await,
+        vec![ids[29].clone()]
+    );
+    assert!(index_dir.join("meta.json").exists());
+}
+
+/// An index too big to build before serving is built in the background: meanwhile a search is
+/// either the complete answer or 503 `overloaded` with `Retry-After`, never a partial one, and
+/// `/ready` shows the build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_index_builds_in_the_background_and_search_is_never_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeded = std::process::Command::new(Process::binary())
+        .args(["seed", "--database", "sqlite", "--data-dir"])
+        .arg(dir.path())
+        .args(["--sessions", "200", "--messages-per-session", "10"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        seeded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+    std::fs::remove_dir_all(dir.path().join("search")).unwrap();
+
+    let client = reqwest::Client::new();
+    let server = Process::start(dir.path(), &["--search-index-foreground", "100"]);
+    let url = server.url("/v1/search?q=the&limit=20");
+    let mut during = Vec::new();
+    let started = std::time::Instant::now();
+    loop {
+        let ready: Value = client
+            .get(server.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let index = &ready["search_index"];
+        let progress = index["progress"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&progress), "{ready}");
+        if index["building"] == false {
+            break;
+        }
+        assert_eq!(ready["status"], "degraded", "{ready}");
+        let response = client.get(&url).send().await.unwrap();
+        if response.status() == StatusCode::OK {
+            during.push(response.json::<Value>().await.unwrap());
+        } else {
+            assert!(response.headers().contains_key("retry-after"));
+            let problem =
+                assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
+            assert!(
+                problem["detail"].as_str().unwrap().contains("index"),
+                "{problem}"
+            );
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "the build did not finish: {ready}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let complete: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(complete["items"].as_array().unwrap().len(), 20);
+    for answer in during {
+        assert_eq!(answer["items"], complete["items"]);
+    }
 }

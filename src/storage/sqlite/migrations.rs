@@ -39,6 +39,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "import_map",
         include_str!("../../../migrations/0007_import_map.sql"),
     ),
+    (
+        "drop_fts",
+        include_str!("../../../migrations/0008_drop_fts.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.

@@ -2,9 +2,11 @@
 //!
 //! One file in the data dir (`sessiond.db`, WAL mode), one writer thread that group-commits
 //! (see [`writer`]), and a pool of read-only connections (see [`pool`]). The data dir is locked
-//! for the life of the process so two servers never write one database.
+//! for the life of the process so two servers never write one database. Search is a derived
+//! index in `search/` beside the database (see [`crate::search`]), fed from the database by
+//! `seq`.
 
-pub mod fts;
+mod indexing;
 pub mod keys;
 pub mod migrations;
 mod pool;
@@ -36,9 +38,12 @@ use crate::domain::{
     SearchHit, Session, SessionCursor, SessionId, SessionPatch,
 };
 use crate::events::{Event, EventFilter};
+use crate::search::{IndexOptions, SearchIndex, TantivyIndex};
 
 /// The database file inside the data dir.
 pub const DATABASE_FILE: &str = "sessiond.db";
+/// The search index's dir inside the data dir.
+pub const SEARCH_DIR: &str = "search";
 const LOCK_FILE: &str = "sessiond.lock";
 
 /// How to open the SQLite backend.
@@ -53,6 +58,8 @@ pub struct SqliteOptions {
     pub max_batch: usize,
     /// Called with the events of each committed batch.
     pub on_commit: Option<CommitHook>,
+    /// A search index rebuilt over at most this many messages is built before `open` returns.
+    pub search_index_foreground: u64,
 }
 
 impl SqliteOptions {
@@ -63,6 +70,7 @@ impl SqliteOptions {
             writer_queue: 4096,
             max_batch: 512,
             on_commit: None,
+            search_index_foreground: 20_000,
         }
     }
 }
@@ -100,6 +108,7 @@ pub struct SqliteStorage {
     path: PathBuf,
     identity: String,
     rankings: Arc<Rankings>,
+    index: Arc<TantivyIndex>,
     writer: WriterHandle,
     readers: ReadPool,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
@@ -129,6 +138,20 @@ impl SqliteStorage {
             )
             .context("reading the database identity")?;
 
+        let database_id: String = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'database_id'",
+                [],
+                |row| row.get(0),
+            )
+            .context("reading the database id")?;
+        let mut index_options = IndexOptions::new(dir.join(SEARCH_DIR), database_id);
+        index_options.build_in_foreground =
+            i64::try_from(options.search_index_foreground).unwrap_or(i64::MAX);
+        let index = TantivyIndex::open(
+            index_options,
+            Box::new(indexing::OwnedSource(open_reader(&path)?)),
+        )?;
         let readers = (0..options.read_connections.max(1))
             .map(|_| open_reader(&path))
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -145,6 +168,7 @@ impl SqliteStorage {
             path,
             identity,
             rankings: Arc::new(Rankings::new()),
+            index,
             writer,
             readers: ReadPool::new(readers),
             writer_thread: Mutex::new(Some(thread)),
@@ -299,8 +323,9 @@ impl Storage for SqliteStorage {
 
     async fn search(&self, query: SearchQuery) -> StorageResult<Page<SearchHit, SearchCursor>> {
         let rankings = self.rankings.clone();
+        let index = self.index.clone();
         self.readers
-            .read(move |conn| reads::search(conn, &query, &*rankings))
+            .read(move |conn| reads::search(conn, &query, &*rankings, &*index))
             .await
     }
 
@@ -431,6 +456,10 @@ impl Storage for SqliteStorage {
         Some(size("") + size("-wal") + size("-shm"))
     }
 
+    fn search_status(&self) -> Option<crate::search::Status> {
+        Some(self.index.status())
+    }
+
     async fn check(&self) -> StorageResult<()> {
         self.readers.read(reads::check).await
     }
@@ -447,6 +476,9 @@ impl Storage for SqliteStorage {
             // The writer has already answered `close`; joining only reaps the thread.
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        // Commits what the indexer was fed, so a restart has nothing to catch up.
+        let index = self.index.clone();
+        let _ = tokio::task::spawn_blocking(move || index.close()).await;
     }
 }
 

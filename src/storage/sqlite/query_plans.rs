@@ -1,4 +1,4 @@
-//! Every list and search query must be served by an index: this runs `EXPLAIN QUERY PLAN` on
+//! Every list query and every read search makes must be served by an index: this runs `EXPLAIN QUERY PLAN` on
 //! each variant the HTTP API can produce and fails on a full scan of sessions or messages, or on
 //! a sort of a whole list.
 
@@ -6,10 +6,9 @@ use rusqlite::Connection;
 
 use super::{migrations, reads};
 use crate::domain::{
-    ArchivedFilter, IdGenerator, Limit, MessageCursor, MessageId, Order, SearchCursor, SearchTerms,
-    SessionCursor, SessionId,
+    ArchivedFilter, IdGenerator, Limit, MessageCursor, MessageId, Order, SessionCursor, SessionId,
 };
-use crate::storage::{MessageListQuery, SearchQuery, SessionFilter, SessionListQuery};
+use crate::storage::{MessageListQuery, SessionFilter, SessionListQuery};
 
 /// The plan of `sql`, every parameter bound to 1. `PRINT_PLANS=1` prints it (for debugging).
 fn plan(conn: &Connection, sql: &str) -> Vec<String> {
@@ -78,7 +77,6 @@ fn populate(conn: &Connection) {
          INSERT INTO messages (id, session_id, role, parts, metadata, text, created_at)
          SELECT printf('msg_%026d', i), printf('ses_%026d', 1 + i % 3000), 'user', '[]', '{}',
                 'word' || (i % 97) || ' login token', i FROM n;
-         INSERT INTO messages_fts (rowid, text) SELECT seq, text FROM messages;
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
          INSERT INTO events (type, session_id, directory, at, data)
          SELECT 'message.created', printf('ses_%026d', 1 + i % 3000), '/dir/' || (i % 40), i, '{}'
@@ -93,7 +91,7 @@ fn plans_hold_with_statistics() {
     STATS.with(|s| s.set(true));
     every_session_list_variant_uses_an_index();
     every_message_list_variant_uses_an_index();
-    every_search_variant_uses_the_full_text_index();
+    search_reads_walk_primary_keys();
     event_replay_and_pruning_walk_the_log_by_seq();
     STATS.with(|s| s.set(false));
 }
@@ -173,42 +171,32 @@ fn every_message_list_variant_uses_an_index() {
     }
 }
 
+/// What search reads from SQLite (ranking is the index's): the log heads, the page's rows by
+/// `seq`, and the ranges of the log the index is fed from, each by primary key.
 #[test]
-fn every_search_variant_uses_the_full_text_index() {
+fn search_reads_walk_primary_keys() {
     let conn = database();
-    let (session_id, _) = ids();
-    for mask in 0..8u8 {
-        let query = SearchQuery {
-            terms: SearchTerms::parse("login").unwrap(),
-            session_id: (mask & 1 != 0).then(|| session_id.clone()),
-            directory: (mask & 2 != 0).then(|| "/d".to_owned()),
-            limit: Limit::DEFAULT,
-            after: (mask & 4 != 0).then_some(SearchCursor {
-                rank: -1.0,
-                seq: 1,
-                cap: 10,
-                floor: 1,
-                token: 0,
-                offset: 0,
-            }),
-            window: Some(1000),
-        };
-        for sql in [
-            reads::search_ranked_sql(&query, query.after.is_some()),
-            reads::search_floor_sql(&query),
-            reads::SEARCH_ROWS_SQL.to_owned(),
-        ] {
-            let lines = plan(&conn, &sql);
-            // Ranking sorts the matches (never a table): allowed.
-            let bad = violations(&lines, true);
-            assert!(bad.is_empty(), "{sql}\n{lines:#?}");
-            assert!(
-                lines
-                    .iter()
-                    .any(|l| l.contains("messages_fts VIRTUAL TABLE INDEX")),
-                "{sql}\n{lines:#?}"
-            );
-        }
+    for (sql, needle) in [
+        (
+            reads::SEARCH_ROWS_SQL,
+            "SEARCH messages USING INTEGER PRIMARY KEY (rowid=?)",
+        ),
+        (
+            super::indexing::MESSAGES_SQL,
+            "SEARCH m USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
+        ),
+        (
+            super::indexing::DELETIONS_SQL,
+            "SEARCH events USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
+        ),
+        (super::indexing::HEADS_SQL, ""),
+    ] {
+        let lines = plan(&conn, sql);
+        assert!(violations(&lines, false).is_empty(), "{sql}\n{lines:#?}");
+        assert!(
+            lines.iter().any(|l| l.contains(needle)),
+            "{sql}\n{lines:#?}"
+        );
     }
 }
 

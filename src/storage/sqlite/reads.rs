@@ -6,15 +6,16 @@ use anyhow::Context;
 use rusqlite::types::Value;
 use std::sync::Arc;
 
-use rusqlite::{Connection, OptionalExtension, Statement, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, Statement, params_from_iter};
 
-use super::fts;
+use super::indexing::SqlSource;
 use super::rows::{self, MESSAGE_COLUMNS, SESSION_COLUMNS};
 use crate::domain::{
     ArchivedFilter, Message, MessageCursor, MessageId, Order, Page, Role, SearchCursor, SearchHit,
-    Session, SessionCursor, SessionId,
+    SearchTerms, Session, SessionCursor, SessionId,
 };
 use crate::events::{Event, EventFilter, EventKind};
+use crate::search::{IndexError, Request, SearchIndex, Source};
 use crate::storage::{
     EventBounds, MessageListQuery, SearchQuery, SessionFilter, SessionListQuery, SessionText,
     StorageError, StorageResult,
@@ -191,64 +192,10 @@ pub fn list_messages(
     })
 }
 
-/// The SQL pieces every search statement shares: the FTS table (joined to messages when a
-/// directory filter needs it) and the filter conditions, with named parameters
-/// (`:match`, `:cap`, `:floor`, `:session`, `:directory`).
-fn search_scope(query: &SearchQuery) -> (String, String) {
-    let mut from = String::from("messages_fts");
-    let mut filters = String::from(
-        "messages_fts MATCH :match AND messages_fts.rowid <= :cap AND messages_fts.rowid >= :floor",
-    );
-    if query.session_id.is_some() {
-        // A session has few messages: look each of them up in the index, not every match.
-        filters.push_str(
-            " AND messages_fts.rowid IN (SELECT seq FROM messages WHERE session_id = :session)",
-        );
-    }
-    if query.directory.is_some() {
-        from.push_str(" JOIN messages f ON f.seq = messages_fts.rowid");
-        filters.push_str(
-            " AND f.session_id IN (SELECT id FROM sessions WHERE directory = :directory)",
-        );
-    }
-    (from, filters)
-}
-
-/// The oldest message of the ranking window: the `:offset`-th newest match (see
-/// [`SearchQuery::window`]).
-pub fn search_floor_sql(query: &SearchQuery) -> String {
-    let (from, filters) = search_scope(query);
-    format!(
-        "SELECT messages_fts.rowid FROM {from} WHERE {filters} \
-         ORDER BY messages_fts.rowid DESC LIMIT 1 OFFSET :offset"
-    )
-}
-
-/// The SQL ranking matches: `(seq, rank)` best first, after the cursor when there is one.
-///
-/// Ranking and rendering are separate statements: computing snippets inside the ranking would
-/// build one for every match before sorting (measured: 1.4 s instead of 0.1 s for a word in
-/// 80,000 messages).
-pub fn search_ranked_sql(query: &SearchQuery, keyset: bool) -> String {
-    let (from, mut filters) = search_scope(query);
-    if keyset {
-        filters.push_str(
-            " AND (messages_fts.rank > :rank OR (messages_fts.rank = :rank \
-             AND messages_fts.rowid > :seq))",
-        );
-    }
-    format!(
-        "SELECT messages_fts.rowid, messages_fts.rank FROM {from} WHERE {filters} \
-         ORDER BY messages_fts.rank, messages_fts.rowid LIMIT :limit"
-    )
-}
-
-/// The SQL rendering the hits of one page (`:seqs`, a JSON array) with their snippets.
-pub const SEARCH_ROWS_SQL: &str = "SELECT m.seq, m.id, m.session_id, m.role, m.created_at, \
-       snippet(messages_fts, 0, '<mark>', '</mark>', '…', 24) \
-     FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid \
-     WHERE messages_fts MATCH :match \
-       AND messages_fts.rowid IN (SELECT value FROM json_each(:seqs))";
+/// The SQL rendering the hits of one page (`:seqs`, a JSON array): snippets are cut from the
+/// text here, for the page only.
+pub const SEARCH_ROWS_SQL: &str = "SELECT seq, id, session_id, role, created_at, text \
+     FROM messages WHERE seq IN (SELECT value FROM json_each(:seqs))";
 
 /// Binds the named parameters a statement actually has (the rest are for other variants).
 fn bind_named(statement: &mut Statement<'_>, values: &[(&str, Value)]) -> anyhow::Result<()> {
@@ -265,7 +212,7 @@ fn bind_named(statement: &mut Statement<'_>, values: &[(&str, Value)]) -> anyhow
     Ok(())
 }
 
-/// Ranked hits kept for paging: `(seq, rank)` best first.
+/// Ranked hits kept for paging: `(seq, rank)` best first, `rank` being the negated score.
 pub type Ranking = Vec<(i64, f64)>;
 
 /// Where first-page rankings are kept so later pages slice the very same order.
@@ -277,17 +224,28 @@ pub trait RankingStore {
 /// How many hits a first page ranks and keeps: later pages within them are exact slices.
 pub const RANKING_KEPT: usize = 2000;
 
+fn index_error(error: IndexError) -> StorageError {
+    match error {
+        IndexError::Building { .. } => StorageError::Overloaded {
+            reason: "the search index is being built; retry shortly (GET /ready shows its progress)",
+            retry_after_secs: 5,
+        },
+        IndexError::Internal(cause) => StorageError::Internal(cause),
+    }
+}
+
 pub fn search(
     conn: &Connection,
     query: &SearchQuery,
     rankings: &dyn RankingStore,
+    index: &dyn SearchIndex,
 ) -> StorageResult<Page<SearchHit, SearchCursor>> {
-    let Some(expression) = fts::match_expression(&query.terms) else {
+    if query.terms.is_empty() {
         return Ok(Page {
             items: Vec::new(),
             next: None,
         });
-    };
+    }
     let limit = query.limit.get() as usize;
     snapshot(conn, |conn| {
         // A later page of a kept ranking: the same order as the first page, whatever was
@@ -313,70 +271,56 @@ pub fn search(
             } else {
                 None
             };
-            let items = render(conn, &expression, page)?;
+            let items = render(conn, &query.terms, page)?;
             return Ok(Page { items, next });
         }
 
-        let mut values: Vec<(&str, Value)> = vec![(":match", Value::Text(expression.clone()))];
-        if let Some(session) = &query.session_id {
-            values.push((":session", Value::Text(session.as_str().to_owned())));
-        }
-        if let Some(directory) = &query.directory {
-            values.push((":directory", Value::Text(directory.clone())));
-        }
-        let (cap, floor) = match &query.after {
-            Some(cursor) => (cursor.cap, cursor.floor.max(0)),
+        let source = SqlSource(conn);
+        let heads = source.heads()?;
+        let request = Request {
+            terms: &query.terms,
+            session_id: query.session_id.as_ref().map(|s| s.as_str()),
+            directory: query.directory.as_deref(),
+        };
+        let first_page = query.after.is_none();
+        let (ranking, cap): (Ranking, i64) = match &query.after {
             None => {
-                let cap: i64 = conn
-                    .prepare_cached("SELECT coalesce(max(seq), 0) FROM messages")
-                    .context("preparing the search cap")?
-                    .query_row([], |row| row.get(0))
-                    .context("reading the search cap")?;
-                (cap, window_floor(conn, query, &values, cap)?)
+                let hits = index
+                    .top(&source, heads, &request, RANKING_KEPT + 1)
+                    .map_err(index_error)?;
+                let newest = hits.iter().map(|h| h.seq).max().unwrap_or(0);
+                let ranking = hits
+                    .into_iter()
+                    .map(|h| (h.seq, -f64::from(h.score)))
+                    .collect();
+                (ranking, heads.messages.max(newest))
+            }
+            Some(cursor) => {
+                // No kept ranking (expired, or beyond it): continue by rank among what existed
+                // when paging started. Scores depend on corpus statistics, which move as
+                // messages are written, so the boundary hit is ranked under today's
+                // statistics rather than cut at a stale value.
+                let hits = index.every(&source, heads, &request).map_err(index_error)?;
+                let rank = hits
+                    .iter()
+                    .find(|h| h.seq == cursor.seq)
+                    .map_or(cursor.rank, |h| -f64::from(h.score));
+                let ranking = hits
+                    .into_iter()
+                    .map(|h| (h.seq, -f64::from(h.score)))
+                    .filter(|&(seq, r)| {
+                        seq <= cursor.cap && (r > rank || (r == rank && seq > cursor.seq))
+                    })
+                    .take(limit + 1)
+                    .collect();
+                (ranking, cursor.cap)
             }
         };
-        values.push((":cap", Value::Integer(cap)));
-        values.push((":floor", Value::Integer(floor)));
-        let first_page = query.after.is_none();
-        let wanted = if first_page {
-            RANKING_KEPT + 1
-        } else {
-            limit + 1
-        };
-        values.push((":limit", Value::Integer(wanted as i64)));
-        if let Some(cursor) = &query.after {
-            // No kept ranking (expired, or beyond it): continue by rank. bm25 depends on corpus
-            // statistics, which move as messages are written, so rank the boundary hit under
-            // today's statistics rather than cut at a stale value.
-            let rank: Option<f64> = conn
-                .prepare_cached(
-                    "SELECT rank FROM messages_fts WHERE messages_fts MATCH ?1 AND rowid = ?2",
-                )
-                .context("preparing the boundary rank")?
-                .query_row(params![expression, cursor.seq], |row| row.get(0))
-                .optional()
-                .context("ranking the page boundary")?;
-            values.push((":rank", Value::Real(rank.unwrap_or(cursor.rank))));
-            values.push((":seq", Value::Integer(cursor.seq)));
-        }
-        let mut statement = conn
-            .prepare_cached(&search_ranked_sql(query, query.after.is_some()))
-            .context("preparing a search")?;
-        bind_named(&mut statement, &values)?;
-        let mut rows = statement.raw_query();
-        let mut ranking: Ranking = Vec::new();
-        while let Some(row) = rows.next().context("searching")? {
-            ranking.push((
-                row.get(0).context("reading a hit")?,
-                row.get(1).context("reading a hit")?,
-            ));
-        }
-        drop(rows);
         let base = SearchCursor {
             rank: 0.0,
             seq: 0,
             cap,
-            floor,
+            floor: 0,
             token: 0,
             offset: 0,
         };
@@ -395,7 +339,7 @@ pub fn search(
             let (seq, rank) = ranking[page_len - 1];
             Some(boundary(&base, seq, rank))
         };
-        let items = render(conn, &expression, &ranking[..page_len])?;
+        let items = render(conn, &query.terms, &ranking[..page_len])?;
         Ok(Page { items, next })
     })
 }
@@ -415,7 +359,7 @@ fn boundary(base: &SearchCursor, seq: i64, rank: f64) -> SearchCursor {
 /// The hits of one page, in ranking order, with snippets.
 fn render(
     conn: &Connection,
-    expression: &str,
+    terms: &SearchTerms,
     page: &[(i64, f64)],
 ) -> StorageResult<Vec<SearchHit>> {
     if page.is_empty() {
@@ -426,18 +370,13 @@ fn render(
     let mut statement = conn
         .prepare_cached(SEARCH_ROWS_SQL)
         .context("preparing the search rows")?;
-    bind_named(
-        &mut statement,
-        &[
-            (":match", Value::Text(expression.to_owned())),
-            (":seqs", Value::Text(seqs)),
-        ],
-    )?;
+    bind_named(&mut statement, &[(":seqs", Value::Text(seqs))])?;
     let mut rows = statement.raw_query();
     let mut found = std::collections::HashMap::with_capacity(page.len());
     while let Some(row) = rows.next().context("rendering hits")? {
         let role: String = row.get(3).context("reading a hit")?;
         let seq: i64 = row.get(0).context("reading a hit")?;
+        let text: String = row.get(5).context("reading a hit")?;
         found.insert(
             seq,
             (
@@ -446,9 +385,7 @@ fn render(
                 Role::parse(&role)
                     .with_context(|| format!("a stored message has the unknown role {role:?}"))?,
                 row.get::<_, i64>(4).context("reading a hit")?,
-                row.get::<_, Option<String>>(5)
-                    .context("reading a hit")?
-                    .unwrap_or_default(),
+                crate::search::snippet(&text, terms),
             ),
         );
     }
@@ -468,36 +405,6 @@ fn render(
             )
         })
         .collect())
-}
-
-/// The floor of the ranking window: 0 (rank everything) unless the query has more matches
-/// than the window holds, or filters to one session (which never has that many).
-fn window_floor(
-    conn: &Connection,
-    query: &SearchQuery,
-    values: &[(&str, Value)],
-    cap: i64,
-) -> StorageResult<i64> {
-    let Some(window) = query.window.filter(|w| *w > 0) else {
-        return Ok(0);
-    };
-    if query.session_id.is_some() {
-        return Ok(0);
-    }
-    let mut statement = conn
-        .prepare_cached(&search_floor_sql(query))
-        .context("preparing the search window")?;
-    let mut all = values.to_vec();
-    all.push((":cap", Value::Integer(cap)));
-    all.push((":floor", Value::Integer(0)));
-    all.push((":offset", Value::Integer(i64::from(window) - 1)));
-    bind_named(&mut statement, &all)?;
-    let mut rows = statement.raw_query();
-    let floor = match rows.next().context("finding the search window")? {
-        Some(row) => row.get(0).context("reading the search window")?,
-        None => 0,
-    };
-    Ok(floor)
 }
 
 pub fn session_text(

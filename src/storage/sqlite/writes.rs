@@ -139,14 +139,6 @@ pub fn delete_session(ctx: &mut WriteCtx<'_>, id: SessionId) -> StorageResult<()
     let session = load_session(ctx, &id)?;
     let now = ctx.now();
     ctx.conn
-        .prepare_cached(
-            "INSERT INTO messages_fts (messages_fts, rowid, text) \
-             SELECT 'delete', seq, text FROM messages WHERE session_id = ?1 AND text <> ''",
-        )
-        .context("preparing a search index delete")?
-        .execute([id.as_str()])
-        .context("removing a session's messages from the search index")?;
-    ctx.conn
         .prepare_cached("DELETE FROM messages WHERE session_id = ?1")
         .context("preparing a message delete")?
         .execute([id.as_str()])
@@ -255,7 +247,7 @@ pub fn append_message(
     Ok(message)
 }
 
-/// Inserts a message and indexes its text; with `if_new`, a message whose id is stored already
+/// Inserts a message (the search index reads it from the log); with `if_new`, a message whose id is stored already
 /// is left as it is. Returns whether it was inserted.
 #[allow(clippy::too_many_arguments)]
 fn insert_message(
@@ -287,17 +279,7 @@ fn insert_message(
             created_at,
         ])
         .context("inserting a message")?;
-    if inserted == 0 {
-        return Ok(false);
-    }
-    let seq = ctx.conn.last_insert_rowid();
-    if !text.is_empty() {
-        ctx.conn
-            .prepare_cached("INSERT INTO messages_fts (rowid, text) VALUES (?1, ?2)")?
-            .execute(params![seq, text])
-            .context("indexing a message")?;
-    }
-    Ok(true)
+    Ok(inserted > 0)
 }
 
 /// Bulk load: complete sessions and messages as given, without events. Moves the database's

@@ -1,0 +1,1038 @@
+//! The tantivy [`SearchIndex`]: a disk index in the data dir written by one background indexer
+//! thread, plus an in-memory tail index that searches fill (from the caller's snapshot) with
+//! whatever the disk index has not committed yet.
+//!
+//! Both are scored under the statistics of the two together, so a message scores the same
+//! whether it sits in the tail or on disk; deletions since the last commit are excluded by a
+//! non-scoring clause. Commits happen on a time/size policy (many tiny commits explode the
+//! segment count), each carrying the log positions it covers in its payload.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tantivy::collector::{Collector, SegmentCollector, TopDocs};
+use tantivy::columnar::Column;
+use tantivy::query::{
+    Bm25StatisticsProvider, BooleanQuery, ConstScoreQuery, Occur, PhrasePrefixQuery, PhraseQuery,
+    Query, TermQuery, TermSetQuery,
+};
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions,
+};
+use tantivy::tokenizer::{PreTokenizedString, TextAnalyzer};
+use tantivy::{
+    DocAddress, DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher,
+    SegmentOrdinal, SegmentReader, TantivyDocument,
+};
+
+use super::analysis::{TOKENIZER, analyzer, edge_grams, gram, indexed_part, tokens};
+use super::{Doc, Heads, Hit, IndexError, Request, SearchIndex, Source, Status, sort_hits};
+use crate::domain::Term;
+
+/// Bumped when the schema or analysis changes: an index of another version is rebuilt.
+const VERSION: u32 = 1;
+/// Messages read from the source at a time.
+const BATCH: usize = 2000;
+/// The most expansions of a prefix at the end of a multi-word prefix term.
+const MAX_PREFIX_EXPANSIONS: u32 = 1000;
+
+#[derive(Clone, Debug)]
+pub struct IndexOptions {
+    pub dir: PathBuf,
+    /// Names the database: an index built from another database is rebuilt.
+    pub database: String,
+    /// Commit at least this often while there is something to commit…
+    pub commit_interval: Duration,
+    /// …or as soon as this many changes wait.
+    pub commit_changes: usize,
+    /// How often the indexer looks for new writes.
+    pub poll: Duration,
+    /// A new index over at most this many messages is built before `open` returns; a bigger
+    /// one in the background (searches answer 503 meanwhile).
+    pub build_in_foreground: i64,
+    pub writer_memory: usize,
+}
+
+impl IndexOptions {
+    pub fn new(dir: impl Into<PathBuf>, database: impl Into<String>) -> IndexOptions {
+        IndexOptions {
+            dir: dir.into(),
+            database: database.into(),
+            commit_interval: Duration::from_secs(1),
+            commit_changes: 50_000,
+            poll: Duration::from_millis(100),
+            build_in_foreground: 20_000,
+            writer_memory: 64 << 20,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    seq: Field,
+    session: Field,
+    directory: Field,
+    role: Field,
+    created_at: Field,
+    text: Field,
+    prefix: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    let seq = builder.add_i64_field("seq", INDEXED | FAST);
+    let session = builder.add_text_field("session_id", STRING);
+    let directory = builder.add_text_field("directory", STRING);
+    let role = builder.add_text_field("role", STRING);
+    let created_at = builder.add_i64_field("created_at", FAST);
+    let text = builder.add_text_field(
+        "text",
+        TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(TOKENIZER)
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        ),
+    );
+    let prefix = builder.add_text_field(
+        "prefix",
+        TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(TOKENIZER)
+                .set_index_option(IndexRecordOption::WithFreqs),
+        ),
+    );
+    (
+        builder.build(),
+        Fields {
+            seq,
+            session,
+            directory,
+            role,
+            created_at,
+            text,
+            prefix,
+        },
+    )
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Payload {
+    version: u32,
+    database: String,
+    heads: Heads,
+}
+
+/// What searches read, swapped together under one lock.
+struct View {
+    main: Searcher,
+    committed: Heads,
+    /// The newest heads the indexer saw (for the lag).
+    seen: Heads,
+    building: Option<Heads>,
+    progress: f64,
+    tail: Tail,
+}
+
+/// Everything after the last commit, in memory.
+struct Tail {
+    /// The tail holds every message `committed.messages < seq <= fed.messages` and every
+    /// deletion `committed.events < seq <= fed.events`.
+    fed: Heads,
+    writer: IndexWriter,
+    reader: IndexReader,
+    searcher: Searcher,
+    seqs: Vec<i64>,
+    /// `(event seq, session)` of deletions the disk index has not committed.
+    deleted: Vec<(i64, String)>,
+}
+
+pub struct TantivyIndex {
+    fields: Fields,
+    view: Mutex<View>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn register(index: &Index) {
+    index.tokenizers().register(TOKENIZER, analyzer());
+}
+
+fn document(fields: &Fields, analyzer: &mut TextAnalyzer, doc: &Doc) -> TantivyDocument {
+    let words = tokens(analyzer, indexed_part(&doc.text));
+    let grams = edge_grams(&words);
+    let mut out = TantivyDocument::default();
+    out.add_i64(fields.seq, doc.seq);
+    out.add_text(fields.session, &doc.session_id);
+    out.add_text(fields.directory, &doc.directory);
+    out.add_text(fields.role, &doc.role);
+    out.add_i64(fields.created_at, doc.created_at);
+    out.add_pre_tokenized_text(
+        fields.text,
+        PreTokenizedString {
+            text: String::new(),
+            tokens: words,
+        },
+    );
+    out.add_pre_tokenized_text(
+        fields.prefix,
+        PreTokenizedString {
+            text: String::new(),
+            tokens: grams,
+        },
+    );
+    out
+}
+
+/// Opens the index in `dir` when it is whole, ours, of this version and of this database.
+fn open_existing(dir: &Path, options: &IndexOptions) -> anyhow::Result<(Index, Heads)> {
+    let index = Index::open_in_dir(dir).context("opening the search index")?;
+    register(&index);
+    if index.schema() != schema().0 {
+        anyhow::bail!("the search index has another schema");
+    }
+    let metas = index.load_metas().context("reading the index metadata")?;
+    let payload: Payload = serde_json::from_str(metas.payload.as_deref().unwrap_or(""))
+        .context("reading the index payload")?;
+    if payload.version != VERSION || payload.database != options.database {
+        anyhow::bail!("the search index belongs to another database or version");
+    }
+    Ok((index, payload.heads))
+}
+
+fn commit(writer: &mut IndexWriter, database: &str, heads: Heads) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let payload = serde_json::to_string(&Payload {
+        version: VERSION,
+        database: database.to_owned(),
+        heads,
+    })
+    .context("encoding the index payload")?;
+    let mut prepared = writer
+        .prepare_commit()
+        .context("preparing an index commit")?;
+    prepared.set_payload(&payload);
+    prepared.commit().context("committing the search index")?;
+    metrics::histogram!(crate::telemetry::metrics::SEARCH_INDEX_COMMIT)
+        .record(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Feeds messages `after < seq <= upto` to `writer`; returns how many were added.
+fn feed_messages(
+    fields: &Fields,
+    writer: &IndexWriter,
+    source: &dyn Source,
+    after: i64,
+    upto: i64,
+    mut added: impl FnMut(i64),
+) -> anyhow::Result<usize> {
+    let mut analyzer = analyzer();
+    let mut after = after;
+    let mut count = 0;
+    while after < upto {
+        let docs = source.messages(after, upto, BATCH)?;
+        for doc in &docs {
+            writer
+                .add_document(document(fields, &mut analyzer, doc))
+                .context("indexing a message")?;
+            added(doc.seq);
+        }
+        count += docs.len();
+        match docs.last() {
+            Some(last) if docs.len() == BATCH => after = last.seq,
+            _ => break,
+        }
+    }
+    Ok(count)
+}
+
+/// Bm25 statistics of the disk index and the tail together.
+struct Combined<'a>(&'a Searcher, &'a Searcher);
+
+impl Bm25StatisticsProvider for Combined<'_> {
+    fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
+        Ok(self.0.total_num_tokens(field)? + self.1.total_num_tokens(field)?)
+    }
+
+    fn total_num_docs(&self) -> tantivy::Result<u64> {
+        Ok(Bm25StatisticsProvider::total_num_docs(self.0)?
+            + Bm25StatisticsProvider::total_num_docs(self.1)?)
+    }
+
+    fn doc_freq(&self, term: &tantivy::Term) -> tantivy::Result<u64> {
+        Ok(self.0.doc_freq(term)? + self.1.doc_freq(term)?)
+    }
+}
+
+/// Collects every match with its score: the unpruned reference, and continuing by rank.
+struct Every {
+    seq: &'static str,
+}
+
+struct EverySegment {
+    seqs: Column<i64>,
+    hits: Vec<Hit>,
+}
+
+impl Collector for Every {
+    type Fruit = Vec<Hit>;
+    type Child = EverySegment;
+
+    fn for_segment(
+        &self,
+        _segment: SegmentOrdinal,
+        reader: &SegmentReader,
+    ) -> tantivy::Result<EverySegment> {
+        Ok(EverySegment {
+            seqs: reader.fast_fields().i64(self.seq)?,
+            hits: Vec::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        true
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<Hit>>) -> tantivy::Result<Vec<Hit>> {
+        Ok(fruits.into_iter().flatten().collect())
+    }
+}
+
+impl SegmentCollector for EverySegment {
+    type Fruit = Vec<Hit>;
+
+    fn collect(&mut self, doc: DocId, score: Score) {
+        if let Some(seq) = self.seqs.first(doc) {
+            self.hits.push(Hit { seq, score });
+        }
+    }
+
+    fn harvest(self) -> Vec<Hit> {
+        self.hits
+    }
+}
+
+fn seqs_of(searcher: &Searcher, found: Vec<(Score, DocAddress)>) -> tantivy::Result<Vec<Hit>> {
+    let mut columns: Vec<Option<Column<i64>>> = vec![None; searcher.segment_readers().len()];
+    let mut hits = Vec::with_capacity(found.len());
+    for (score, address) in found {
+        let slot = &mut columns[address.segment_ord as usize];
+        if slot.is_none() {
+            *slot = Some(
+                searcher
+                    .segment_reader(address.segment_ord)
+                    .fast_fields()
+                    .i64("seq")?,
+            );
+        }
+        if let Some(seq) = slot.as_ref().and_then(|c| c.first(address.doc_id)) {
+            hits.push(Hit { seq, score });
+        }
+    }
+    Ok(hits)
+}
+
+/// What kind of query this is, for the metrics.
+fn kind(request: &Request<'_>) -> &'static str {
+    let terms = request.terms.terms();
+    match terms {
+        [Term::Word(_)] => "word",
+        [Term::Phrase(_)] => "phrase",
+        [Term::Prefix(_)] => "prefix",
+        _ if terms.iter().all(|t| matches!(t, Term::Word(_))) => "conjunction",
+        _ => "mixed",
+    }
+}
+
+/// A consistent view for one search.
+struct Snapshot {
+    main: Searcher,
+    tail: Searcher,
+    excluded: Vec<String>,
+}
+
+impl TantivyIndex {
+    /// Opens (or creates, or rebuilds) the index in `options.dir` and starts its indexer, which
+    /// reads the database through `source`. Blocking.
+    pub fn open(
+        options: IndexOptions,
+        source: Box<dyn Source + Send>,
+    ) -> anyhow::Result<Arc<TantivyIndex>> {
+        let (schema, fields) = schema();
+        let heads = source.heads().context("reading the log heads")?;
+        let existing = match open_existing(&options.dir, &options) {
+            Ok((index, committed)) => {
+                let oldest = source.oldest_event()?;
+                // Deletions we never saw were pruned from the log: the index may hold
+                // messages the database no longer has.
+                let missed = oldest.is_some_and(|o| o > committed.events + 1);
+                if missed || !heads.covers(&committed) {
+                    tracing::warn!("the search index is behind the retained log; rebuilding it");
+                    None
+                } else {
+                    Some((index, committed))
+                }
+            }
+            Err(error) if options.dir.exists() => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "the search index cannot be used; rebuilding it"
+                );
+                None
+            }
+            Err(_) => None,
+        };
+        let opened = existing.and_then(|(index, committed)| {
+            let writer = index
+                .writer_with_num_threads(1, options.writer_memory)
+                .ok()?;
+            let reader = index
+                .reader_builder()
+                .reload_policy(ReloadPolicy::Manual)
+                .try_into()
+                .ok()?;
+            Some((index, writer, reader, committed, false))
+        });
+        let (_index, mut writer, reader, committed, fresh) = match opened {
+            Some(opened) => opened,
+            None => {
+                match std::fs::remove_dir_all(&options.dir) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => {
+                        return Err(error).with_context(|| {
+                            format!("removing the search index {}", options.dir.display())
+                        });
+                    }
+                }
+                std::fs::create_dir_all(&options.dir).with_context(|| {
+                    format!("creating the search index dir {}", options.dir.display())
+                })?;
+                let index = Index::create_in_dir(&options.dir, schema.clone())
+                    .context("creating the search index")?;
+                register(&index);
+                let mut writer = index
+                    .writer_with_num_threads(1, options.writer_memory)
+                    .context("opening the index writer")?;
+                // Deletions before now are already reflected in what the database holds.
+                let start = Heads {
+                    messages: 0,
+                    events: heads.events,
+                };
+                commit(&mut writer, &options.database, start)?;
+                let reader = index
+                    .reader_builder()
+                    .reload_policy(ReloadPolicy::Manual)
+                    .try_into()
+                    .context("opening the index reader")?;
+                (index, writer, reader, start, true)
+            }
+        };
+
+        let mut committed = committed;
+        let mut building = None;
+        let gap = heads.messages - committed.messages;
+        if gap > options.build_in_foreground {
+            // Far behind (new, or an interrupted build): built in the background, never
+            // served partial and never through a tail this big.
+            tracing::info!(
+                messages = gap,
+                fresh,
+                "building the search index in the background"
+            );
+            building = Some(heads);
+        } else if !committed.covers(&heads) {
+            // A short way behind (a crash lost the last commit's worth): caught up before
+            // serving, so the tail starts small.
+            feed_messages(
+                &fields,
+                &writer,
+                &*source,
+                committed.messages,
+                heads.messages,
+                |_| {},
+            )?;
+            if heads.events > committed.events {
+                for (_, session) in source.deletions(committed.events, heads.events)? {
+                    writer.delete_term(tantivy::Term::from_field_text(fields.session, &session));
+                }
+            }
+            committed = committed.max(heads);
+            commit(&mut writer, &options.database, committed)?;
+            reader.reload().context("reloading the index reader")?;
+        }
+
+        let tail_index = Index::create_in_ram(schema);
+        register(&tail_index);
+        let tail_writer = tail_index
+            .writer_with_num_threads(1, 20 << 20)
+            .context("opening the tail index")?;
+        let tail_reader = tail_index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .context("opening the tail reader")?;
+        let view = View {
+            main: reader.searcher(),
+            committed,
+            seen: heads,
+            building,
+            progress: if building.is_some() { 0.0 } else { 1.0 },
+            tail: Tail {
+                fed: committed,
+                searcher: tail_reader.searcher(),
+                writer: tail_writer,
+                reader: tail_reader,
+                seqs: Vec::new(),
+                deleted: Vec::new(),
+            },
+        };
+        let index = Arc::new(TantivyIndex {
+            fields,
+            view: Mutex::new(view),
+            stop: Arc::new((Mutex::new(false), Condvar::new())),
+            thread: Mutex::new(None),
+        });
+        let indexer = Indexer {
+            index: Arc::downgrade(&index),
+            stop: index.stop.clone(),
+            fields,
+            writer,
+            reader,
+            source,
+            fed: committed,
+            committed,
+            pending: 0,
+            last_commit: Instant::now(),
+            options,
+        };
+        let thread = std::thread::Builder::new()
+            .name("search-indexer".into())
+            .spawn(move || indexer.run())
+            .context("starting the search indexer")?;
+        *lock(&index.thread) = Some(thread);
+        Ok(index)
+    }
+
+    /// Brings the tail up to `heads` and takes what one search reads.
+    fn snapshot(&self, source: &dyn Source, heads: Heads) -> Result<Snapshot, IndexError> {
+        let mut view = lock(&self.view);
+        if let Some(target) = view.building {
+            let progress = view.progress;
+            // A build that already covers the caller's heads could serve, but it is only
+            // published at its end; until then the answer would be partial.
+            let _ = target;
+            return Err(IndexError::Building { progress });
+        }
+        let tail = &mut view.tail;
+        if !tail.fed.covers(&heads) {
+            let before = tail.seqs.len();
+            if let Err(error) = self.catch_up(tail, source, heads) {
+                // Nothing half-fed stays behind: the next search feeds the same range again.
+                let _ = tail.writer.rollback();
+                tail.seqs.truncate(before);
+                return Err(IndexError::Internal(error));
+            }
+        }
+        Ok(Snapshot {
+            main: view.main.clone(),
+            tail: view.tail.searcher.clone(),
+            excluded: view.tail.deleted.iter().map(|(_, s)| s.clone()).collect(),
+        })
+    }
+
+    fn catch_up(&self, tail: &mut Tail, source: &dyn Source, heads: Heads) -> anyhow::Result<()> {
+        let mut changed = false;
+        if heads.messages > tail.fed.messages {
+            let seqs = &mut tail.seqs;
+            let added = feed_messages(
+                &self.fields,
+                &tail.writer,
+                source,
+                tail.fed.messages,
+                heads.messages,
+                |seq| seqs.push(seq),
+            )?;
+            changed |= added > 0;
+        }
+        let mut deleted = Vec::new();
+        if heads.events > tail.fed.events {
+            deleted = source.deletions(tail.fed.events, heads.events)?;
+            for (_, session) in &deleted {
+                tail.writer
+                    .delete_term(tantivy::Term::from_field_text(self.fields.session, session));
+            }
+            changed |= !deleted.is_empty();
+        }
+        if changed {
+            tail.writer.commit().context("committing the tail index")?;
+            tail.reader.reload().context("reloading the tail index")?;
+            tail.searcher = tail.reader.searcher();
+        }
+        tail.deleted.extend(deleted);
+        tail.fed = tail.fed.max(heads);
+        Ok(())
+    }
+
+    /// The query for one index; `None` when nothing can match.
+    fn query(&self, request: &Request<'_>, excluded: &[String]) -> Option<Box<dyn Query>> {
+        let fields = &self.fields;
+        let mut analyzer = analyzer();
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        let text_term = |t: &str| tantivy::Term::from_field_text(fields.text, t);
+        for term in request.terms.terms() {
+            let words: Vec<String> = tokens(&mut analyzer, term.text())
+                .into_iter()
+                .map(|t| t.text)
+                .collect();
+            let query: Box<dyn Query> = match (term, words.as_slice()) {
+                (_, []) => return None,
+                (Term::Prefix(_), [stem]) => Box::new(TermQuery::new(
+                    tantivy::Term::from_field_text(fields.prefix, gram(stem)),
+                    IndexRecordOption::WithFreqs,
+                )),
+                (Term::Prefix(_), words) => {
+                    let mut query =
+                        PhrasePrefixQuery::new(words.iter().map(|w| text_term(w)).collect());
+                    query.set_max_expansions(MAX_PREFIX_EXPANSIONS);
+                    Box::new(query)
+                }
+                (_, [word]) => Box::new(TermQuery::new(
+                    text_term(word),
+                    IndexRecordOption::WithFreqs,
+                )),
+                (_, words) => Box::new(PhraseQuery::new(
+                    words.iter().map(|w| text_term(w)).collect(),
+                )),
+            };
+            clauses.push((Occur::Must, query));
+        }
+        if clauses.is_empty() {
+            return None;
+        }
+        let filter = |field: Field, value: &str| -> Box<dyn Query> {
+            Box::new(ConstScoreQuery::new(
+                Box::new(TermQuery::new(
+                    tantivy::Term::from_field_text(field, value),
+                    IndexRecordOption::Basic,
+                )),
+                0.0,
+            ))
+        };
+        if let Some(session) = request.session_id {
+            clauses.push((Occur::Must, filter(fields.session, session)));
+        }
+        if let Some(directory) = request.directory {
+            clauses.push((Occur::Must, filter(fields.directory, directory)));
+        }
+        if !excluded.is_empty() {
+            clauses.push((
+                Occur::MustNot,
+                Box::new(TermSetQuery::new(
+                    excluded
+                        .iter()
+                        .map(|s| tantivy::Term::from_field_text(fields.session, s)),
+                )),
+            ));
+        }
+        if clauses.len() == 1 {
+            return clauses.pop().map(|(_, q)| q);
+        }
+        Some(Box::new(BooleanQuery::new(clauses)))
+    }
+
+    fn run<C: Collector>(
+        &self,
+        source: &dyn Source,
+        heads: Heads,
+        request: &Request<'_>,
+        collector: &C,
+        to_hits: impl Fn(&Searcher, C::Fruit) -> tantivy::Result<Vec<Hit>>,
+    ) -> Result<Vec<Hit>, IndexError> {
+        let snapshot = self.snapshot(source, heads)?;
+        let (Some(main_query), Some(tail_query)) = (
+            self.query(request, &snapshot.excluded),
+            self.query(request, &[]),
+        ) else {
+            return Ok(Vec::new());
+        };
+        let stats = Combined(&snapshot.main, &snapshot.tail);
+        let search = |searcher: &Searcher, query: &dyn Query| -> anyhow::Result<Vec<Hit>> {
+            let fruit = searcher
+                .search_with_statistics_provider(query, collector, &stats)
+                .context("searching the index")?;
+            to_hits(searcher, fruit).context("reading hits")
+        };
+        let mut hits = search(&snapshot.main, &*main_query)?;
+        hits.extend(search(&snapshot.tail, &*tail_query)?);
+        sort_hits(&mut hits);
+        Ok(hits)
+    }
+}
+
+impl SearchIndex for TantivyIndex {
+    fn top(
+        &self,
+        source: &dyn Source,
+        heads: Heads,
+        request: &Request<'_>,
+        k: usize,
+    ) -> Result<Vec<Hit>, IndexError> {
+        metrics::counter!(crate::telemetry::metrics::SEARCHES, "kind" => kind(request))
+            .increment(1);
+        let collector = TopDocs::with_limit(k.max(1)).order_by_score();
+        let mut hits = self.run(source, heads, request, &collector, seqs_of)?;
+        hits.truncate(k);
+        Ok(hits)
+    }
+
+    fn every(
+        &self,
+        source: &dyn Source,
+        heads: Heads,
+        request: &Request<'_>,
+    ) -> Result<Vec<Hit>, IndexError> {
+        metrics::counter!(crate::telemetry::metrics::SEARCHES, "kind" => "unpruned").increment(1);
+        self.run(source, heads, request, &Every { seq: "seq" }, |_, hits| {
+            Ok(hits)
+        })
+    }
+
+    fn status(&self) -> Status {
+        let view = lock(&self.view);
+        Status {
+            building: view.building.is_some(),
+            progress: view.progress,
+            committed: view.committed,
+            lag: (view.seen.messages - view.committed.messages).max(0),
+            segments: view.main.segment_readers().len(),
+        }
+    }
+
+    fn close(&self) {
+        let (stopping, wake) = &*self.stop;
+        *lock(stopping) = true;
+        wake.notify_all();
+        if let Some(thread) = lock(&self.thread).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The background writer of the disk index.
+struct Indexer {
+    index: std::sync::Weak<TantivyIndex>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    fields: Fields,
+    writer: IndexWriter,
+    reader: IndexReader,
+    source: Box<dyn Source + Send>,
+    /// What was given to the writer…
+    fed: Heads,
+    /// …and what of it is committed.
+    committed: Heads,
+    pending: usize,
+    last_commit: Instant,
+    options: IndexOptions,
+}
+
+impl Indexer {
+    fn run(mut self) {
+        loop {
+            let stopping = {
+                let (stopping, wake) = &*self.stop;
+                let guard = lock(stopping);
+                if *guard {
+                    true
+                } else {
+                    let (guard, _) = wake
+                        .wait_timeout(guard, self.options.poll)
+                        .unwrap_or_else(|e| e.into_inner());
+                    *guard
+                }
+            };
+            if let Err(error) = self.step(stopping) {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "search indexing failed; retrying"
+                );
+                // What was fed but not committed is fed again from the last commit.
+                let _ = self.writer.rollback();
+                self.fed = self.committed;
+                self.pending = 0;
+            }
+            if stopping || self.index.strong_count() == 0 {
+                return;
+            }
+        }
+    }
+
+    fn step(&mut self, stopping: bool) -> anyhow::Result<()> {
+        let heads = self.source.heads()?;
+        let building = self.index.upgrade().and_then(|i| lock(&i.view).building);
+        while self.fed.messages < heads.messages {
+            let upto = heads.messages.min(self.fed.messages + BATCH as i64 * 10);
+            let added = feed_messages(
+                &self.fields,
+                &self.writer,
+                &*self.source,
+                self.fed.messages,
+                upto,
+                |_| {},
+            )?;
+            self.fed.messages = upto;
+            self.pending += added.max(1);
+            if self.pending >= self.options.commit_changes {
+                self.commit(building, heads)?;
+            }
+            if self.stop_requested() && building.is_some() {
+                break;
+            }
+        }
+        if self.fed.messages >= heads.messages && self.fed.events < heads.events {
+            for (_, session) in self.source.deletions(self.fed.events, heads.events)? {
+                self.writer.delete_term(tantivy::Term::from_field_text(
+                    self.fields.session,
+                    &session,
+                ));
+                self.pending += 1;
+            }
+            self.fed.events = heads.events;
+        }
+        let due = self.last_commit.elapsed() >= self.options.commit_interval;
+        let built = building.is_some_and(|target| self.fed.covers(&target));
+        if self.pending > 0 && (due || stopping || built) {
+            self.commit(building, heads)?;
+        } else if let Some(index) = self.index.upgrade() {
+            lock(&index.view).seen = heads;
+        }
+        Ok(())
+    }
+
+    fn stop_requested(&self) -> bool {
+        *lock(&self.stop.0)
+    }
+
+    fn commit(&mut self, building: Option<Heads>, heads: Heads) -> anyhow::Result<()> {
+        commit(&mut self.writer, &self.options.database, self.fed)?;
+        self.committed = self.fed;
+        self.pending = 0;
+        self.last_commit = Instant::now();
+        self.reader.reload().context("reloading the index reader")?;
+        let searcher = self.reader.searcher();
+        let Some(index) = self.index.upgrade() else {
+            return Ok(());
+        };
+        let mut view = lock(&index.view);
+        view.seen = heads;
+        if let Some(target) = building {
+            if self.committed.covers(&target) {
+                tracing::info!("the search index is built");
+                view.building = None;
+                view.progress = 1.0;
+            } else {
+                view.progress = self.committed.messages as f64 / target.messages.max(1) as f64;
+                // Not published before the build is complete: a partial index answers wrongly.
+                view.committed = self.committed;
+                return Ok(());
+            }
+        }
+        view.main = searcher;
+        view.committed = self.committed;
+        let committed = self.committed;
+        let tail = &mut view.tail;
+        let before = tail.seqs.len();
+        for seq in tail.seqs.iter().filter(|s| **s <= committed.messages) {
+            tail.writer
+                .delete_term(tantivy::Term::from_field_i64(self.fields.seq, *seq));
+        }
+        tail.seqs.retain(|s| *s > committed.messages);
+        tail.deleted.retain(|(seq, _)| *seq > committed.events);
+        tail.fed = tail.fed.max(committed);
+        if tail.seqs.len() != before {
+            tail.writer.commit().context("trimming the tail index")?;
+            tail.reader.reload().context("reloading the tail index")?;
+            tail.searcher = tail.reader.searcher();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SearchTerms;
+
+    /// A log in memory: messages by seq, deletions as events.
+    #[derive(Default)]
+    struct Memory {
+        docs: Mutex<Vec<Doc>>,
+        deletions: Mutex<Vec<(i64, String)>>,
+    }
+
+    struct Shared(Arc<Memory>);
+
+    impl Source for Shared {
+        fn heads(&self) -> anyhow::Result<Heads> {
+            Ok(Heads {
+                messages: lock(&self.0.docs).last().map_or(0, |d| d.seq),
+                events: lock(&self.0.deletions).last().map_or(0, |d| d.0),
+            })
+        }
+
+        fn messages(&self, after: i64, upto: i64, limit: usize) -> anyhow::Result<Vec<Doc>> {
+            let deleted: Vec<String> = lock(&self.0.deletions)
+                .iter()
+                .map(|d| d.1.clone())
+                .collect();
+            Ok(lock(&self.0.docs)
+                .iter()
+                .filter(|d| d.seq > after && d.seq <= upto && !deleted.contains(&d.session_id))
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+
+        fn deletions(&self, after: i64, upto: i64) -> anyhow::Result<Vec<(i64, String)>> {
+            Ok(lock(&self.0.deletions)
+                .iter()
+                .filter(|d| d.0 > after && d.0 <= upto)
+                .cloned()
+                .collect())
+        }
+
+        fn oldest_event(&self) -> anyhow::Result<Option<i64>> {
+            Ok(lock(&self.0.deletions).first().map(|d| d.0))
+        }
+    }
+
+    /// Zipf-like: word `i` is drawn about `1/(i+1)` as often as word 0.
+    fn word(rng: &mut fastrand::Rng, vocabulary: usize) -> String {
+        let rank = (vocabulary as f64).powf(rng.f64()) as usize - 1;
+        format!("w{}", rank.min(vocabulary - 1))
+    }
+
+    fn corpus(rng: &mut fastrand::Rng, seqs: std::ops::Range<i64>) -> Vec<Doc> {
+        seqs.map(|seq| Doc {
+            seq,
+            session_id: format!("s{}", seq % 40),
+            directory: format!("/d{}", seq % 4),
+            role: "user".into(),
+            created_at: seq,
+            text: (0..rng.usize(3..40))
+                .map(|_| word(rng, 300))
+                .collect::<Vec<_>>()
+                .join(" "),
+        })
+        .collect()
+    }
+
+    fn random_query(rng: &mut fastrand::Rng, docs: &[Doc]) -> String {
+        match rng.u8(0..4) {
+            0 => word(rng, 300),
+            1 => format!("{} {}", word(rng, 300), word(rng, 300)),
+            2 => {
+                let doc = &docs[rng.usize(..docs.len())];
+                let words: Vec<&str> = doc.text.split(' ').collect();
+                let at = rng.usize(..words.len() - 1);
+                format!("\"{} {}\"", words[at], words[at + 1])
+            }
+            _ => format!("{}*", &word(rng, 300)[..2]),
+        }
+    }
+
+    #[test]
+    fn pruned_top_k_equals_scoring_every_match_on_disk_and_in_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = fastrand::Rng::with_seed(14);
+        let memory = Arc::new(Memory::default());
+        let docs = corpus(&mut rng, 1..3001);
+        lock(&memory.docs).extend(docs.iter().cloned());
+        let mut options = IndexOptions::new(dir.path().join("search"), "db");
+        options.build_in_foreground = i64::MAX;
+        // No background commit during the test: the tail keeps what is added below.
+        options.commit_interval = Duration::from_secs(3600);
+        options.commit_changes = usize::MAX;
+        let index = TantivyIndex::open(options, Box::new(Shared(memory.clone()))).unwrap();
+        let tail_docs = corpus(&mut rng, 3001..3601);
+        lock(&memory.docs).extend(tail_docs.iter().cloned());
+        let all: Vec<Doc> = docs.iter().chain(&tail_docs).cloned().collect();
+        let source = Shared(memory.clone());
+
+        let mut analyzer = analyzer();
+        let mut compared = 0;
+        for _ in 0..300 {
+            let q = random_query(&mut rng, &all);
+            let terms = SearchTerms::parse(&q).unwrap();
+            let session = format!("s{}", rng.u8(0..40));
+            let request = Request {
+                terms: &terms,
+                session_id: rng.bool().then_some(session.as_str()),
+                directory: None,
+            };
+            let heads = source.heads().unwrap();
+            let k = 10;
+            let top = index.top(&source, heads, &request, k).unwrap();
+            let every = index.every(&source, heads, &request).unwrap();
+            assert_eq!(top.len(), every.len().min(k), "{q}");
+            for (pruned, full) in top.iter().zip(&every) {
+                assert!(
+                    (pruned.score - full.score).abs() <= 1e-4,
+                    "{q}: {top:?} {every:?}"
+                );
+            }
+            if let Some(last) = top.last() {
+                // Ties at the cut may be broken either way; everything above it must agree.
+                let above = |hits: &[Hit]| -> Vec<i64> {
+                    hits.iter()
+                        .filter(|h| h.score > last.score + 1e-4)
+                        .map(|h| h.seq)
+                        .collect()
+                };
+                assert_eq!(above(&top), above(&every[..top.len()]), "{q}");
+                compared += 1;
+            }
+            // The unpruned side against a plain scan of the corpus (words only).
+            if let [Term::Word(a)] | [Term::Word(a), Term::Word(_)] = terms.terms() {
+                let wanted: Vec<String> =
+                    terms.terms().iter().map(|t| t.text().to_owned()).collect();
+                let expected = all
+                    .iter()
+                    .filter(|d| request.session_id.is_none_or(|s| s == d.session_id))
+                    .filter(|d| {
+                        let words: Vec<String> = tokens(&mut analyzer, &d.text)
+                            .into_iter()
+                            .map(|t| t.text)
+                            .collect();
+                        wanted.iter().all(|w| words.contains(w))
+                    })
+                    .count();
+                assert_eq!(every.len(), expected, "{q} ({a})");
+            }
+        }
+        assert!(compared > 100, "only {compared} queries matched anything");
+
+        // A deleted session leaves every answer at once, in the index and in the tail.
+        lock(&memory.deletions).push((1, "s7".into()));
+        let heads = source.heads().unwrap();
+        let terms = SearchTerms::parse("w0").unwrap();
+        let request = Request {
+            terms: &terms,
+            session_id: None,
+            directory: None,
+        };
+        let hits = index.every(&source, heads, &request).unwrap();
+        assert!(!hits.is_empty());
+        assert!(hits.iter().all(|h| h.seq % 40 != 7), "{hits:?}");
+        let top = index.top(&source, heads, &request, 3000).unwrap();
+        assert_eq!(top.len(), hits.len());
+        index.close();
+    }
+}
