@@ -196,6 +196,17 @@ impl Configured {
                 &format!("The API key lacks the `{scope}` scope this needs"),
             );
         }
+        // The browser guards (see `super::origin`): a foreign `Host` with auth off, a foreign
+        // `Origin` on a write or a WebSocket upgrade in every mode.
+        let writes = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+        if (self.auth == AuthMode::Off && path != "/health") || writes || path == "/v1/ws" {
+            add(
+                "403",
+                "Refused as a browser request: the `Host` is not a loopback name or in \
+                 `allowed_hosts` (auth off), or the `Origin` of a change or WebSocket is not \
+                 among `cors_origins`",
+            );
+        }
         if path.contains('{') {
             add("404", "No such resource");
         }

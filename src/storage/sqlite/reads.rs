@@ -531,7 +531,7 @@ pub fn sessions_by_id(
         "SELECT {SESSION_COLUMNS} FROM sessions WHERE id > ?1 ORDER BY id LIMIT ?2"
     ))
     .context("preparing a session walk")?
-    .query_map(params![after, limit], rows::session)
+    .query_map(rusqlite::params![after, limit], rows::session)
     .context("walking sessions")?
     .collect::<Result<Vec<_>, _>>()
     .context("reading sessions")
