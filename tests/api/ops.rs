@@ -151,7 +151,8 @@ fn operations(doc: &Value) -> Vec<(String, String, Value)> {
 
 #[tokio::test]
 async fn the_openapi_document_describes_the_server_as_configured() {
-    // The loopback default: open, no rate limits, so no security and no 401, 403 or 429.
+    // The loopback default: open, no rate limits, so no security and no 401 or 429; 403 only
+    // from the browser guards (a foreign Host or Origin), which spare `/health`.
     let open = TestApp::spawn().await;
     let doc = open.get_json("/openapi.json").await;
     assert!(doc["components"].get("securitySchemes").is_none(), "{doc}");
@@ -159,9 +160,14 @@ async fn the_openapi_document_describes_the_server_as_configured() {
     for (path, method, operation) in operations(&doc) {
         assert!(operation.get("security").is_none(), "{method} {path}");
         let responses = &operation["responses"];
-        for status in ["401", "403", "429"] {
+        for status in ["401", "429"] {
             assert!(responses.get(status).is_none(), "{method} {path} {status}");
         }
+        assert_eq!(
+            responses.get("403").is_some(),
+            path != "/health",
+            "{method} {path} 403"
+        );
         let shed = !["/health", "/metrics"].contains(&path.as_str());
         assert_eq!(responses.get("503").is_some(), shed, "{method} {path}");
         if path.contains('{') {
