@@ -53,7 +53,7 @@ pub struct CreateSession {
     pub parent_id: Option<String>,
     /// Any JSON object, at most 64 KiB; default `{}`.
     #[serde(default, deserialize_with = "non_null")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Object)]
     pub metadata: Option<Box<RawValue>>,
 }
 
@@ -160,7 +160,7 @@ pub struct UpdateSession {
     pub archived: Option<bool>,
     /// Replaces the whole metadata object (at most 64 KiB).
     #[serde(default, deserialize_with = "non_null")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Object)]
     pub metadata: Option<Box<RawValue>>,
 }
 
