@@ -137,18 +137,8 @@ pub struct MigrateArgs {
 
 #[derive(Args, Debug)]
 pub struct KeysArgs {
-    /// Data dir of the database [env: SESSIOND_DATA_DIR] [default: ./data]
-    #[arg(long, value_name = "DIR", global = true)]
-    pub data_dir: Option<std::path::PathBuf>,
-    /// `sqlite` (the data dir's database) or a `postgres://` URL
-    #[arg(
-        long,
-        value_name = "URL",
-        global = true,
-        env = "SESSIOND_DATABASE",
-        default_value = "sqlite"
-    )]
-    pub database: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     #[command(subcommand)]
     pub command: KeysCommand,
 }
@@ -358,10 +348,7 @@ async fn migrate_command(args: MigrateArgs) -> ExitCode {
 fn keys_command(args: KeysArgs) -> ExitCode {
     use crate::domain::keys::{ApiKey, NewKey, Scope, Secret};
     use crate::storage::sqlite::keys;
-    let data_dir = args
-        .data_dir
-        .or_else(|| std::env::var_os("SESSIOND_DATA_DIR").map(Into::into))
-        .unwrap_or_else(|| "./data".into());
+    let data_dir = args.database.data_dir();
     enum Op {
         Create(NewKey, Secret),
         List,
@@ -373,8 +360,8 @@ fn keys_command(args: KeysArgs) -> ExitCode {
         Revoked(ApiKey),
     }
     let run = || -> anyhow::Result<()> {
-        let database =
-            Database::parse(&args.database).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+        let database = Database::parse(&args.database.database)
+            .map_err(|e| anyhow::anyhow!("--database: {e}"))?;
         let op = match args.command {
             KeysCommand::Create {
                 scope,
