@@ -84,7 +84,7 @@ impl Rankings {
             moka::sync::Cache::builder()
                 .max_capacity(32 << 20)
                 .weigher(|_, ranking: &Arc<reads::Ranking>| {
-                    u32::try_from(ranking.len() * 16 + 64).unwrap_or(u32::MAX)
+                    u32::try_from(ranking.hits.len() * 16 + 64).unwrap_or(u32::MAX)
                 })
                 .time_to_idle(std::time::Duration::from_secs(600))
                 .build(),

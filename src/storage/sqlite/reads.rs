@@ -213,7 +213,13 @@ fn bind_named(statement: &mut Statement<'_>, values: &[(&str, Value)]) -> anyhow
 }
 
 /// Ranked hits kept for paging: `(seq, rank)` best first, `rank` being the negated score.
-pub type Ranking = Vec<(i64, f64)>;
+/// A first page's ranking, kept for the pages after it: `(seq, rank)` best first, and whether
+/// more hits ranked below the last kept one.
+#[derive(Clone, Debug, Default)]
+pub struct Ranking {
+    pub hits: Vec<(i64, f64)>,
+    pub more: bool,
+}
 
 /// Where first-page rankings are kept so later pages slice the very same order.
 pub trait RankingStore {
@@ -221,8 +227,11 @@ pub trait RankingStore {
     fn find(&self, token: u64) -> Option<Arc<Ranking>>;
 }
 
-/// How many hits a first page ranks and keeps: later pages within them are exact slices.
-pub const RANKING_KEPT: usize = 2000;
+/// How many hits a first page ranks and keeps at least (more when its `limit` is larger):
+/// later pages within them are exact slices; beyond them a page continues by rank, which scores
+/// every match. Top-k pruning gets weaker as `k` grows (a top-2000 ranking cost 8× a top-200
+/// one on the 1M-message seed), so this is a few pages, not every page anyone might read.
+pub const RANKING_KEPT: usize = 200;
 
 fn index_error(error: IndexError) -> StorageError {
     match error {
@@ -254,18 +263,17 @@ pub fn search(
             && cursor.token != 0
             && let Some(ranking) = rankings.find(cursor.token)
         {
-            // A kept ranking holds one hit more than it serves when there were more.
-            let usable = ranking.len().min(RANKING_KEPT);
+            let usable = ranking.hits.len();
             let start = (cursor.offset as usize).min(usable);
             let end = (start + limit).min(usable);
-            let page = &ranking[start..end];
+            let page = &ranking.hits[start..end];
             let next = if end < usable {
                 page.last().map(|&(seq, rank)| SearchCursor {
                     token: cursor.token,
                     offset: end as u32,
                     ..boundary(cursor, seq, rank)
                 })
-            } else if ranking.len() > RANKING_KEPT {
+            } else if ranking.more {
                 // More hits than were kept: continue by rank after the last kept one.
                 page.last().map(|&(seq, rank)| boundary(cursor, seq, rank))
             } else {
@@ -283,10 +291,11 @@ pub fn search(
             directory: query.directory.as_deref(),
         };
         let first_page = query.after.is_none();
-        let (ranking, cap): (Ranking, i64) = match &query.after {
+        let kept = limit.max(RANKING_KEPT);
+        let (ranking, cap): (Vec<(i64, f64)>, i64) = match &query.after {
             None => {
                 let hits = index
-                    .top(&source, heads, &request, RANKING_KEPT + 1)
+                    .top(&source, heads, &request, kept + 1)
                     .map_err(index_error)?;
                 let newest = hits.iter().map(|h| h.seq).max().unwrap_or(0);
                 let ranking = hits
@@ -329,7 +338,10 @@ pub fn search(
             None
         } else if first_page {
             let (seq, rank) = ranking[page_len - 1];
-            let token = rankings.keep(ranking.clone());
+            let token = rankings.keep(Ranking {
+                hits: ranking[..kept.min(ranking.len())].to_vec(),
+                more: ranking.len() > kept,
+            });
             Some(SearchCursor {
                 token,
                 offset: page_len as u32,
