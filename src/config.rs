@@ -75,6 +75,9 @@ pub struct ServeArgs {
     /// A search index rebuilt over at most this many messages is built before serving; a bigger one in the background [env: SESSIOND_SEARCH_INDEX_FOREGROUND] [default: 20000]
     #[arg(long, value_name = "N")]
     pub search_index_foreground: Option<String>,
+    /// PostgreSQL: where this instance keeps its own search index (one per instance) [env: SESSIOND_SEARCH_INDEX_DIR] [default: DATA_DIR/search]
+    #[arg(long, value_name = "DIR")]
+    pub search_index_dir: Option<String>,
     /// Events are kept this long for resuming streams [env: SESSIOND_EVENT_RETENTION] [default: 24h]
     #[arg(long, value_name = "DURATION")]
     pub event_retention: Option<String>,
@@ -229,6 +232,8 @@ pub struct Config {
     pub search_queue: usize,
     pub search_window: u32,
     pub search_index_foreground: u64,
+    /// PostgreSQL: this instance's search index dir (`None`: `search/` in the data dir).
+    pub search_index_dir: Option<PathBuf>,
     pub event_retention: Duration,
     pub event_retention_count: u64,
     pub event_prune_interval: Duration,
@@ -356,6 +361,9 @@ impl Config {
                 "20000",
                 |v| parse_count(v, 0, usize::MAX).map(|n| n as u64),
             )?,
+            search_index_dir: r.get("search_index_dir", &args.search_index_dir, "", |v| {
+                Ok((!v.is_empty()).then(|| PathBuf::from(v)))
+            })?,
             event_retention: r.get(
                 "event_retention",
                 &args.event_retention,
@@ -539,6 +547,7 @@ const FILE_KEYS: &[&str] = &[
     "search_queue",
     "search_window",
     "search_index_foreground",
+    "search_index_dir",
     "event_retention",
     "event_retention_count",
     "event_prune_interval",

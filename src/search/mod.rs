@@ -11,6 +11,7 @@
 
 mod analysis;
 mod index;
+pub mod paging;
 mod snippet;
 
 pub use analysis::analyzer;
