@@ -39,7 +39,12 @@ pub async fn heads(client: &Client) -> anyhow::Result<Heads> {
     })
 }
 
-async fn messages(client: &Client, after: i64, upto: i64, limit: usize) -> anyhow::Result<Vec<Doc>> {
+async fn messages(
+    client: &Client,
+    after: i64,
+    upto: i64,
+    limit: usize,
+) -> anyhow::Result<Vec<Doc>> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = client
         .query(INDEX_MESSAGES_SQL, &[&after, &upto, &limit])

@@ -146,8 +146,12 @@ async fn open_search(
         .unwrap_or_else(|| format!("search{SEARCH_LOCK_SUFFIX}"));
     std::fs::create_dir_all(&parent)
         .with_context(|| format!("creating the search index's dir {}", parent.display()))?;
-    let lock = super::lock_dir(&parent, &name, "the search index's dir")
-        .with_context(|| format!("give each instance its own search_index_dir ({})", dir.display()))?;
+    let lock = super::lock_dir(&parent, &name, "the search index's dir").with_context(|| {
+        format!(
+            "give each instance its own search_index_dir ({})",
+            dir.display()
+        )
+    })?;
     let config: tokio_postgres::Config = url
         .parse()
         .context("parsing the PostgreSQL connection URL (setting `database`)")?;

@@ -433,10 +433,7 @@ const HEAD_UPDATE: &str = "UPDATE head SET seq = $1, at = $2, owner = $3, \
 async fn commit(ctx: &WriteCtx, instance: &str) -> Result<(), String> {
     let last_seq = ctx.next_seq - 1;
     ctx.client
-        .execute(
-            HEAD_UPDATE,
-            &[&last_seq, &ctx.last_at, &instance],
-        )
+        .execute(HEAD_UPDATE, &[&last_seq, &ctx.last_at, &instance])
         .await
         .map_err(|e| format!("moving the head: {e}"))?;
     if !ctx.events.is_empty() {

@@ -12,7 +12,9 @@ pub const HEADS_SQL: &str = "SELECT \
      coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0), \
      coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)";
 
-pub use crate::storage::{INDEX_DELETIONS_SQL as DELETIONS_SQL, INDEX_MESSAGES_SQL as MESSAGES_SQL};
+pub use crate::storage::{
+    INDEX_DELETIONS_SQL as DELETIONS_SQL, INDEX_MESSAGES_SQL as MESSAGES_SQL,
+};
 
 /// A [`Source`] over a borrowed connection (a search's own snapshot).
 pub struct SqlSource<'a>(pub &'a Connection);
