@@ -69,7 +69,7 @@ pub struct ServeArgs {
     /// Searches that may wait before more are refused with 503 [env: SESSIOND_SEARCH_QUEUE] [default: 256]
     #[arg(long, value_name = "N")]
     pub search_queue: Option<String>,
-    /// Searches rank the newest this-many matches; 0 ranks all [env: SESSIOND_SEARCH_WINDOW] [default: 0]
+    /// Accepted for older configurations; no effect (the search index prunes) [env: SESSIOND_SEARCH_WINDOW] [default: 0]
     #[arg(long, value_name = "N")]
     pub search_window: Option<String>,
     /// A search index rebuilt over at most this many messages is built before serving; a bigger one in the background [env: SESSIOND_SEARCH_INDEX_FOREGROUND] [default: 20000]

@@ -129,8 +129,8 @@ struct Search {
 const SEARCH_LOCK_SUFFIX: &str = ".lock";
 
 /// Opens (creating, catching up or rebuilding) this instance's index of the database
-/// `database_id` at `url`.
-async fn open_search(
+/// `database_id` at `url`. Blocking: run it off the runtime's workers.
+fn open_search(
     url: &str,
     database_id: String,
     options: &SearchIndexOptions,
@@ -157,14 +157,8 @@ async fn open_search(
         .context("parsing the PostgreSQL connection URL (setting `database`)")?;
     let mut index_options = IndexOptions::new(dir, database_id);
     index_options.build_in_foreground = i64::try_from(options.foreground).unwrap_or(i64::MAX);
-    // Blocking (a foreground build, file I/O), and the source's runtime is created and dropped
-    // off the server's runtime.
-    let index = tokio::task::spawn_blocking(move || {
-        let source = indexing::IndexerSource::new(config)?;
-        TantivyIndex::open(index_options, Box::new(source))
-    })
-    .await
-    .context("opening the search index")??;
+    let source = indexing::IndexerSource::new(config)?;
+    let index = TantivyIndex::open(index_options, Box::new(source))?;
     Ok(Search {
         index,
         rankings: Arc::default(),
@@ -236,7 +230,16 @@ impl PgStorage {
             .get(0);
         drop(client);
         let search = match &options.search_index {
-            Some(search) => Some(open_search(&options.url, database_id, search).await?),
+            Some(search) => {
+                let (url, search) = (options.url.clone(), search.clone());
+                // A foreground build and file I/O; the indexer's runtime is also made (and,
+                // on failure, dropped) here, off the server's runtime.
+                Some(
+                    tokio::task::spawn_blocking(move || open_search(&url, database_id, &search))
+                        .await
+                        .context("opening the search index")??,
+                )
+            }
             None => None,
         };
         let sizing = tokio::spawn(watch_size(pool.clone(), size.clone()));

@@ -280,7 +280,7 @@ impl Storage for SqliteStorage {
         let rankings = self.rankings.clone();
         let index = self.index.clone();
         self.readers
-            .read(move |conn| reads::search(conn, &query, &*rankings, &*index))
+            .read(move |conn| reads::search(conn, &query, &rankings, &*index))
             .await
     }
 
