@@ -99,8 +99,8 @@ pub struct SearchQuery {
     pub directory: Option<String>,
     pub limit: Limit,
     pub after: Option<SearchCursor>,
-    /// Rank only the newest this-many matches (`None` or 0: rank every match). bm25 costs about
-    /// a microsecond per match, so a word found in a million messages would cost a second.
+    /// The `search_window` setting: no backend reads it any more (the index prunes instead of
+    /// ranking every match); kept so older configurations still start.
     pub window: Option<u32>,
 }
 

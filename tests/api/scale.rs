@@ -961,3 +961,31 @@ async fn a_search_on_one_instance_finds_what_another_wrote_and_not_what_it_delet
     );
     assert!(search_ids(&b, "q=doomed&limit=2").await.is_empty());
 }
+
+/// Two instances never share one search index dir (each would rebuild it under the other):
+/// the second is refused at start, saying why.
+#[tokio::test]
+async fn a_second_instance_on_the_same_search_index_dir_is_refused() {
+    let Some((a, _b, url, dir)) = two_instances(|_| {}).await else {
+        return;
+    };
+    let mut config = sessiond::config::Config::ephemeral(dir.path().join("a"));
+    config.database = Database::Postgres(url);
+    let refused = sessiond::app::Application::build_with(config, Router::new()).await;
+    let error = format!(
+        "{:#}",
+        refused.err().expect("the second instance is refused")
+    );
+    assert!(error.contains("in use by another sessiond"), "{error}");
+    assert!(error.contains("search_index_dir"), "{error}");
+    // The first keeps serving searches.
+    let sid = a.create_session("/s", "s").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id = a.append(&sid, "user", "still searchable").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(search_ids(&a, "q=searchable").await, vec![id]);
+}
