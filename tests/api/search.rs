@@ -691,3 +691,63 @@ async fn a_postgres_database_searched_by_tsvector_is_migrated_to_the_index() {
     drop(client);
     driver.await.unwrap().unwrap();
 }
+
+/// The trap of taking the messages head from the identity sequence: a batch in flight (here one
+/// of "another instance", holding the `head` lock) has taken a `seq` but not committed. A
+/// search meanwhile must not move past it, or that message would never be searched; once the
+/// batch commits, the next search finds it. (PostgreSQL whichever backend the suite runs on.)
+#[tokio::test]
+async fn a_message_in_flight_on_postgres_is_found_once_committed() {
+    let Some(base) = crate::helpers::postgres_required() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::helpers::postgres_database_at(&base, dir.path());
+    let app = TestApp::spawn_in(
+        dir.path(),
+        |config| config.database = sessiond::config::Database::Postgres(url.clone()),
+        axum::Router::new(),
+    )
+    .await;
+    let sid = app.create_session("/f", "f").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.append(&sid, "user", "committed first").await;
+
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    // A batch as every instance's writer runs it: the head lock, the rows, the head moved.
+    client
+        .batch_execute(
+            "BEGIN; \
+             SELECT seq FROM head WHERE id = 1 FOR UPDATE; \
+             INSERT INTO messages (id, session_id, role, parts, metadata, text, created_at) \
+             SELECT 'msg_01kaq3m0d8g7w2e5r1t9y3v6h9', id, 'user', \
+                 '[{\"type\":\"text\",\"text\":\"inflight walrus\"}]', '{}', 'inflight walrus', \
+                 updated_at + 1 FROM sessions;",
+        )
+        .await
+        .unwrap();
+    // Searches while it is in flight see only what is committed…
+    assert!(search(&app, "q=inflight").await.is_empty());
+    assert_eq!(search(&app, "q=committed").await.len(), 1);
+    client
+        .batch_execute(
+            "UPDATE head SET messages = GREATEST(messages, \
+                 coalesce((SELECT max(seq) FROM messages), 0)) WHERE id = 1; \
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    // …and the first one after its commit finds it (another query string: nothing cached).
+    assert_eq!(
+        message_ids(&search(&app, "q=inflight&limit=5").await),
+        vec!["msg_01kaq3m0d8g7w2e5r1t9y3v6h9"]
+    );
+    app.stop().await;
+    drop(client);
+    driver.await.unwrap().unwrap();
+}
