@@ -28,7 +28,7 @@ pub const HEADS_SQL: &str = "SELECT messages, seq FROM head WHERE id = 1";
 
 type Read<'c, T> = Pin<Box<dyn Future<Output = anyhow::Result<T>> + Send + 'c>>;
 
-pub async fn heads(client: &Client) -> anyhow::Result<Heads> {
+async fn heads(client: &Client) -> anyhow::Result<Heads> {
     let row = client
         .query_one(HEADS_SQL, &[])
         .await
