@@ -863,6 +863,31 @@ mod tests {
     }
 
     #[test]
+    fn the_search_index_dir_defaults_to_none_and_is_read_from_file_and_env() {
+        assert_eq!(
+            resolve(ServeArgs::default(), &[]).unwrap().search_index_dir,
+            None
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sessiond.toml");
+        std::fs::write(&file, "search_index_dir = \"/from/file\"\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            resolve(from_file, &[]).unwrap().search_index_dir,
+            Some(PathBuf::from("/from/file"))
+        );
+        let config = resolve(
+            ServeArgs::default(),
+            &[("SESSIOND_SEARCH_INDEX_DIR", "/from/env")],
+        )
+        .unwrap();
+        assert_eq!(config.search_index_dir, Some(PathBuf::from("/from/env")));
+    }
+
+    #[test]
     fn errors_name_the_setting_and_its_origin() {
         let error = resolve(ServeArgs::default(), &[("SESSIOND_LISTEN", "nowhere")]).unwrap_err();
         assert_eq!(error.setting, "listen");

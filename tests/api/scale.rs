@@ -970,7 +970,7 @@ async fn a_second_instance_on_the_same_search_index_dir_is_refused() {
         return;
     };
     let mut config = sessiond::config::Config::ephemeral(dir.path().join("a"));
-    config.database = Database::Postgres(url);
+    config.database = Database::Postgres(url.clone());
     let refused = sessiond::app::Application::build_with(config, Router::new()).await;
     let error = format!(
         "{:#}",
@@ -987,5 +987,22 @@ async fn a_second_instance_on_the_same_search_index_dir_is_refused() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(search_ids(&a, "q=searchable").await, vec![id]);
+    assert_eq!(search_ids(&a, "q=searchable").await, vec![id.clone()]);
+    // On the same data dir with a search index dir of its own, a third instance starts, builds
+    // its index there from the database, and finds the same.
+    let own = dir.path().join("own-index");
+    let c = TestApp::spawn_in(
+        &dir.path().join("a"),
+        {
+            let own = own.clone();
+            move |config| {
+                config.database = Database::Postgres(url);
+                config.search_index_dir = Some(own);
+            }
+        },
+        Router::new(),
+    )
+    .await;
+    assert_eq!(search_ids(&c, "q=searchable").await, vec![id]);
+    assert!(own.join("meta.json").exists());
 }
