@@ -19,7 +19,7 @@ const MAX_TOKEN_BYTES: usize = 100;
 /// this-many characters.
 pub const MAX_GRAM_CHARS: usize = 20;
 
-/// Only the start of a very long text is indexed (as on PostgreSQL).
+/// Only the start of a very long text is indexed (the same on both backends).
 pub const MAX_INDEXED_BYTES: usize = 256 * 1024;
 
 pub fn analyzer() -> TextAnalyzer {

@@ -37,6 +37,8 @@ use crate::domain::Term;
 const VERSION: u32 = 2;
 /// Messages read from the source at a time.
 const BATCH: usize = 2000;
+/// The longest wait between indexing attempts after failures.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// The most expansions of a prefix at the end of a multi-word prefix term.
 const MAX_PREFIX_EXPANSIONS: u32 = 1000;
 
@@ -512,6 +514,7 @@ impl TantivyIndex {
             committed,
             pending: 0,
             last_commit: Instant::now(),
+            pause: options.poll,
             options,
         };
         let thread = std::thread::Builder::new()
@@ -741,6 +744,8 @@ struct Indexer {
     committed: Heads,
     pending: usize,
     last_commit: Instant,
+    /// Until the next step: `options.poll`, longer after failures.
+    pause: Duration,
     options: IndexOptions,
 }
 
@@ -754,14 +759,22 @@ impl Indexer {
                     true
                 } else {
                     let (guard, _) = wake
-                        .wait_timeout(guard, self.options.poll)
+                        .wait_timeout(guard, self.pause)
                         .unwrap_or_else(|e| e.into_inner());
                     *guard
                 }
             };
-            if let Err(error) = self.step(stopping) {
+            let stepped = self.step(stopping);
+            // A database that cannot be read (PostgreSQL down) is retried less and less often,
+            // up to every few seconds, rather than warned about at every poll.
+            self.pause = match stepped {
+                Ok(()) => self.options.poll,
+                Err(_) => (self.pause * 2).min(MAX_RETRY_PAUSE),
+            };
+            if let Err(error) = stepped {
                 tracing::warn!(
                     error = format!("{error:#}"),
+                    retry_in_ms = self.pause.as_millis() as u64,
                     "search indexing failed; retrying"
                 );
                 // What was fed but not committed is fed again from the last commit.

@@ -21,6 +21,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "import_map",
         include_str!("../../../migrations/postgres/0003_import_map.sql"),
     ),
+    (
+        "search_index",
+        include_str!("../../../migrations/postgres/0004_search_index.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("SSND").
