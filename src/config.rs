@@ -153,6 +153,24 @@ pub struct ServeArgs {
     /// Time in-flight requests get to finish at shutdown [env: SESSIOND_SHUTDOWN_TIMEOUT] [default: 10s]
     #[arg(long, value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
+    /// Internal networks (CIDR blocks, comma-separated) webhooks may reach anyway, e.g. `127.0.0.0/8` for a local receiver [env: SESSIOND_WEBHOOK_ALLOWED_NETWORKS] [default: none]
+    #[arg(long, value_name = "CIDRS")]
+    pub webhook_allowed_networks: Option<String>,
+    /// Waits between webhook delivery attempts, each with ±20% jitter; after the last, the delivery is `failed` [env: SESSIOND_WEBHOOK_RETRY_SCHEDULE] [default: 5s,5m,30m,2h,5h,10h,10h]
+    #[arg(long, value_name = "D,D,...")]
+    pub webhook_retry_schedule: Option<String>,
+    /// Time one webhook attempt may take (connect, send, answer) [env: SESSIOND_WEBHOOK_TIMEOUT] [default: 15s]
+    #[arg(long, value_name = "DURATION")]
+    pub webhook_timeout: Option<String>,
+    /// Delivered webhook deliveries are kept this long [env: SESSIOND_WEBHOOK_RETENTION] [default: 7d]
+    #[arg(long, value_name = "DURATION")]
+    pub webhook_retention: Option<String>,
+    /// Webhook attempts in flight per endpoint (ordered endpoints: always 1) [env: SESSIOND_WEBHOOK_CONCURRENCY] [default: 8]
+    #[arg(long, value_name = "N")]
+    pub webhook_concurrency: Option<String>,
+    /// How often the webhook outbox is polled when no commit woke the delivery loop [env: SESSIOND_WEBHOOK_POLL_INTERVAL] [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    pub webhook_poll_interval: Option<String>,
 }
 
 /// Where the data lives.
@@ -253,6 +271,7 @@ pub struct Config {
     pub body_limit: usize,
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub webhooks: crate::webhooks::Settings,
 }
 
 impl Config {
@@ -505,6 +524,47 @@ impl Config {
                 "10s",
                 parse_duration,
             )?,
+            webhooks: crate::webhooks::Settings {
+                allowed_networks: r.get(
+                    "webhook_allowed_networks",
+                    &args.webhook_allowed_networks,
+                    "",
+                    |v| {
+                        v.split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(Cidr::parse)
+                            .collect()
+                    },
+                )?,
+                retry_schedule: r.get(
+                    "webhook_retry_schedule",
+                    &args.webhook_retry_schedule,
+                    crate::webhooks::Schedule::DEFAULT,
+                    crate::webhooks::Schedule::parse,
+                )?,
+                timeout: r.get(
+                    "webhook_timeout",
+                    &args.webhook_timeout,
+                    "15s",
+                    parse_duration,
+                )?,
+                retention: r.get(
+                    "webhook_retention",
+                    &args.webhook_retention,
+                    "7d",
+                    parse_duration,
+                )?,
+                concurrency: r.get("webhook_concurrency", &args.webhook_concurrency, "8", |v| {
+                    parse_count(v, 1, 1024).map(|n| n as u32)
+                })?,
+                poll_interval: r.get(
+                    "webhook_poll_interval",
+                    &args.webhook_poll_interval,
+                    "1s",
+                    parse_duration,
+                )?,
+            },
         };
         Ok(config)
     }
@@ -565,6 +625,12 @@ const FILE_KEYS: &[&str] = &[
     "body_limit",
     "header_read_timeout",
     "shutdown_timeout",
+    "webhook_allowed_networks",
+    "webhook_retry_schedule",
+    "webhook_timeout",
+    "webhook_retention",
+    "webhook_concurrency",
+    "webhook_poll_interval",
 ];
 
 struct FileSettings {

@@ -400,12 +400,20 @@ pub struct Circuit {
     pub next_attempt_at: Option<i64>,
 }
 
-impl From<&Breaker> for Circuit {
-    fn from(b: &Breaker) -> Circuit {
+impl Circuit {
+    /// The circuit at `now`: an open one whose open time has passed is shown half-open (its
+    /// next attempt is a probe), though the delivery loop records that only when it probes.
+    pub fn at(b: &Breaker, now: i64) -> Circuit {
+        let open = b.state == State::Open;
+        let due = b.open_until.is_none_or(|until| until <= now);
         Circuit {
-            state: b.state.as_str(),
+            state: if open && due {
+                State::HalfOpen.as_str()
+            } else {
+                b.state.as_str()
+            },
             consecutive_failures: b.consecutive_failures,
-            next_attempt_at: (b.state == State::Open).then_some(b.open_until).flatten(),
+            next_attempt_at: if open && !due { b.open_until } else { None },
         }
     }
 }
@@ -445,7 +453,7 @@ impl From<&Endpoint> for Webhook {
             ordered: e.ordered,
             enabled: e.enabled,
             disabled_reason: e.disabled_reason.clone(),
-            circuit: Circuit::from(&e.breaker),
+            circuit: Circuit::at(&e.breaker, crate::domain::wall_clock_ms()),
             created_at: e.created_at,
             updated_at: e.updated_at,
         }
