@@ -15,6 +15,8 @@ CREATE TABLE webhook_endpoints (
     previous_secret TEXT,
     previous_until INTEGER,
     circuit TEXT NOT NULL DEFAULT '{}',
+    -- Orders circuit writes: an older state never overwrites a newer one.
+    circuit_seq BIGINT NOT NULL DEFAULT 0,
     failing_since INTEGER,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL

@@ -317,6 +317,8 @@ pub struct Endpoint {
     /// The secret before the last rotation, and until when it still signs (ms).
     pub previous_secret: Option<(String, i64)>,
     pub breaker: Breaker,
+    /// Version of `breaker` as stored (writes of older versions are ignored).
+    pub circuit_seq: i64,
     /// Since when every attempt failed (ms), `None` after a success.
     pub failing_since: Option<i64>,
     pub created_at: i64,

@@ -45,6 +45,9 @@ pub struct AttemptRecord {
 #[derive(Clone, Debug)]
 pub struct EndpointState {
     pub breaker: Breaker,
+    /// Version of this state: it is written only over an older one (attempts settle in
+    /// order, but their writes may commit out of order).
+    pub seq: i64,
     pub failing_since: Option<i64>,
     /// `Some(reason)`: disable the endpoint (its pending deliveries become `failed`).
     pub disable: Option<String>,
@@ -97,7 +100,19 @@ pub trait WebhookStore: Send + Sync {
     async fn all_endpoints(&self) -> StorageResult<Vec<Endpoint>>;
     /// Pending deliveries of enabled endpoints due at `now`, at most `per_endpoint` of each
     /// (one for an ordered endpoint, and only its oldest pending), at most `limit` in all.
-    async fn due(&self, now: i64, per_endpoint: u32, limit: u32) -> StorageResult<Vec<Due>>;
+    /// Backends shared by several instances lease them to this one until `lease_until`.
+    async fn due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        per_endpoint: u32,
+        limit: u32,
+    ) -> StorageResult<Vec<Due>>;
+    /// Gives back claimed deliveries the loop did not attempt (their circuit or cap said
+    /// wait), so they are not held until their lease expires.
+    async fn release(&self, _ids: Vec<i64>) -> StorageResult<()> {
+        Ok(())
+    }
     /// When the next pending delivery is due.
     async fn next_due(&self) -> StorageResult<Option<i64>>;
     /// One retained event.

@@ -36,6 +36,8 @@ const ROUND: u32 = 1024;
 /// How often the outbox gauges are refreshed and delivered rows pruned.
 const STATS_EVERY: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Lease beyond the attempt timeout (backends shared by several instances).
+const LEASE_MARGIN_MS: i64 = 30_000;
 
 /// What an attempt came back with.
 enum Sent {
@@ -116,7 +118,12 @@ async fn run(
         };
         refresh(webhooks, &mut tracked).await;
         let now = wall_clock_ms();
-        let due = match webhooks.due(now, settings.concurrency.max(1), ROUND).await {
+        // Long enough for an attempt and its record; a dead instance's claims expire with it.
+        let lease_until = now + ms(settings.timeout) + LEASE_MARGIN_MS;
+        let due = match webhooks
+            .due(now, lease_until, settings.concurrency.max(1), ROUND)
+            .await
+        {
             Ok(due) => due,
             Err(error) => {
                 tracing::warn!(
@@ -126,11 +133,14 @@ async fn run(
                 Vec::new()
             }
         };
+        // Claimed but not attempted (circuit, cap): given back at the end of the round.
+        let mut skipped = Vec::new();
         for item in due {
             if in_flight.contains(&item.id) {
                 continue;
             }
             let Some(t) = tracked.get_mut(&item.endpoint_id) else {
+                skipped.push(item.id);
                 continue;
             };
             let cap = if t.endpoint.ordered {
@@ -139,6 +149,7 @@ async fn run(
                 settings.concurrency.max(1)
             };
             if !t.endpoint.enabled || t.in_flight >= cap {
+                skipped.push(item.id);
                 continue;
             }
             let before = t.endpoint.breaker.state;
@@ -162,6 +173,7 @@ async fn run(
                             let _ = done_tx.send(Done::Deferred { endpoint });
                         });
                     }
+                    skipped.push(item.id);
                     continue;
                 }
             };
@@ -180,6 +192,11 @@ async fn run(
             ));
         }
 
+        if !skipped.is_empty()
+            && let Err(error) = webhooks.release(skipped).await
+        {
+            tracing::warn!(error = format!("{error:#}"), "releasing claims failed");
+        }
         if last_stats.elapsed() >= STATS_EVERY {
             last_stats = Instant::now();
             publish_stats(webhooks, &tracked).await;
@@ -258,6 +275,7 @@ async fn refresh(webhooks: &dyn WebhookStore, tracked: &mut HashMap<String, Trac
                 if t.endpoint.enabled == endpoint.enabled {
                     endpoint.breaker = t.endpoint.breaker.clone();
                     endpoint.failing_since = t.endpoint.failing_since;
+                    endpoint.circuit_seq = t.endpoint.circuit_seq;
                 }
                 t.endpoint = endpoint;
             }
@@ -482,8 +500,12 @@ fn settle(
         endpoint.enabled = false;
         endpoint.disabled_reason = Some(reason.clone());
     }
+    // Microseconds-ish of wall clock, never repeating: instances sharing an endpoint order
+    // their writes by time.
+    endpoint.circuit_seq = (endpoint.circuit_seq + 1).max(now.saturating_mul(1000));
     record.endpoint = Some(EndpointState {
         breaker: endpoint.breaker.clone(),
+        seq: endpoint.circuit_seq,
         failing_since: endpoint.failing_since,
         disable: disable.map(|(_, reason)| reason),
         defer_until: (endpoint.breaker.state == State::Open)

@@ -336,10 +336,17 @@ async fn the_breaker_opens_sends_one_probe_at_a_time_and_closes_after_two_succes
     for n in 0..5 {
         app.create_session("/breaker", &format!("b{n}")).await;
     }
-    let mut requests = 0;
+    // All five first attempts are out (and held) before any fails, so no retry can come
+    // between them.
+    let mut held = Vec::new();
     for _ in 0..5 {
-        receiver.answer(500).await;
-        requests += 1;
+        held.push(receiver.next().await);
+    }
+    let mut requests = 5;
+    let first: HashSet<String> = held.iter().map(|(r, _)| r.id.clone()).collect();
+    assert_eq!(first.len(), 5, "five deliveries, one attempt each");
+    for (_, reply) in held {
+        let _ = reply.send(500);
     }
     let open = wait_for(&app, &path, "the circuit opens", |w| {
         w["circuit"]["state"] == "open" || w["circuit"]["state"] == "half_open"

@@ -21,6 +21,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "import_map",
         include_str!("../../../migrations/postgres/0003_import_map.sql"),
     ),
+    (
+        "webhooks",
+        include_str!("../../../migrations/postgres/0004_webhooks.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("SSND").

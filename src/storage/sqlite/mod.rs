@@ -566,7 +566,14 @@ impl WebhookStore for SqliteStorage {
         self.readers.read(webhooks::all).await
     }
 
-    async fn due(&self, now: i64, per_endpoint: u32, limit: u32) -> StorageResult<Vec<Due>> {
+    /// One instance per database: nothing to lease (the loop tracks what it has in flight).
+    async fn due(
+        &self,
+        now: i64,
+        _lease_until: i64,
+        per_endpoint: u32,
+        limit: u32,
+    ) -> StorageResult<Vec<Due>> {
         self.readers
             .read(move |conn| webhooks::due(conn, now, per_endpoint, limit))
             .await

@@ -20,7 +20,7 @@ pub const REPLAY_MAX: i64 = 10_000;
 
 const ENDPOINT_COLUMNS: &str = "id, url, events, session_id, directory, description, ordered, \
      enabled, disabled_reason, secret, previous_secret, previous_until, circuit, failing_since, \
-     created_at, updated_at";
+     created_at, updated_at, circuit_seq";
 
 fn not_found(id: &str) -> StorageError {
     StorageError::NotFound {
@@ -53,6 +53,7 @@ fn endpoint(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
         failing_since: row.get(13)?,
         created_at: row.get(14)?,
         updated_at: row.get(15)?,
+        circuit_seq: row.get(16)?,
     })
 }
 
@@ -110,6 +111,7 @@ pub fn create(ctx: &mut WriteCtx<'_>, new: NewEndpoint, max: usize) -> StorageRe
         secret: new.secret,
         previous_secret: None,
         breaker: Breaker::default(),
+        circuit_seq: 0,
         failing_since: None,
         created_at: now,
         updated_at: now,
@@ -177,6 +179,7 @@ pub fn update(ctx: &mut WriteCtx<'_>, id: &str, patch: EndpointPatch) -> Storage
             endpoint.enabled = true;
             endpoint.disabled_reason = None;
             endpoint.breaker = Breaker::default();
+            endpoint.circuit_seq = endpoint.circuit_seq.max(now.saturating_mul(1000));
             endpoint.failing_since = None;
         }
         Some(false) if endpoint.enabled => {
@@ -191,7 +194,7 @@ pub fn update(ctx: &mut WriteCtx<'_>, id: &str, patch: EndpointPatch) -> Storage
         .prepare_cached(
             "UPDATE webhook_endpoints SET url = ?2, events = ?3, session_id = ?4, directory = ?5, \
              description = ?6, ordered = ?7, enabled = ?8, disabled_reason = ?9, circuit = ?10, \
-             failing_since = ?11, updated_at = ?12 WHERE id = ?1",
+             failing_since = ?11, updated_at = ?12, circuit_seq = ?13 WHERE id = ?1",
         )
         .context("preparing a webhook update")?
         .execute(params![
@@ -207,6 +210,7 @@ pub fn update(ctx: &mut WriteCtx<'_>, id: &str, patch: EndpointPatch) -> Storage
             circuit_json(&endpoint.breaker)?,
             endpoint.failing_since,
             now,
+            endpoint.circuit_seq,
         ])
         .context("updating a webhook")?;
     ctx.reload_outbox()?;
@@ -313,13 +317,15 @@ pub fn record(ctx: &mut WriteCtx<'_>, record: AttemptRecord) -> StorageResult<()
     if let Some(state) = &record.endpoint {
         ctx.conn
             .prepare_cached(
-                "UPDATE webhook_endpoints SET circuit = ?2, failing_since = ?3 WHERE id = ?1",
+                "UPDATE webhook_endpoints SET circuit = ?2, failing_since = ?3, circuit_seq = ?4 \
+                 WHERE id = ?1 AND circuit_seq < ?4",
             )
             .context("preparing a circuit update")?
             .execute(params![
                 record.endpoint_id,
                 circuit_json(&state.breaker)?,
-                state.failing_since
+                state.failing_since,
+                state.seq
             ])
             .context("recording a circuit")?;
         if let Some(until) = state.defer_until {
