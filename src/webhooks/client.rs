@@ -1,6 +1,7 @@
 //! The one HTTP client every delivery goes through.
 //!
-//! hyper-util's pooled client: keep-alive connections reused across deliveries (a bounded
+//! hyper-util's pooled client over rustls (for `https`; Mozilla's roots compiled in):
+//! keep-alive connections reused across deliveries (a bounded
 //! number idle per host), no redirects followed (hyper never follows them), no proxy (nothing
 //! reads the proxy environment), a connect timeout and an overall timeout per attempt, and at
 //! most [`MAX_RESPONSE_BYTES`] of each answer read. The SSRF [`Guard`] runs inside the
@@ -19,6 +20,7 @@ use std::time::Duration;
 use axum::http::{HeaderValue, Method, Request, Uri, header};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
@@ -136,7 +138,7 @@ impl std::fmt::Display for SendError {
 /// The pooled client.
 #[derive(Clone)]
 pub struct Client {
-    inner: HyperClient<GuardedConnector, Full<Bytes>>,
+    inner: HyperClient<HttpsConnector<GuardedConnector>, Full<Bytes>>,
     timeout: Duration,
 }
 
@@ -148,11 +150,17 @@ impl Client {
         });
         http.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
         http.set_nodelay(true);
-        http.enforce_http(true);
+        // https URLs go through the TLS layer below, which hands plain TCP to this one.
+        http.enforce_http(false);
+        let tls = HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(GuardedConnector { inner: http, guard });
         let inner = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(GuardedConnector { inner: http, guard });
+            .build(tls);
         Client { inner, timeout }
     }
 

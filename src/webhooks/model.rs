@@ -24,8 +24,8 @@ pub const MAX_URL: usize = 2048;
 /// Longest `session_id` / `directory` filter.
 const MAX_FILTER: usize = 4096;
 
-/// A URL webhooks may be posted to: `http://host[:port]/path?query`, no credentials, no
-/// fragment. (`https` needs a TLS stack this build leaves out; it is refused with a clear 400.)
+/// A URL webhooks may be posted to: `http(s)://host[:port]/path?query`, no credentials, no
+/// fragment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebhookUrl {
     raw: String,
@@ -41,21 +41,16 @@ impl WebhookUrl {
         let uri: axum::http::Uri = raw
             .parse()
             .map_err(|_| Invalid::new(format!("url {:?} is not a valid URL", clip(raw))))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(Invalid::new(
-                    "url: https is not supported by this build of sessiond (it carries no TLS \
-                     stack); use an http URL, e.g. behind a TLS-terminating proxy",
-                ));
-            }
+        let default_port = match uri.scheme_str() {
+            Some("http") => 80,
+            Some("https") => 443,
             _ => {
                 return Err(Invalid::new(format!(
-                    "url {:?} must be an absolute http URL",
+                    "url {:?} must be an absolute http or https URL",
                     clip(raw)
                 )));
             }
-        }
+        };
         let authority = uri
             .authority()
             .ok_or_else(|| Invalid::new("url has no host"))?;
@@ -75,7 +70,7 @@ impl WebhookUrl {
         Ok(WebhookUrl {
             raw: raw.to_owned(),
             host: host.to_ascii_lowercase(),
-            port: authority.port_u16().unwrap_or(80),
+            port: authority.port_u16().unwrap_or(default_port),
         })
     }
 
@@ -168,7 +163,7 @@ fn description(raw: String) -> Result<String, Invalid> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
-    /// `http://…` (see the README for why not `https`); its host must not be internal.
+    /// `http://…` or `https://…`; its host must not be internal (see the README).
     #[schema(max_length = 2048)]
     pub url: String,
     /// Event types to deliver; omitted: all of them.
@@ -503,13 +498,14 @@ mod tests {
         assert_eq!((url.host(), url.port()), ("example.com", 8080));
         let url = WebhookUrl::parse("http://[::1]/h").unwrap();
         assert_eq!((url.host(), url.port()), ("::1", 80));
+        let url = WebhookUrl::parse("https://hooks.example.com/h").unwrap();
+        assert_eq!((url.host(), url.port()), ("hooks.example.com", 443));
         for bad in [
             "ftp://example.com/",
             "example.com/hook",
             "/relative",
             "http://user:pw@example.com/",
             "http://example.com/#frag",
-            "https://example.com/",
             "http:///nohost",
         ] {
             assert!(WebhookUrl::parse(bad).is_err(), "{bad}");

@@ -433,7 +433,7 @@ async fn internal_addresses_and_bad_bodies_are_refused() {
     for body in [
         json!({"url": "ftp://example.com/"}),
         json!({"url": "not a url"}),
-        json!({"url": "https://example.com/"}),
+        json!({"url": "https://127.0.0.1/"}),
         json!({"url": "http://127.0.0.1/", "events": ["message.exploded"]}),
         json!({"url": "http://127.0.0.1/", "events": []}),
         json!({"url": "http://127.0.0.1/", "description": "x".repeat(1025)}),
@@ -496,6 +496,37 @@ async fn internal_addresses_and_bad_bodies_are_refused() {
         "not_found",
     )
     .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn https_urls_go_through_tls() {
+    // A plain-http receiver behind an https URL: the TLS handshake fails, as a failed attempt.
+    let app = TestApp::spawn_configured(|c| allow_loopback(c, "1h")).await;
+    let mut receiver = Receiver::start().await;
+    let url = format!("https://{}/hook", receiver.addr);
+    let (id, _) = register(&app, json!({"url": url, "events": ["session.created"]})).await;
+    app.create_session("/tls", "t").await;
+    let deliveries = wait_for(
+        &app,
+        &format!("/v1/webhooks/{id}/deliveries"),
+        "the attempt fails",
+        |d| d["items"][0]["attempts"] == 1,
+    )
+    .await;
+    let delivery = &deliveries["items"][0];
+    assert_eq!(delivery["status"], "pending");
+    assert!(
+        delivery.get("last_status").is_none(),
+        "no HTTP answer: {delivery}"
+    );
+    let error = delivery["last_error"].as_str().unwrap();
+    eprintln!("https to a plain-http receiver: {error}");
+    assert!(!error.contains("no answer"), "{error}");
+    assert!(
+        receiver.requests.try_recv().is_err(),
+        "no plain-http request reached the receiver"
+    );
     app.stop().await;
 }
 
@@ -602,4 +633,44 @@ async fn pending_deliveries_survive_kill_9_and_are_delivered_after_restart() {
         delivered.len()
     );
     drop(server);
+}
+
+#[tokio::test]
+async fn two_postgresql_instances_deliver_each_event_once() {
+    let Some((a, b, _url, _dir)) =
+        crate::scale::two_instances(|c| allow_loopback(c, "200ms,400ms")).await
+    else {
+        return;
+    };
+    let mut receiver = Receiver::start().await;
+    let (id, secret) = register(&a, json!({"url": receiver.url()})).await;
+    let session = b.create_session("/two", "t").await;
+    let sid = session["id"].as_str().unwrap();
+    for n in 0..40 {
+        let app = if n % 2 == 0 { &a } else { &b };
+        app.append(sid, "user", &format!("m{n}")).await;
+    }
+    let mut seen = HashSet::new();
+    let mut requests = 0;
+    while seen.len() < 41 {
+        let got = receiver.answer(200).await;
+        assert!(signed_with(&got, &secret));
+        requests += 1;
+        seen.insert(got.id);
+    }
+    for app in [&a, &b] {
+        wait_for(app, &format!("/v1/webhooks/{id}"), "all recorded", |w| {
+            w["deliveries"]["delivered"] == 41 && w["deliveries"]["pending"] == 0
+        })
+        .await;
+    }
+    // Nothing is pending any more, so nothing else can be in flight: any extra request
+    // would be a second delivery of an event.
+    while let Ok((_, reply)) = receiver.requests.try_recv() {
+        let _ = reply.send(200);
+        requests += 1;
+    }
+    assert_eq!(requests, 41, "each event once");
+    a.stop().await;
+    b.stop().await;
 }
