@@ -674,3 +674,74 @@ async fn two_postgresql_instances_deliver_each_event_once() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn an_internal_address_is_refused_again_at_delivery_inside_the_resolver() {
+    // Registered while loopback was allowed; the server restarts without the allowance. The
+    // name is resolved again at each attempt, and the guard refuses what it resolves to.
+    let dir = tempfile::tempdir().unwrap();
+    let mut receiver = Receiver::start().await;
+    let app = TestApp::spawn_in(dir.path(), |c| allow_loopback(c, "1h"), Router::new()).await;
+    let url = format!("http://localhost:{}/hook", receiver.addr.port());
+    let (id, _) = register(&app, json!({"url": url, "events": ["session.created"]})).await;
+    app.stop().await;
+
+    let app = TestApp::spawn_in(
+        dir.path(),
+        |c| c.webhooks.poll_interval = Duration::from_millis(100),
+        Router::new(),
+    )
+    .await;
+    app.create_session("/rebind", "r").await;
+    let deliveries = wait_for(
+        &app,
+        &format!("/v1/webhooks/{id}/deliveries"),
+        "the attempt is refused",
+        |d| d["items"][0]["attempts"] == 1,
+    )
+    .await;
+    let error = deliveries["items"][0]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("refused") && error.contains("loopback"),
+        "{error}"
+    );
+    assert_eq!(deliveries["items"][0]["status"], "pending", "retried later");
+    let detail = app.get_json(&format!("/v1/webhooks/{id}")).await;
+    assert_eq!(
+        detail["circuit"]["consecutive_failures"], 0,
+        "not the endpoint's fault"
+    );
+    assert!(receiver.requests.try_recv().is_err(), "nothing was sent");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("sessiond_webhook_refused_addresses_total{stage=\"deliver\"}"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_ordered_endpoint_gets_one_event_at_a_time_in_seq_order() {
+    let app = TestApp::spawn_configured(|c| allow_loopback(c, "100ms,100ms,100ms")).await;
+    let mut receiver = Receiver::start().await;
+    register(
+        &app,
+        json!({"url": receiver.url(), "events": ["session.created"], "ordered": true}),
+    )
+    .await;
+    for n in 0..4 {
+        app.create_session("/ordered", &format!("o{n}")).await;
+    }
+    let mut order = Vec::new();
+    // The first fails: it is retried before anything after it goes out.
+    let (first, reply) = receiver.next().await;
+    assert!(
+        receiver.requests.try_recv().is_err(),
+        "one in flight at a time"
+    );
+    let _ = reply.send(500);
+    order.push(first.json()["seq"].as_i64().unwrap());
+    for _ in 0..4 {
+        let got = receiver.answer(200).await;
+        order.push(got.json()["seq"].as_i64().unwrap());
+    }
+    assert_eq!(order, vec![1, 1, 2, 3, 4]);
+    app.stop().await;
+}
