@@ -254,6 +254,13 @@ async fn open_storage(
                 None => keys.forget_all(),
             })),
             on_stale: Some(Arc::new(stale)),
+            search_index: Some(crate::storage::postgres::SearchIndexOptions {
+                dir: config
+                    .search_index_dir
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join(crate::storage::sqlite::SEARCH_DIR)),
+                foreground: config.search_index_foreground,
+            }),
             on_local_commit: redis.map(|redis| {
                 let redis = redis.clone();
                 Arc::new(move |events: &[Event]| {

@@ -69,12 +69,15 @@ pub struct ServeArgs {
     /// Searches that may wait before more are refused with 503 [env: SESSIOND_SEARCH_QUEUE] [default: 256]
     #[arg(long, value_name = "N")]
     pub search_queue: Option<String>,
-    /// Searches rank the newest this-many matches; 0 ranks all [env: SESSIOND_SEARCH_WINDOW] [default: 0]
+    /// Accepted for older configurations; no effect (the search index prunes) [env: SESSIOND_SEARCH_WINDOW] [default: 0]
     #[arg(long, value_name = "N")]
     pub search_window: Option<String>,
     /// A search index rebuilt over at most this many messages is built before serving; a bigger one in the background [env: SESSIOND_SEARCH_INDEX_FOREGROUND] [default: 20000]
     #[arg(long, value_name = "N")]
     pub search_index_foreground: Option<String>,
+    /// PostgreSQL: where this instance keeps its own search index (one per instance) [env: SESSIOND_SEARCH_INDEX_DIR] [default: DATA_DIR/search]
+    #[arg(long, value_name = "DIR")]
+    pub search_index_dir: Option<String>,
     /// Events are kept this long for resuming streams [env: SESSIOND_EVENT_RETENTION] [default: 24h]
     #[arg(long, value_name = "DURATION")]
     pub event_retention: Option<String>,
@@ -247,6 +250,8 @@ pub struct Config {
     pub search_queue: usize,
     pub search_window: u32,
     pub search_index_foreground: u64,
+    /// PostgreSQL: this instance's search index dir (`None`: `search/` in the data dir).
+    pub search_index_dir: Option<PathBuf>,
     pub event_retention: Duration,
     pub event_retention_count: u64,
     pub event_prune_interval: Duration,
@@ -375,6 +380,9 @@ impl Config {
                 "20000",
                 |v| parse_count(v, 0, usize::MAX).map(|n| n as u64),
             )?,
+            search_index_dir: r.get("search_index_dir", &args.search_index_dir, "", |v| {
+                Ok((!v.is_empty()).then(|| PathBuf::from(v)))
+            })?,
             event_retention: r.get(
                 "event_retention",
                 &args.event_retention,
@@ -599,6 +607,7 @@ const FILE_KEYS: &[&str] = &[
     "search_queue",
     "search_window",
     "search_index_foreground",
+    "search_index_dir",
     "event_retention",
     "event_retention_count",
     "event_prune_interval",
@@ -917,6 +926,31 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/from/env"));
         assert_eq!(config.body_limit, 2048);
         assert_eq!(config.shutdown_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_search_index_dir_defaults_to_none_and_is_read_from_file_and_env() {
+        assert_eq!(
+            resolve(ServeArgs::default(), &[]).unwrap().search_index_dir,
+            None
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sessiond.toml");
+        std::fs::write(&file, "search_index_dir = \"/from/file\"\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            resolve(from_file, &[]).unwrap().search_index_dir,
+            Some(PathBuf::from("/from/file"))
+        );
+        let config = resolve(
+            ServeArgs::default(),
+            &[("SESSIOND_SEARCH_INDEX_DIR", "/from/env")],
+        )
+        .unwrap();
+        assert_eq!(config.search_index_dir, Some(PathBuf::from("/from/env")));
     }
 
     #[test]

@@ -83,7 +83,8 @@ impl Mix {
     }
 }
 
-/// Search queries that match the text `sessiond seed` and the bench set-up write.
+/// Search queries that match the text the bench set-up writes: the fallback when the target's
+/// messages have too few words to draw a mix from.
 const QUERIES: &[&str] = &[
     "login",
     "token",
@@ -115,6 +116,8 @@ pub struct Dataset {
     pub directories: Vec<String>,
     pub messages: Vec<String>,
     message_bodies: Vec<Bytes>,
+    /// Search queries (URL-encoded) drawn from the target's own message text.
+    pub queries: Vec<String>,
 }
 
 impl Dataset {
@@ -178,14 +181,21 @@ impl Dataset {
             data.sessions.push(id);
             created += 1;
         }
+        let mut texts = Vec::new();
         for id in data.sessions.iter().take(50) {
             let page = get_json(&mut conn, &format!("/v1/sessions/{id}/messages?limit=20")).await?;
             for item in page["items"].as_array().into_iter().flatten() {
                 if let Some(mid) = item["id"].as_str() {
                     data.messages.push(mid.to_owned());
                 }
+                for part in item["parts"].as_array().into_iter().flatten() {
+                    if let Some(text) = part["text"].as_str() {
+                        texts.push(text.to_owned());
+                    }
+                }
             }
         }
+        data.queries = query_mix(&texts, QUERY_MIX_SIZE, 0x5eed);
         data.message_bodies = MESSAGE_TEXTS
             .iter()
             .map(|text| {
@@ -199,6 +209,58 @@ impl Dataset {
         Ok(data)
     }
 }
+
+/// Distinct queries in a drawn mix: enough that a response cache cannot hold the mix's
+/// popular queries only (with `--cache-size 0` none is cached at all).
+const QUERY_MIX_SIZE: usize = 4096;
+
+/// A search mix drawn from real message text, so it matches what the target holds whatever its
+/// vocabulary: 40% single words (drawn by occurrence, so common words come up as often as they
+/// occur), 25% two words of one message (a conjunction that matches), 20% two adjacent words as
+/// a `"phrase"`, 15% a `prefix*` of a word. URL-encoded. Empty when the texts hold no words.
+pub fn query_mix(texts: &[String], count: usize, seed: u64) -> Vec<String> {
+    let messages: Vec<Vec<String>> = texts
+        .iter()
+        .map(|text| {
+            text.split(|c: char| !c.is_alphanumeric())
+                .filter(|w| w.chars().count() >= 3 && !w.chars().all(|c| c.is_ascii_digit()))
+                .map(str::to_lowercase)
+                .collect::<Vec<_>>()
+        })
+        .filter(|words| words.len() >= 2)
+        .collect();
+    if messages.is_empty() {
+        return Vec::new();
+    }
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let encode = |q: &str| percent_encoding::utf8_percent_encode(q, QUERY_ESCAPES).to_string();
+    (0..count)
+        .map(|_| {
+            let words = &messages[rng.usize(..messages.len())];
+            let i = rng.usize(..words.len());
+            let query = match rng.u8(..100) {
+                0..40 => words[i].clone(),
+                40..65 => format!("{} {}", words[i], words[rng.usize(..words.len())]),
+                65..85 => {
+                    let i = i.min(words.len() - 2);
+                    format!("\"{} {}\"", words[i], words[i + 1])
+                }
+                _ => {
+                    let keep = (words[i].chars().count() - 1).clamp(3, 5);
+                    format!("{}*", words[i].chars().take(keep).collect::<String>())
+                }
+            };
+            encode(&query)
+        })
+        .collect()
+}
+
+/// Everything but unreserved characters is escaped in a query parameter.
+const QUERY_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 fn url_safe(directory: &str) -> bool {
     directory
@@ -324,7 +386,11 @@ impl User {
                 (Method::GET, format!("/v1/messages/{id}"), None)
             }
             Op::Search => {
-                let q = QUERIES[self.rng.usize(..QUERIES.len())];
+                let q = if data.queries.is_empty() {
+                    QUERIES[self.rng.usize(..QUERIES.len())]
+                } else {
+                    &data.queries[self.rng.usize(..data.queries.len())]
+                };
                 (Method::GET, format!("/v1/search?q={q}&limit=20"), None)
             }
             Op::Summarize => {
@@ -383,6 +449,43 @@ mod tests {
             Some("AQI_x-9".to_owned())
         );
         assert_eq!(next_cursor(br#"{"items":[],"next_cursor":null}"#), None);
+    }
+
+    #[test]
+    fn query_mix_draws_every_kind_from_the_text() {
+        let texts = vec![
+            "Retry the flaky migration after the deploy.".to_owned(),
+            "42 ok".to_owned(),
+        ];
+        let queries = query_mix(&texts, 400, 1);
+        assert_eq!(queries.len(), 400);
+        let words = ["retry", "the", "flaky", "migration", "after", "deploy"];
+        let decoded: Vec<String> = queries
+            .iter()
+            .map(|q| {
+                percent_encoding::percent_decode_str(q)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert!(decoded.iter().any(|q| words.contains(&q.as_str())));
+        assert!(
+            decoded
+                .iter()
+                .any(|q| q.starts_with('"') && q.ends_with('"'))
+        );
+        assert!(decoded.iter().any(|q| q.ends_with('*')));
+        assert!(
+            decoded
+                .iter()
+                .any(|q| !q.starts_with('"') && q.split(' ').count() == 2)
+        );
+        for q in &decoded {
+            for word in q.trim_matches(['"', '*']).split(' ') {
+                assert!(words.iter().any(|w| w.starts_with(word)), "{q}");
+            }
+        }
+        assert!(query_mix(&["1 2 3".to_owned()], 10, 1).is_empty());
     }
 
     #[test]

@@ -22,20 +22,23 @@ use tantivy::query::{
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions,
 };
-use tantivy::tokenizer::{PreTokenizedString, TextAnalyzer};
 use tantivy::{
     DocAddress, DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher,
     SegmentOrdinal, SegmentReader, TantivyDocument,
 };
 
-use super::analysis::{TOKENIZER, analyzer, edge_grams, gram, indexed_part, tokens};
+use super::analysis::{
+    PREFIX_TOKENIZER, TOKENIZER, analyzer, gram, indexed_part, prefix_analyzer, tokens,
+};
 use super::{Doc, Heads, Hit, IndexError, Request, SearchIndex, Source, Status, sort_hits};
 use crate::domain::Term;
 
 /// Bumped when the schema or analysis changes: an index of another version is rebuilt.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Messages read from the source at a time.
 const BATCH: usize = 2000;
+/// The longest wait between indexing attempts after failures.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// The most expansions of a prefix at the end of a multi-word prefix term.
 const MAX_PREFIX_EXPANSIONS: u32 = 1000;
 
@@ -100,7 +103,7 @@ fn schema() -> (Schema, Fields) {
         "prefix",
         TextOptions::default().set_indexing_options(
             TextFieldIndexing::default()
-                .set_tokenizer(TOKENIZER)
+                .set_tokenizer(PREFIX_TOKENIZER)
                 .set_index_option(IndexRecordOption::WithFreqs),
         ),
     );
@@ -162,31 +165,23 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn register(index: &Index) {
     index.tokenizers().register(TOKENIZER, analyzer());
+    index
+        .tokenizers()
+        .register(PREFIX_TOKENIZER, prefix_analyzer());
 }
 
-fn document(fields: &Fields, analyzer: &mut TextAnalyzer, doc: &Doc) -> TantivyDocument {
-    let words = tokens(analyzer, indexed_part(&doc.text));
-    let grams = edge_grams(&words);
+/// The text goes in as text: the index's own tokenizers (registered by [`register`]) analyse
+/// it on the writer's threads.
+fn document(fields: &Fields, doc: &Doc) -> TantivyDocument {
+    let text = indexed_part(&doc.text);
     let mut out = TantivyDocument::default();
     out.add_i64(fields.seq, doc.seq);
     out.add_text(fields.session, &doc.session_id);
     out.add_text(fields.directory, &doc.directory);
     out.add_text(fields.role, &doc.role);
     out.add_i64(fields.created_at, doc.created_at);
-    out.add_pre_tokenized_text(
-        fields.text,
-        PreTokenizedString {
-            text: String::new(),
-            tokens: words,
-        },
-    );
-    out.add_pre_tokenized_text(
-        fields.prefix,
-        PreTokenizedString {
-            text: String::new(),
-            tokens: grams,
-        },
-    );
+    out.add_text(fields.text, text);
+    out.add_text(fields.prefix, text);
     out
 }
 
@@ -233,14 +228,13 @@ fn feed_messages(
     upto: i64,
     mut added: impl FnMut(i64),
 ) -> anyhow::Result<usize> {
-    let mut analyzer = analyzer();
     let mut after = after;
     let mut count = 0;
     while after < upto {
         let docs = source.messages(after, upto, BATCH)?;
         for doc in &docs {
             writer
-                .add_document(document(fields, &mut analyzer, doc))
+                .add_document(document(fields, doc))
                 .context("indexing a message")?;
             added(doc.seq);
         }
@@ -400,7 +394,7 @@ impl TantivyIndex {
                 .ok()?;
             Some((index, writer, reader, committed, false))
         });
-        let (_index, mut writer, reader, committed, fresh) = match opened {
+        let (index, mut writer, reader, committed, fresh) = match opened {
             Some(opened) => opened,
             None => {
                 match std::fs::remove_dir_all(&options.dir) {
@@ -448,6 +442,15 @@ impl TantivyIndex {
                 "building the search index in the background"
             );
             building = Some(heads);
+            // Analysis is most of a build: give it a thread per core (it ends up in as many
+            // segments, which the merge policy folds together afterwards).
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+            if threads > 1 {
+                drop(writer);
+                writer = index
+                    .writer_with_num_threads(threads, options.writer_memory * threads)
+                    .context("opening the index writer for a build")?;
+            }
         } else if !committed.covers(&heads) {
             // A short way behind (a crash lost the last commit's worth): caught up before
             // serving, so the tail starts small.
@@ -511,6 +514,7 @@ impl TantivyIndex {
             committed,
             pending: 0,
             last_commit: Instant::now(),
+            pause: options.poll,
             options,
         };
         let thread = std::thread::Builder::new()
@@ -740,6 +744,8 @@ struct Indexer {
     committed: Heads,
     pending: usize,
     last_commit: Instant,
+    /// Until the next step: `options.poll`, longer after failures.
+    pause: Duration,
     options: IndexOptions,
 }
 
@@ -753,14 +759,22 @@ impl Indexer {
                     true
                 } else {
                     let (guard, _) = wake
-                        .wait_timeout(guard, self.options.poll)
+                        .wait_timeout(guard, self.pause)
                         .unwrap_or_else(|e| e.into_inner());
                     *guard
                 }
             };
-            if let Err(error) = self.step(stopping) {
+            let stepped = self.step(stopping);
+            // A database that cannot be read (PostgreSQL down) is retried less and less often,
+            // up to every few seconds, rather than warned about at every poll.
+            self.pause = match stepped {
+                Ok(()) => self.options.poll,
+                Err(_) => (self.pause * 2).min(MAX_RETRY_PAUSE),
+            };
+            if let Err(error) = stepped {
                 tracing::warn!(
                     error = format!("{error:#}"),
+                    retry_in_ms = self.pause.as_millis() as u64,
                     "search indexing failed; retrying"
                 );
                 // What was fed but not committed is fed again from the last commit.

@@ -1,5 +1,7 @@
-//! Full-text search as a derived, embedded index: a tantivy index in the data dir that ranks
-//! only the best `k` matches (block-max pruning) instead of scoring every match.
+//! Full-text search as a derived, embedded index: a tantivy index in the data dir (on
+//! PostgreSQL, one per instance, fed from the shared log) that ranks only the best `k` matches
+//! (block-max pruning) instead of scoring every match. [`paging`] turns its rankings into the
+//! pages and cursors of the API, the same on both backends.
 //!
 //! The database stays the source of truth. Storage feeds the index through [`Source`] by
 //! message `seq` (inserts) and event `seq` (session deletions); the index commits on a
@@ -11,6 +13,7 @@
 
 mod analysis;
 mod index;
+pub mod paging;
 mod snippet;
 
 pub use analysis::analyzer;

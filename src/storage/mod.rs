@@ -99,8 +99,8 @@ pub struct SearchQuery {
     pub directory: Option<String>,
     pub limit: Limit,
     pub after: Option<SearchCursor>,
-    /// Rank only the newest this-many matches (`None` or 0: rank every match). bm25 costs about
-    /// a microsecond per match, so a word found in a million messages would cost a second.
+    /// The `search_window` setting: no backend reads it any more (the index prunes instead of
+    /// ranking every match); kept so older configurations still start.
     pub window: Option<u32>,
 }
 
@@ -177,9 +177,45 @@ pub struct ImportedSession {
     pub messages: u64,
 }
 
+/// Locks `dir` (through the file `name` in it) for the life of the returned file, so two
+/// processes never write one directory; `what` names the directory in the error.
+pub fn lock_dir(dir: &std::path::Path, name: &str, what: &str) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context;
+    let path = dir.join(name);
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "{what} {} is in use by another sessiond process",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("locking {what} {}", dir.display()))
+        }
+    }
+}
+
 /// The query of [`Counts`], the same on every backend.
 pub const COUNTS_SQL: &str = "SELECT (SELECT count(*) FROM sessions), \
      (SELECT count(*) FROM messages), (SELECT count(*) FROM api_keys)";
+
+/// The messages the search index reads (see [`crate::search::Source::messages`]), the same on
+/// every backend (`$n` are positional parameters to SQLite too): `$1 < seq <= $2`, `$3` rows.
+pub const INDEX_MESSAGES_SQL: &str = "SELECT m.seq, m.session_id, s.directory, m.role, \
+     m.created_at, m.text FROM messages m JOIN sessions s ON s.id = m.session_id \
+     WHERE m.seq > $1 AND m.seq <= $2 AND m.text <> '' ORDER BY m.seq LIMIT $3";
+
+/// The session deletions the search index reads (see [`crate::search::Source::deletions`]).
+pub const INDEX_DELETIONS_SQL: &str = "SELECT seq, session_id FROM events \
+     WHERE seq > $1 AND seq <= $2 AND type = 'session.deleted' ORDER BY seq";
+
+/// The oldest retained event (see [`crate::search::Source::oldest_event`]).
+pub const OLDEST_EVENT_SQL: &str = "SELECT min(seq) FROM events";
 
 /// What a database holds, counted (`sessiond migrate-data` compares them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -59,6 +59,14 @@ pub fn postgres_required() -> Option<String> {
     None
 }
 
+/// The `--database` arguments of a [`Process`] on `data_dir`: its PostgreSQL database (see
+/// [`postgres_database_for`]) when the suite runs on PostgreSQL, else none (SQLite in the dir).
+pub fn backend_args(data_dir: &Path) -> Vec<String> {
+    postgres_database_for(data_dir)
+        .map(|url| vec!["--database".to_owned(), url])
+        .unwrap_or_default()
+}
+
 /// A fresh database on `base` for `data_dir` (see [`postgres_database_for`]).
 pub fn postgres_database_at(base: &str, data_dir: &Path) -> String {
     use std::hash::{Hash, Hasher};
@@ -306,6 +314,15 @@ pub struct Process {
 impl Process {
     pub fn binary() -> &'static str {
         env!("CARGO_BIN_EXE_sessiond")
+    }
+
+    /// [`Process::start`] on the suite's backend: SQLite in `data_dir`, or the PostgreSQL
+    /// database of `data_dir` (see [`backend_args`]) when the suite runs on PostgreSQL.
+    pub fn start_on_backend(data_dir: &Path, extra_args: &[&str]) -> Process {
+        let backend = backend_args(data_dir);
+        let mut args: Vec<&str> = backend.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra_args);
+        Process::start(data_dir, &args)
     }
 
     /// Starts `sessiond serve` on `data_dir` and waits for its "listening" line.

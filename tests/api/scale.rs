@@ -865,3 +865,144 @@ async fn broadcasts_reach_other_instances_through_redis_and_not_their_sender() {
         task.abort();
     }
 }
+
+/// The ids of the hits of a search on `app`.
+async fn search_ids(app: &TestApp, query: &str) -> Vec<String> {
+    app.get_json(&format!("/v1/search?{query}")).await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|hit| hit["message_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Each instance searches an index of its own, fed from the shared log. A search that starts
+/// after a write's 2xx on the other instance finds it (the heads come from the database and the
+/// index's tail covers what it has not committed), one after a delete's 2xx no longer returns
+/// what it deleted, and the same holds once the index has committed everything. (A query
+/// string each time: a response this instance cached before is fresh only once the event feed
+/// brings the change, as for every list.)
+#[tokio::test]
+async fn a_search_on_one_instance_finds_what_another_wrote_and_not_what_it_deleted() {
+    let Some((a, b, _url, _dir)) = two_instances(|_| {}).await else {
+        return;
+    };
+    let keep = a.create_session("/s", "keep").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gone = b.create_session("/s", "gone").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut kept = Vec::new();
+    for n in 0..20 {
+        // Written alternately on either instance, searched at once on the other.
+        let (writer, reader) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let id = writer
+            .append(&keep, "user", &format!("walrus{n} tusk"))
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            search_ids(reader, &format!("q=walrus{n}")).await,
+            vec![id.clone()]
+        );
+        kept.push(id);
+    }
+    let doomed = a.append(&gone, "user", "walrus tusk doomed").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut all = kept.clone();
+    all.push(doomed.clone());
+    let sorted = |mut ids: Vec<String>| {
+        ids.sort();
+        ids
+    };
+    assert_eq!(sorted(search_ids(&b, "q=tusk&limit=50").await), sorted(all));
+    let mut feed = Sse::open(&b, "/v1/events", None).await;
+    assert_eq!(
+        a.delete(&format!("/v1/sessions/{gone}")).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        sorted(search_ids(&b, "q=tusk&limit=51").await),
+        sorted(kept.clone())
+    );
+    assert!(search_ids(&b, "q=doomed").await.is_empty());
+
+    // Once b's index has committed everything (the deletion is fed after every message before
+    // it), it answers the same from disk.
+    let deletion = loop {
+        let event = feed
+            .next(Duration::from_secs(10))
+            .await
+            .expect("the deletion reaches b")
+            .data;
+        if event["type"] == "session.deleted" {
+            break event["seq"].as_i64().unwrap();
+        }
+    };
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        "b's index never committed the deletion",
+        async || {
+            let index = &b.get_json("/ready").await["search_index"];
+            index["committed"]["events"].as_i64() >= Some(deletion)
+        },
+    )
+    .await;
+    assert_eq!(
+        sorted(search_ids(&b, "q=tusk&limit=52").await),
+        sorted(kept)
+    );
+    assert!(search_ids(&b, "q=doomed&limit=2").await.is_empty());
+}
+
+/// Two instances never share one search index dir (each would rebuild it under the other):
+/// the second is refused at start, saying why.
+#[tokio::test]
+async fn a_second_instance_on_the_same_search_index_dir_is_refused() {
+    let Some((a, _b, url, dir)) = two_instances(|_| {}).await else {
+        return;
+    };
+    let mut config = sessiond::config::Config::ephemeral(dir.path().join("a"));
+    config.database = Database::Postgres(url.clone());
+    let refused = sessiond::app::Application::build_with(config, Router::new()).await;
+    let error = format!(
+        "{:#}",
+        refused.err().expect("the second instance is refused")
+    );
+    assert!(error.contains("in use by another sessiond"), "{error}");
+    assert!(error.contains("search_index_dir"), "{error}");
+    // The first keeps serving searches.
+    let sid = a.create_session("/s", "s").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id = a.append(&sid, "user", "still searchable").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(search_ids(&a, "q=searchable").await, vec![id.clone()]);
+    // On the same data dir with a search index dir of its own, a third instance starts, builds
+    // its index there from the database, and finds the same.
+    let own = dir.path().join("own-index");
+    let c = TestApp::spawn_in(
+        &dir.path().join("a"),
+        {
+            let own = own.clone();
+            move |config| {
+                config.database = Database::Postgres(url);
+                config.search_index_dir = Some(own);
+            }
+        },
+        Router::new(),
+    )
+    .await;
+    assert_eq!(search_ids(&c, "q=searchable").await, vec![id]);
+    assert!(own.join("meta.json").exists());
+}

@@ -22,8 +22,12 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../migrations/postgres/0003_import_map.sql"),
     ),
     (
+        "search_index",
+        include_str!("../../../migrations/postgres/0004_search_index.sql"),
+    ),
+    (
         "webhooks",
-        include_str!("../../../migrations/postgres/0004_webhooks.sql"),
+        include_str!("../../../migrations/postgres/0005_webhooks.sql"),
     ),
 ];
 

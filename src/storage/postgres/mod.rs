@@ -6,12 +6,15 @@
 //! every instance, and ids and timestamps never go backwards. Each instance hears the others'
 //! commits through `LISTEN`/`NOTIFY` and replays them from the event log in order (see
 //! [`feed`]), so its subscribers and caches see every change, once and in order, whichever
-//! instance made it. Search uses a `tsvector` column with a GIN index.
+//! instance made it. Search is a tantivy index of each instance's own (in its
+//! `search_index_dir`), fed from the shared log by `seq` (see [`indexing`] and
+//! [`crate::search`]); searches read the heads from the database, so what any instance
+//! committed before a search started is found, through the index's tail until it is indexed.
 
 mod feed;
+mod indexing;
 pub mod migrations;
 mod reads;
-mod search;
 mod webhooks;
 mod writer;
 mod writes;
@@ -38,6 +41,8 @@ use crate::domain::{
     Session, SessionCursor, SessionId, SessionPatch,
 };
 use crate::events::{Event, EventFilter};
+use crate::search::paging::{self, HitRow, Rankings};
+use crate::search::{IndexOptions, SearchIndex, TantivyIndex};
 use crate::webhooks::model::{
     Delivery, DeliveryCounts, DeliveryStatus, Endpoint, EndpointPatch, NewEndpoint,
 };
@@ -72,6 +77,18 @@ pub struct PgOptions {
     /// Called with this instance's committed events when they cannot be delivered in order
     /// yet (the log could not be read): caches must forget them at once; the events follow.
     pub on_stale: Option<CommitHook>,
+    /// Where this instance keeps its search index; `None` opens no index (commands that never
+    /// search), and searches then fail.
+    pub search_index: Option<SearchIndexOptions>,
+}
+
+/// This instance's search index.
+#[derive(Clone, Debug)]
+pub struct SearchIndexOptions {
+    /// The index's own dir (one per instance: it is locked while open).
+    pub dir: std::path::PathBuf,
+    /// An index rebuilt over at most this many messages is built before `open` returns.
+    pub foreground: u64,
 }
 
 impl PgOptions {
@@ -85,6 +102,7 @@ impl PgOptions {
             on_revoke: None,
             on_local_commit: None,
             on_stale: None,
+            search_index: None,
         }
     }
 }
@@ -101,6 +119,56 @@ pub struct PgStorage {
     listener: tokio::task::JoinHandle<()>,
     size: Arc<AtomicU64>,
     sizing: tokio::task::JoinHandle<()>,
+    search: Option<Search>,
+}
+
+/// This instance's search index and what its pages need.
+struct Search {
+    index: Arc<TantivyIndex>,
+    rankings: Arc<Rankings>,
+    /// Held (locked) until the storage is dropped.
+    _lock: std::fs::File,
+}
+
+/// The lock file beside an index dir (not in it: a rebuild empties the dir).
+const SEARCH_LOCK_SUFFIX: &str = ".lock";
+
+/// Opens (creating, catching up or rebuilding) this instance's index of the database
+/// `database_id` at `url`. Blocking: run it off the runtime's workers.
+fn open_search(
+    url: &str,
+    database_id: String,
+    options: &SearchIndexOptions,
+) -> anyhow::Result<Search> {
+    let dir = options.dir.clone();
+    let parent = match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = dir
+        .file_name()
+        .map(|n| format!("{}{SEARCH_LOCK_SUFFIX}", n.to_string_lossy()))
+        .unwrap_or_else(|| format!("search{SEARCH_LOCK_SUFFIX}"));
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("creating the search index's dir {}", parent.display()))?;
+    let lock = super::lock_dir(&parent, &name, "the search index's dir").with_context(|| {
+        format!(
+            "give each instance its own search_index_dir ({})",
+            dir.display()
+        )
+    })?;
+    let config: tokio_postgres::Config = url
+        .parse()
+        .context("parsing the PostgreSQL connection URL (setting `database`)")?;
+    let mut index_options = IndexOptions::new(dir, database_id);
+    index_options.build_in_foreground = i64::try_from(options.foreground).unwrap_or(i64::MAX);
+    let source = indexing::IndexerSource::new(config)?;
+    let index = TantivyIndex::open(index_options, Box::new(source))?;
+    Ok(Search {
+        index,
+        rankings: Arc::default(),
+        _lock: lock,
+    })
 }
 
 /// A pool of connections to `url`.
@@ -160,7 +228,25 @@ impl PgStorage {
                 .await
                 .context("reading the database size")?,
         ));
+        let database_id: String = client
+            .query_one("SELECT value FROM meta WHERE key = 'database_id'", &[])
+            .await
+            .context("reading the database id")?
+            .get(0);
         drop(client);
+        let search = match &options.search_index {
+            Some(search) => {
+                let (url, search) = (options.url.clone(), search.clone());
+                // A foreground build and file I/O; the indexer's runtime is also made (and,
+                // on failure, dropped) here, off the server's runtime.
+                Some(
+                    tokio::task::spawn_blocking(move || open_search(&url, database_id, &search))
+                        .await
+                        .context("opening the search index")??,
+                )
+            }
+            None => None,
+        };
         let sizing = tokio::spawn(watch_size(pool.clone(), size.clone()));
         let feed = Arc::new(Feed::new(pool.clone(), head, options.on_commit.clone()));
         let listener = tokio::spawn(feed::listen(
@@ -185,6 +271,7 @@ impl PgStorage {
             listener,
             size,
             sizing,
+            search,
         })
     }
 
@@ -319,7 +406,48 @@ impl Storage for PgStorage {
     }
 
     async fn search(&self, query: SearchQuery) -> StorageResult<Page<SearchHit, SearchCursor>> {
-        search::search(&*self.client().await?, &query).await
+        let Some(search) = &self.search else {
+            return Err(StorageError::Internal(anyhow::anyhow!(
+                "this process opened the database without a search index"
+            )));
+        };
+        if query.terms.is_empty() {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+        // Committed data only, read after every write acknowledged before this search began
+        // (on any instance): the index's tail covers whatever it has not indexed yet.
+        let heads = {
+            let client = self.client().await?;
+            let row = client
+                .query_one(indexing::HEADS_SQL, &[])
+                .await
+                .map_err(db("reading the log heads"))?;
+            crate::search::Heads {
+                messages: reads::get(&row, 0)?,
+                events: reads::get(&row, 1)?,
+            }
+        };
+        let index = search.index.clone();
+        let rankings = search.rankings.clone();
+        let source = indexing::SearchSource {
+            pool: self.pool.clone(),
+            handle: tokio::runtime::Handle::current(),
+        };
+        let terms = query.terms.clone();
+        // Ranking is CPU work and the tail is read blocking: off the runtime's workers.
+        let ranked = tokio::task::spawn_blocking(move || {
+            paging::rank(&*index, &rankings, &source, heads, &query)
+        })
+        .await
+        .context("a search task failed")??;
+        let items = render(&*self.client().await?, &terms, &ranked.page).await?;
+        Ok(Page {
+            items,
+            next: ranked.next,
+        })
     }
 
     async fn session_text(&self, id: &SessionId, max_bytes: usize) -> StorageResult<SessionText> {
@@ -431,6 +559,10 @@ impl Storage for PgStorage {
         Some(self.size.load(Ordering::Relaxed))
     }
 
+    fn search_status(&self) -> Option<crate::search::Status> {
+        self.search.as_ref().map(|s| s.index.status())
+    }
+
     fn webhooks(&self) -> Option<&dyn WebhookStore> {
         Some(self)
     }
@@ -449,7 +581,50 @@ impl Storage for PgStorage {
         self.listener.abort();
         self.sizing.abort();
         self.pool.close();
+        // Commits what the indexer was fed, so a restart has nothing to catch up.
+        if let Some(search) = &self.search {
+            let index = search.index.clone();
+            let _ = tokio::task::spawn_blocking(move || index.close()).await;
+        }
     }
+}
+
+/// The SQL rendering the hits of one page (`$1`, their `seq`s).
+const SEARCH_ROWS_SQL: &str =
+    "SELECT seq, id, session_id, role, created_at, text FROM messages WHERE seq = ANY($1)";
+
+/// The hits of one page, in ranking order, with snippets.
+async fn render(
+    client: &Conn,
+    terms: &crate::domain::SearchTerms,
+    page: &[(i64, f64)],
+) -> StorageResult<Vec<SearchHit>> {
+    if page.is_empty() {
+        return Ok(Vec::new());
+    }
+    let seqs: Vec<i64> = page.iter().map(|(seq, _)| *seq).collect();
+    let statement = client
+        .prepare_cached(SEARCH_ROWS_SQL)
+        .await
+        .map_err(db("preparing the search rows"))?;
+    let rows = client
+        .query(&statement, &[&seqs])
+        .await
+        .map_err(db("rendering hits"))?;
+    let rows = rows
+        .iter()
+        .map(|row| {
+            Ok(HitRow {
+                seq: reads::get(row, 0)?,
+                message_id: reads::get(row, 1)?,
+                session_id: reads::get(row, 2)?,
+                role: reads::get(row, 3)?,
+                created_at: reads::get(row, 4)?,
+                text: reads::get(row, 5)?,
+            })
+        })
+        .collect::<StorageResult<Vec<_>>>()?;
+    Ok(paging::hits(terms, page, rows)?)
 }
 
 impl Drop for PgStorage {

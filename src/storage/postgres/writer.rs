@@ -429,6 +429,12 @@ async fn run_batch(
     ids
 }
 
+/// Moves the head at the end of a batch. `messages` is the newest message `seq` this batch can
+/// see: its own and every committed one (all message inserts hold the `head` lock, so none is
+/// in flight elsewhere), which the search indexers of every instance read as the messages head.
+const HEAD_UPDATE: &str = "UPDATE head SET seq = $1, at = $2, owner = $3, \
+     messages = GREATEST(messages, coalesce((SELECT max(seq) FROM messages), 0)) WHERE id = 1";
+
 async fn commit(ctx: &WriteCtx, instance: &str) -> Result<(), String> {
     let last_seq = ctx.next_seq - 1;
     if ctx.webhooks > 0
@@ -452,10 +458,7 @@ async fn commit(ctx: &WriteCtx, instance: &str) -> Result<(), String> {
             .map_err(|e| format!("queueing webhook deliveries: {e}"))?;
     }
     ctx.client
-        .execute(
-            "UPDATE head SET seq = $1, at = $2, owner = $3 WHERE id = 1",
-            &[&last_seq, &ctx.last_at, &instance],
-        )
+        .execute(HEAD_UPDATE, &[&last_seq, &ctx.last_at, &instance])
         .await
         .map_err(|e| format!("moving the head: {e}"))?;
     if !ctx.events.is_empty() {

@@ -459,6 +459,12 @@ pub async fn import(
         .transaction()
         .await
         .map_err(db_write("starting an import"))?;
+    // The head first, as every batch does: the messages get `seq`s above every committed one
+    // and below every later batch's, so the messages head (set below) never passes one in
+    // flight (see migration 0004).
+    tx.execute("SELECT 1 FROM head WHERE id = 1 FOR UPDATE", &[])
+        .await
+        .map_err(db_write("locking the head"))?;
     tx.execute(
         "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'generation'",
         &[],
@@ -537,7 +543,8 @@ pub async fn import(
     }
     // Past the imported versions too: a session's version (its ETag) must keep increasing.
     tx.execute(
-        "UPDATE head SET at = GREATEST(at, $1), seq = GREATEST(seq, $2), owner = '' WHERE id = 1",
+        "UPDATE head SET at = GREATEST(at, $1), seq = GREATEST(seq, $2), owner = '', \
+         messages = GREATEST(messages, coalesce((SELECT max(seq) FROM messages), 0)) WHERE id = 1",
         &[&newest, &version],
     )
     .await

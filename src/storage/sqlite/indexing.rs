@@ -12,12 +12,9 @@ pub const HEADS_SQL: &str = "SELECT \
      coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0), \
      coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)";
 
-pub const MESSAGES_SQL: &str = "SELECT m.seq, m.session_id, s.directory, m.role, m.created_at, \
-     m.text FROM messages m JOIN sessions s ON s.id = m.session_id \
-     WHERE m.seq > ?1 AND m.seq <= ?2 AND m.text <> '' ORDER BY m.seq LIMIT ?3";
-
-pub const DELETIONS_SQL: &str = "SELECT seq, session_id FROM events \
-     WHERE seq > ?1 AND seq <= ?2 AND type = 'session.deleted' ORDER BY seq";
+pub use crate::storage::{
+    INDEX_DELETIONS_SQL as DELETIONS_SQL, INDEX_MESSAGES_SQL as MESSAGES_SQL,
+};
 
 /// A [`Source`] over a borrowed connection (a search's own snapshot).
 pub struct SqlSource<'a>(pub &'a Connection);
@@ -74,7 +71,7 @@ impl Source for SqlSource<'_> {
 
     fn oldest_event(&self) -> anyhow::Result<Option<i64>> {
         self.0
-            .prepare_cached("SELECT min(seq) FROM events")
+            .prepare_cached(crate::storage::OLDEST_EVENT_SQL)
             .context("preparing the oldest event")?
             .query_row([], |row| row.get(0))
             .optional()

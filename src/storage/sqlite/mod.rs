@@ -80,39 +80,10 @@ impl SqliteOptions {
     }
 }
 
-/// First-page search rankings kept for later pages (10 minutes, 32 MiB at most).
-struct Rankings(moka::sync::Cache<u64, Arc<reads::Ranking>>);
-
-impl Rankings {
-    fn new() -> Rankings {
-        Rankings(
-            moka::sync::Cache::builder()
-                .max_capacity(32 << 20)
-                .weigher(|_, ranking: &Arc<reads::Ranking>| {
-                    u32::try_from(ranking.len() * 16 + 64).unwrap_or(u32::MAX)
-                })
-                .time_to_idle(std::time::Duration::from_secs(600))
-                .build(),
-        )
-    }
-}
-
-impl reads::RankingStore for Rankings {
-    fn keep(&self, ranking: reads::Ranking) -> u64 {
-        let token = fastrand::u64(1..);
-        self.0.insert(token, Arc::new(ranking));
-        token
-    }
-
-    fn find(&self, token: u64) -> Option<Arc<reads::Ranking>> {
-        self.0.get(&token)
-    }
-}
-
 pub struct SqliteStorage {
     path: PathBuf,
     identity: String,
-    rankings: Arc<Rankings>,
+    rankings: Arc<crate::search::paging::Rankings>,
     index: Arc<TantivyIndex>,
     writer: WriterHandle,
     readers: ReadPool,
@@ -172,7 +143,7 @@ impl SqliteStorage {
         Ok(SqliteStorage {
             path,
             identity,
-            rankings: Arc::new(Rankings::new()),
+            rankings: Arc::default(),
             index,
             writer,
             readers: ReadPool::new(readers),
@@ -183,23 +154,7 @@ impl SqliteStorage {
 }
 
 fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
-    let path = dir.join(LOCK_FILE);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening the lock file {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "the data dir {} is in use by another sessiond process",
-            dir.display()
-        ),
-        Err(std::fs::TryLockError::Error(error)) => {
-            Err(error).with_context(|| format!("locking the data dir {}", dir.display()))
-        }
-    }
+    super::lock_dir(dir, LOCK_FILE, "the data dir")
 }
 
 fn open_writer(path: &Path) -> anyhow::Result<Connection> {
@@ -330,7 +285,7 @@ impl Storage for SqliteStorage {
         let rankings = self.rankings.clone();
         let index = self.index.clone();
         self.readers
-            .read(move |conn| reads::search(conn, &query, &*rankings, &*index))
+            .read(move |conn| reads::search(conn, &query, &rankings, &*index))
             .await
     }
 

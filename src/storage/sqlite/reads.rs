@@ -4,18 +4,17 @@
 
 use anyhow::Context;
 use rusqlite::types::Value;
-use std::sync::Arc;
-
 use rusqlite::{Connection, OptionalExtension, Statement, params_from_iter};
 
 use super::indexing::SqlSource;
 use super::rows::{self, MESSAGE_COLUMNS, SESSION_COLUMNS};
 use crate::domain::{
-    ArchivedFilter, Message, MessageCursor, MessageId, Order, Page, Role, SearchCursor, SearchHit,
+    ArchivedFilter, Message, MessageCursor, MessageId, Order, Page, SearchCursor, SearchHit,
     SearchTerms, Session, SessionCursor, SessionId,
 };
 use crate::events::{Event, EventFilter, EventKind};
-use crate::search::{IndexError, Request, SearchIndex, Source};
+use crate::search::paging::{self, HitRow, Rankings};
+use crate::search::{SearchIndex, Source};
 use crate::storage::{
     EventBounds, MessageListQuery, SearchQuery, SessionFilter, SessionListQuery, SessionText,
     StorageError, StorageResult,
@@ -212,148 +211,24 @@ fn bind_named(statement: &mut Statement<'_>, values: &[(&str, Value)]) -> anyhow
     Ok(())
 }
 
-/// Ranked hits kept for paging: `(seq, rank)` best first, `rank` being the negated score.
-pub type Ranking = Vec<(i64, f64)>;
-
-/// Where first-page rankings are kept so later pages slice the very same order.
-pub trait RankingStore {
-    fn keep(&self, ranking: Ranking) -> u64;
-    fn find(&self, token: u64) -> Option<Arc<Ranking>>;
-}
-
-/// How many hits a first page ranks and keeps: later pages within them are exact slices.
-pub const RANKING_KEPT: usize = 2000;
-
-fn index_error(error: IndexError) -> StorageError {
-    match error {
-        IndexError::Building { .. } => StorageError::Overloaded {
-            reason: "the search index is being built; retry shortly (GET /ready shows its progress)",
-            retry_after_secs: 5,
-        },
-        IndexError::Internal(cause) => StorageError::Internal(cause),
-    }
-}
-
+/// One search page: ranked by the index among everything up to this read's snapshot of the
+/// log, rendered from the same snapshot.
 pub fn search(
     conn: &Connection,
     query: &SearchQuery,
-    rankings: &dyn RankingStore,
+    rankings: &Rankings,
     index: &dyn SearchIndex,
 ) -> StorageResult<Page<SearchHit, SearchCursor>> {
-    if query.terms.is_empty() {
-        return Ok(Page {
-            items: Vec::new(),
-            next: None,
-        });
-    }
-    let limit = query.limit.get() as usize;
     snapshot(conn, |conn| {
-        // A later page of a kept ranking: the same order as the first page, whatever was
-        // written since (no hit skipped or repeated).
-        if let Some(cursor) = &query.after
-            && cursor.token != 0
-            && let Some(ranking) = rankings.find(cursor.token)
-        {
-            // A kept ranking holds one hit more than it serves when there were more.
-            let usable = ranking.len().min(RANKING_KEPT);
-            let start = (cursor.offset as usize).min(usable);
-            let end = (start + limit).min(usable);
-            let page = &ranking[start..end];
-            let next = if end < usable {
-                page.last().map(|&(seq, rank)| SearchCursor {
-                    token: cursor.token,
-                    offset: end as u32,
-                    ..boundary(cursor, seq, rank)
-                })
-            } else if ranking.len() > RANKING_KEPT {
-                // More hits than were kept: continue by rank after the last kept one.
-                page.last().map(|&(seq, rank)| boundary(cursor, seq, rank))
-            } else {
-                None
-            };
-            let items = render(conn, &query.terms, page)?;
-            return Ok(Page { items, next });
-        }
-
         let source = SqlSource(conn);
         let heads = source.heads()?;
-        let request = Request {
-            terms: &query.terms,
-            session_id: query.session_id.as_ref().map(|s| s.as_str()),
-            directory: query.directory.as_deref(),
-        };
-        let first_page = query.after.is_none();
-        let (ranking, cap): (Ranking, i64) = match &query.after {
-            None => {
-                let hits = index
-                    .top(&source, heads, &request, RANKING_KEPT + 1)
-                    .map_err(index_error)?;
-                let newest = hits.iter().map(|h| h.seq).max().unwrap_or(0);
-                let ranking = hits
-                    .into_iter()
-                    .map(|h| (h.seq, -f64::from(h.score)))
-                    .collect();
-                (ranking, heads.messages.max(newest))
-            }
-            Some(cursor) => {
-                // No kept ranking (expired, or beyond it): continue by rank among what existed
-                // when paging started. Scores depend on corpus statistics, which move as
-                // messages are written, so the boundary hit is ranked under today's
-                // statistics rather than cut at a stale value.
-                let hits = index.every(&source, heads, &request).map_err(index_error)?;
-                let rank = hits
-                    .iter()
-                    .find(|h| h.seq == cursor.seq)
-                    .map_or(cursor.rank, |h| -f64::from(h.score));
-                let ranking = hits
-                    .into_iter()
-                    .map(|h| (h.seq, -f64::from(h.score)))
-                    .filter(|&(seq, r)| {
-                        seq <= cursor.cap && (r > rank || (r == rank && seq > cursor.seq))
-                    })
-                    .take(limit + 1)
-                    .collect();
-                (ranking, cursor.cap)
-            }
-        };
-        let base = SearchCursor {
-            rank: 0.0,
-            seq: 0,
-            cap,
-            floor: 0,
-            token: 0,
-            offset: 0,
-        };
-        let page_len = limit.min(ranking.len());
-        let next = if ranking.len() <= limit {
-            None
-        } else if first_page {
-            let (seq, rank) = ranking[page_len - 1];
-            let token = rankings.keep(ranking.clone());
-            Some(SearchCursor {
-                token,
-                offset: page_len as u32,
-                ..boundary(&base, seq, rank)
-            })
-        } else {
-            let (seq, rank) = ranking[page_len - 1];
-            Some(boundary(&base, seq, rank))
-        };
-        let items = render(conn, &query.terms, &ranking[..page_len])?;
-        Ok(Page { items, next })
+        let ranked = paging::rank(index, rankings, &source, heads, query)?;
+        let items = render(conn, &query.terms, &ranked.page)?;
+        Ok(Page {
+            items,
+            next: ranked.next,
+        })
     })
-}
-
-/// A cursor continuing by rank after `(seq, rank)`.
-fn boundary(base: &SearchCursor, seq: i64, rank: f64) -> SearchCursor {
-    SearchCursor {
-        rank,
-        seq,
-        cap: base.cap,
-        floor: base.floor,
-        token: 0,
-        offset: 0,
-    }
 }
 
 /// The hits of one page, in ranking order, with snippets.
@@ -372,39 +247,18 @@ fn render(
         .context("preparing the search rows")?;
     bind_named(&mut statement, &[(":seqs", Value::Text(seqs))])?;
     let mut rows = statement.raw_query();
-    let mut found = std::collections::HashMap::with_capacity(page.len());
+    let mut found = Vec::with_capacity(page.len());
     while let Some(row) = rows.next().context("rendering hits")? {
-        let role: String = row.get(3).context("reading a hit")?;
-        let seq: i64 = row.get(0).context("reading a hit")?;
-        let text: String = row.get(5).context("reading a hit")?;
-        found.insert(
-            seq,
-            (
-                MessageId::from_trusted(row.get(1).context("reading a hit")?),
-                SessionId::from_trusted(row.get(2).context("reading a hit")?),
-                Role::parse(&role)
-                    .with_context(|| format!("a stored message has the unknown role {role:?}"))?,
-                row.get::<_, i64>(4).context("reading a hit")?,
-                crate::search::snippet(&text, terms),
-            ),
-        );
+        found.push(HitRow {
+            seq: row.get(0).context("reading a hit")?,
+            message_id: row.get(1).context("reading a hit")?,
+            session_id: row.get(2).context("reading a hit")?,
+            role: row.get(3).context("reading a hit")?,
+            created_at: row.get(4).context("reading a hit")?,
+            text: row.get(5).context("reading a hit")?,
+        });
     }
-    // Deleted since it was ranked: skipped (it no longer exists, nothing to show).
-    Ok(page
-        .iter()
-        .filter_map(|(seq, rank)| {
-            found.remove(seq).map(
-                |(message_id, session_id, role, created_at, snippet)| SearchHit {
-                    message_id,
-                    session_id,
-                    role,
-                    created_at,
-                    snippet,
-                    score: -rank,
-                },
-            )
-        })
-        .collect())
+    Ok(paging::hits(terms, page, found)?)
 }
 
 pub fn session_text(
