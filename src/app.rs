@@ -119,6 +119,7 @@ impl Application {
             webhook_guard: crate::webhooks::guard::Guard::new(
                 config.webhooks.allowed_networks.clone(),
             ),
+            webhook_max_endpoints: config.webhooks.max_endpoints,
         });
         let router = http::router_with(state.clone(), extra);
         let listener = TcpListener::bind(config.listen)

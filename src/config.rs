@@ -174,6 +174,9 @@ pub struct ServeArgs {
     /// How often the webhook outbox is polled when no commit woke the delivery loop [env: SESSIOND_WEBHOOK_POLL_INTERVAL] [default: 1s]
     #[arg(long, value_name = "DURATION")]
     pub webhook_poll_interval: Option<String>,
+    /// Most webhook endpoints that may be registered [env: SESSIOND_WEBHOOK_MAX_ENDPOINTS] [default: 100]
+    #[arg(long, value_name = "N")]
+    pub webhook_max_endpoints: Option<String>,
 }
 
 /// Where the data lives.
@@ -572,6 +575,12 @@ impl Config {
                     "1s",
                     parse_duration,
                 )?,
+                max_endpoints: r.get(
+                    "webhook_max_endpoints",
+                    &args.webhook_max_endpoints,
+                    "100",
+                    |v| parse_count(v, 1, 1_000_000),
+                )?,
             },
         };
         Ok(config)
@@ -640,6 +649,7 @@ const FILE_KEYS: &[&str] = &[
     "webhook_retention",
     "webhook_concurrency",
     "webhook_poll_interval",
+    "webhook_max_endpoints",
 ];
 
 struct FileSettings {

@@ -118,6 +118,8 @@ pub struct AppState {
     pub limiter: SharedLimiter,
     /// Which addresses webhook URLs may name.
     pub webhook_guard: crate::webhooks::guard::Guard,
+    /// Most webhook endpoints that may be registered.
+    pub webhook_max_endpoints: usize,
 }
 
 /// Connected event-stream clients, by transport (for metrics).

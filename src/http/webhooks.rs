@@ -13,13 +13,12 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::SharedState;
 use super::conditional;
-use super::extract::{JsonBody, NonEmpty, NonNegative, Query};
+use super::extract::{JsonBody, NonEmpty, Query};
 use super::response::{PageBody, created, encode, json, ok};
 use crate::domain::{Limit, WebhookId, wall_clock_ms};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::webhooks::model::{
-    CreateWebhook, Delivery, DeliveryCounts, DeliveryStatus, MAX_ENDPOINTS, UpdateWebhook, Webhook,
-    WebhookUrl,
+    CreateWebhook, Delivery, DeliveryCounts, DeliveryStatus, UpdateWebhook, Webhook, WebhookUrl,
 };
 use crate::webhooks::signing::generate_secret;
 use crate::webhooks::store::WebhookStore;
@@ -102,8 +101,25 @@ pub struct RotatedSecret {
 #[serde(deny_unknown_fields)]
 pub struct Replay {
     /// Events with a `seq` after this one are queued again.
-    #[schema(value_type = i64, minimum = 0)]
-    pub since: NonNegative,
+    #[schema(value_type = i64, minimum = 0, maximum = 9007199254740991_i64)]
+    pub since: serde_json::Number,
+}
+
+/// A JSON integer (also written as `12.0`) from 0 to 2^53 - 1.
+fn seq_value(number: &serde_json::Number) -> ApiResult<i64> {
+    const MAX: i64 = (1 << 53) - 1;
+    let value = match number.as_i64() {
+        Some(n) => Some(n),
+        None => number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= MAX as f64)
+            .map(|f| f as i64),
+    };
+    value.filter(|n| (0..=MAX).contains(n)).ok_or_else(|| {
+        ApiError::InvalidRequest(format!(
+            "since must be an integer from 0 to {MAX} (got {number})"
+        ))
+    })
 }
 
 /// What a replay queued.
@@ -177,7 +193,7 @@ fn tagged(headers: &HeaderMap, body: bytes::Bytes) -> Response {
     responses(
         (status = 201, description = "The endpoint, with its secret (shown once)", body = CreatedWebhook,
             headers(("Location" = String, description = "URL of the new endpoint"))),
-        (status = 400, description = "Invalid body: a URL that is not http, or whose host is internal or does not resolve; an unknown event type; a description over 1024 characters; or 100 endpoints exist already", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid body: a URL that is not http, or whose host is internal or does not resolve; an unknown event type; a description over 1024 characters; or `webhook_max_endpoints` (100) endpoints exist already", body = Problem, content_type = "application/problem+json"),
         (status = 501, description = "This storage backend has no webhooks", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -188,7 +204,9 @@ pub async fn create(
     let webhooks = store(&state)?;
     let new = body.into_new(secret()?)?;
     check_reachable(&state.webhook_guard, &new.url).await?;
-    let endpoint = webhooks.create_endpoint(new, MAX_ENDPOINTS).await?;
+    let endpoint = webhooks
+        .create_endpoint(new, state.webhook_max_endpoints)
+        .await?;
     created(
         &format!("/v1/webhooks/{}", endpoint.id),
         &CreatedWebhook {
@@ -395,6 +413,7 @@ pub async fn replay(
 ) -> ApiResult<Response> {
     let webhooks = store(&state)?;
     let id = webhook_id(&id)?;
-    let queued = webhooks.replay(id.as_str(), body.since.0).await?;
+    let since = seq_value(&body.since)?;
+    let queued = webhooks.replay(id.as_str(), since).await?;
     json(StatusCode::ACCEPTED, &Replayed { queued })
 }

@@ -91,6 +91,8 @@ pub struct Settings {
     pub concurrency: u32,
     /// How often the outbox is polled when no commit woke the worker.
     pub poll_interval: Duration,
+    /// Most endpoints one server (one database) holds.
+    pub max_endpoints: usize,
 }
 
 impl Default for Settings {
@@ -102,6 +104,7 @@ impl Default for Settings {
             retention: Duration::from_secs(7 * 24 * 3600),
             concurrency: 8,
             poll_interval: Duration::from_secs(1),
+            max_endpoints: model::MAX_ENDPOINTS,
         }
     }
 }

@@ -15,7 +15,7 @@ use super::breaker::{Breaker, State};
 use crate::domain::{Invalid, clip, non_null};
 use crate::events::EventKind;
 
-/// Most endpoints one server holds.
+/// Most endpoints one server holds, by default (`--webhook-max-endpoints`).
 pub const MAX_ENDPOINTS: usize = 100;
 /// Longest description, in characters.
 pub const MAX_DESCRIPTION: usize = 1024;
@@ -159,6 +159,23 @@ fn description(raw: String) -> Result<String, Invalid> {
     Ok(raw)
 }
 
+/// An event type, as the API names it (for the OpenAPI document).
+#[derive(Debug, Deserialize, ToSchema)]
+pub enum EventTypeName {
+    #[serde(rename = "session.created")]
+    #[schema(rename = "session.created")]
+    SessionCreated,
+    #[serde(rename = "session.updated")]
+    #[schema(rename = "session.updated")]
+    SessionUpdated,
+    #[serde(rename = "session.deleted")]
+    #[schema(rename = "session.deleted")]
+    SessionDeleted,
+    #[serde(rename = "message.created")]
+    #[schema(rename = "message.created")]
+    MessageCreated,
+}
+
 /// Body of `POST /v1/webhooks`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -168,15 +185,15 @@ pub struct CreateWebhook {
     pub url: String,
     /// Event types to deliver; omitted: all of them.
     #[serde(default, deserialize_with = "non_null")]
-    #[schema(value_type = Vec<String>, min_items = 1)]
+    #[schema(value_type = Vec<EventTypeName>, min_items = 1)]
     pub events: Option<Vec<String>>,
     /// Only events of this session.
     #[serde(default, deserialize_with = "non_null")]
-    #[schema(value_type = String, min_length = 1)]
+    #[schema(value_type = String, min_length = 1, max_length = 4096)]
     pub session_id: Option<String>,
     /// Only events of sessions in exactly this directory.
     #[serde(default, deserialize_with = "non_null")]
-    #[schema(value_type = String, min_length = 1)]
+    #[schema(value_type = String, min_length = 1, max_length = 4096)]
     pub directory: Option<String>,
     #[serde(default, deserialize_with = "non_null")]
     #[schema(value_type = String, max_length = 1024)]
@@ -237,13 +254,13 @@ pub struct UpdateWebhook {
     #[schema(value_type = String, max_length = 2048)]
     pub url: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<Vec<EventTypeName>>, min_items = 1)]
     pub events: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 4096)]
     pub session_id: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 4096)]
     pub directory: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>, max_length = 1024)]
