@@ -939,6 +939,61 @@ mod tests {
     }
 
     #[test]
+    fn webhook_settings_come_from_flags_env_and_file_and_bad_ones_are_named() {
+        let defaults = resolve(ServeArgs::default(), &[]).unwrap().webhooks;
+        assert!(defaults.allowed_networks.is_empty());
+        assert_eq!(
+            defaults.retry_schedule,
+            crate::webhooks::Schedule::default()
+        );
+        assert_eq!(defaults.timeout, Duration::from_secs(15));
+        assert_eq!(defaults.max_endpoints, 100);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sessiond.toml");
+        std::fs::write(
+            &file,
+            "webhook_timeout = \"3s\"\nwebhook_retention = \"1d\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            webhook_concurrency: Some("2".into()),
+            ..ServeArgs::default()
+        };
+        let config = resolve(
+            args,
+            &[
+                (
+                    "SESSIOND_WEBHOOK_ALLOWED_NETWORKS",
+                    "127.0.0.0/8, 10.0.0.0/8",
+                ),
+                ("SESSIOND_WEBHOOK_RETRY_SCHEDULE", "100ms,2s"),
+            ],
+        )
+        .unwrap()
+        .webhooks;
+        assert_eq!(config.allowed_networks.len(), 2);
+        assert_eq!(
+            config.retry_schedule.waits(),
+            [Duration::from_millis(100), Duration::from_secs(2)]
+        );
+        assert_eq!(config.timeout, Duration::from_secs(3));
+        assert_eq!(config.retention, Duration::from_secs(86_400));
+        assert_eq!(config.concurrency, 2);
+        for (key, value) in [
+            ("SESSIOND_WEBHOOK_RETRY_SCHEDULE", "soon"),
+            ("SESSIOND_WEBHOOK_ALLOWED_NETWORKS", "10.0.0.0/99"),
+        ] {
+            let error = resolve(ServeArgs::default(), &[(key, value)]).unwrap_err();
+            assert!(
+                error.setting.starts_with("webhook_"),
+                "{key}: {}",
+                error.setting
+            );
+        }
+    }
+
+    #[test]
     fn the_search_index_dir_defaults_to_none_and_is_read_from_file_and_env() {
         assert_eq!(
             resolve(ServeArgs::default(), &[]).unwrap().search_index_dir,
