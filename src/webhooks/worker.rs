@@ -64,7 +64,7 @@ struct Tracked {
 }
 
 enum Done {
-    Recorded { delivery: i64, endpoint: String },
+    Recorded { delivery: i64 },
     Deferred { endpoint: String },
 }
 
@@ -239,11 +239,10 @@ async fn run(
 
 fn finish(tracked: &mut HashMap<String, Tracked>, in_flight: &mut HashSet<i64>, done: Done) {
     match done {
-        Done::Recorded { delivery, endpoint } => {
+        // The endpoint's slot was freed when the attempt was settled; the row stays claimed
+        // until its outcome is committed.
+        Done::Recorded { delivery } => {
             in_flight.remove(&delivery);
-            if let Some(t) = tracked.get_mut(&endpoint) {
-                t.in_flight = t.in_flight.saturating_sub(1);
-            }
         }
         Done::Deferred { endpoint } => {
             if let Some(t) = tracked.get_mut(&endpoint) {
@@ -384,12 +383,12 @@ fn settle(
     let endpoint_id = due.endpoint_id.clone();
     let Some(t) = tracked.get_mut(&due.endpoint_id) else {
         // Deleted meanwhile: its rows are gone too.
-        let _ = done_tx.send(Done::Recorded {
-            delivery,
-            endpoint: endpoint_id,
-        });
+        let _ = done_tx.send(Done::Recorded { delivery });
         return;
     };
+    // The request is over: its slot under the endpoint's cap is free (an ordered endpoint's
+    // next delivery still waits, as this one stays pending until its outcome is committed).
+    t.in_flight = t.in_flight.saturating_sub(1);
     let endpoint = &mut t.endpoint;
     let attempts = due.attempts + 1;
     let mut record = AttemptRecord {
@@ -411,10 +410,7 @@ fn settle(
             if probe {
                 endpoint.breaker.release();
             }
-            let _ = done_tx.send(Done::Recorded {
-                delivery,
-                endpoint: endpoint_id,
-            });
+            let _ = done_tx.send(Done::Recorded { delivery });
             return;
         }
         Sent::Missing => {
@@ -523,10 +519,7 @@ fn settle(
                 "recording a webhook attempt failed"
             );
         }
-        let _ = done_tx.send(Done::Recorded {
-            delivery,
-            endpoint: endpoint_id,
-        });
+        let _ = done_tx.send(Done::Recorded { delivery });
     });
 }
 
