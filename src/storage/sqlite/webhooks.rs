@@ -513,34 +513,64 @@ pub fn deliveries(
 }
 
 pub fn due(conn: &Connection, now: i64, per_endpoint: u32, limit: u32) -> StorageResult<Vec<Due>> {
-    // Per endpoint, the oldest due rows (by seq) up to its cap: one for an ordered endpoint,
-    // and then only if no older pending row is waiting for a retry.
-    let mut statement = conn
+    // Endpoint by endpoint, each an index range (pending rows in seq order), so a claim costs
+    // what it returns, not the size of the backlog. An ordered endpoint offers only its oldest
+    // pending delivery, and only once it is due. An unordered one offers more than its cap:
+    // rows whose attempt is over but whose outcome is not committed yet stay pending (and
+    // first in line) for a moment, and must not hold back the rows after them.
+    let endpoints: Vec<(String, bool)> = conn
+        .prepare_cached("SELECT id, ordered FROM webhook_endpoints WHERE enabled = 1")
+        .context("preparing the enabled webhooks")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .context("listing enabled webhooks")?
+        .collect::<Result<_, _>>()
+        .context("reading enabled webhooks")?;
+    let mut ordered_head = conn
         .prepare_cached(
-            "SELECT id, endpoint_id, event_seq, attempts FROM ( \
-               SELECT d.id, d.endpoint_id, d.event_seq, d.attempts, d.next_attempt_at, e.ordered, \
-                 row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.event_seq, d.id) AS rank \
-               FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
-               WHERE d.status = 0 AND d.next_attempt_at <= ?1 AND e.enabled = 1 \
-                 AND (e.ordered = 0 OR NOT EXISTS (SELECT 1 FROM webhook_deliveries p \
-                      WHERE p.endpoint_id = d.endpoint_id AND p.status = 0 \
-                        AND p.event_seq < d.event_seq))) \
-             WHERE rank <= CASE WHEN ordered THEN 1 ELSE ?2 END \
-             ORDER BY next_attempt_at, id LIMIT ?3",
+            "SELECT id, event_seq, attempts, next_attempt_at FROM webhook_deliveries \
+             WHERE endpoint_id = ?1 AND status = 0 ORDER BY event_seq, id LIMIT 1",
+        )
+        .context("preparing an ordered head")?;
+    let mut unordered = conn
+        .prepare_cached(
+            "SELECT id, event_seq, attempts, next_attempt_at FROM webhook_deliveries \
+             WHERE endpoint_id = ?1 AND status = 0 AND next_attempt_at <= ?2 \
+             ORDER BY event_seq, id LIMIT ?3",
         )
         .context("preparing the due deliveries")?;
-    Ok(statement
-        .query_map(params![now, per_endpoint, limit], |row| {
-            Ok(Due {
-                id: row.get(0)?,
-                endpoint_id: row.get(1)?,
-                event_seq: row.get(2)?,
-                attempts: row.get(3)?,
-            })
-        })
-        .context("finding due deliveries")?
-        .collect::<Result<Vec<_>, _>>()
-        .context("reading due deliveries")?)
+    let mut due: Vec<(i64, Due)> = Vec::new();
+    let take = i64::from(per_endpoint.max(1)) * 4;
+    for (endpoint_id, ordered) in endpoints {
+        let rows = if ordered {
+            ordered_head.query_map(params![endpoint_id], due_row)
+        } else {
+            unordered.query_map(params![endpoint_id, now, take], due_row)
+        }
+        .context("finding due deliveries")?;
+        for row in rows {
+            let (next, mut item) = row.context("reading a due delivery")?;
+            if next > now {
+                continue;
+            }
+            item.endpoint_id.clone_from(&endpoint_id);
+            due.push((next, item));
+        }
+    }
+    due.sort_by_key(|(next, item)| (*next, item.id));
+    due.truncate(limit as usize);
+    Ok(due.into_iter().map(|(_, item)| item).collect())
+}
+
+fn due_row(row: &Row<'_>) -> rusqlite::Result<(i64, Due)> {
+    Ok((
+        row.get::<_, Option<i64>>(3)?.unwrap_or(0),
+        Due {
+            id: row.get(0)?,
+            endpoint_id: String::new(),
+            event_seq: row.get(1)?,
+            attempts: row.get(2)?,
+        },
+    ))
 }
 
 pub fn next_due(conn: &Connection) -> StorageResult<Option<i64>> {
