@@ -4,18 +4,24 @@
 # GET /v1/sessions/{id}, on a fresh data dir with the default configuration (access log on).
 # Pairs run in turn, A B A B, ROUNDS times (default 2), and each ratio is taken within a round.
 # Needs wrk. Usage: bench/request-cost.sh [extra sessiond serve flags…]
+# SESSIOND_BIN / BARE_BIN name prebuilt binaries (e.g. an older build, for an A/B); otherwise
+# both are built here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-2}
 duration=${DURATION:-4s}
 connections=${CONNECTIONS:-32}
-cargo build --release --quiet --bin sessiond --example bare_hyper
+sessiond=${SESSIOND_BIN:-target/release/sessiond}
+bare_bin=${BARE_BIN:-target/release/examples/bare_hyper}
+if [ -z "${SESSIOND_BIN:-}" ] || [ -z "${BARE_BIN:-}" ]; then
+  cargo build --release --quiet --bin sessiond --example bare_hyper
+fi
 work=$(mktemp -d)
 log=$work/sessiond.log
 trap 'kill $bare $server 2>/dev/null || true; rm -rf "$work"' EXIT
-target/release/examples/bare_hyper 127.0.0.1:4097 >/dev/null &
+"$bare_bin" 127.0.0.1:4097 >/dev/null &
 bare=$!
-target/release/sessiond serve --listen 127.0.0.1:4098 --data-dir "$work/data" "$@" >/dev/null 2>"$log" &
+"$sessiond" serve --listen 127.0.0.1:4098 --data-dir "$work/data" "$@" >/dev/null 2>"$log" &
 server=$!
 for _ in $(seq 50); do curl -sf http://127.0.0.1:4098/health >/dev/null && break; sleep 0.1; done
 id=$(curl -sf -X POST http://127.0.0.1:4098/v1/sessions -H 'content-type: application/json' \

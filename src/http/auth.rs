@@ -1,5 +1,5 @@
-//! Who is calling, and may they: API-key authentication, scopes, and rate limiting, as two
-//! middlewares around every route.
+//! Who is calling, and may they: API-key authentication, scopes, and rate limiting, as one
+//! middleware ([`guard`]) around every route, in two steps.
 //!
 //! - [`authorize`]: reads `Authorization: Bearer <key>`, finds the key (through a cache:
 //!   60 s for known keys, 5 s for unknown ones, and revocations on this instance take effect
@@ -148,35 +148,45 @@ fn unauthorized(detail: String) -> Response {
     response
 }
 
-pub async fn authorize(
+/// Authenticates, then rate-limits: the middleware every route sits behind.
+pub async fn guard(
     State(state): State<SharedState>,
-    mut request: Request,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
     next: Next,
 ) -> Response {
+    match authorize(&state, request).await {
+        Ok(request) => rate_limit(&state, peer, request, next).await,
+        Err(refused) => refused,
+    }
+}
+
+/// The request with its [`Caller`] in its extensions, or the refusal to answer with.
+async fn authorize(state: &SharedState, mut request: Request) -> Result<Request, Response> {
     let route = request.extensions().get::<MatchedPath>().cloned();
     let needed = required_scope(request.method(), route.as_ref().map(MatchedPath::as_str));
     let caller = match (state.settings.auth, needed) {
         (AuthMode::Off, _) | (_, None) => Caller::Anonymous,
         (AuthMode::Required, Some(needed)) => {
             let Some(secret) = bearer(request.headers()) else {
-                return unauthorized(
+                return Err(unauthorized(
                     "this endpoint needs an API key: send `Authorization: Bearer <key>`".to_owned(),
-                );
+                ));
             };
             let key = match state.keys.find(&*state.storage, secret).await {
                 Ok(Some(key)) => key,
-                Ok(None) => return unauthorized("the API key is not valid".to_owned()),
-                Err(error) => return error.into_response(),
+                Ok(None) => return Err(unauthorized("the API key is not valid".to_owned())),
+                Err(error) => return Err(error.into_response()),
             };
             if let Some(why) = key.unusable(wall_clock_ms()) {
-                return unauthorized(why);
+                return Err(unauthorized(why));
             }
             if !key.scope.allows(needed) {
-                return ApiError::Forbidden(format!(
+                return Err(ApiError::Forbidden(format!(
                     "API key {} has scope `{}`; this needs `{needed}`",
                     key.id, key.scope
                 ))
-                .into_response();
+                .into_response());
             }
             Caller::Key {
                 id: key.id,
@@ -185,7 +195,7 @@ pub async fn authorize(
         }
     };
     request.extensions_mut().insert(caller);
-    next.run(request).await
+    Ok(request)
 }
 
 /// Which budget a request draws on; `None` for requests never limited.
@@ -296,9 +306,9 @@ fn rate_headers(
     }
 }
 
-pub async fn rate_limit(
-    State(state): State<SharedState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+async fn rate_limit(
+    state: &SharedState,
+    peer: SocketAddr,
     request: Request,
     next: Next,
 ) -> Response {

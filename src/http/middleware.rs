@@ -151,8 +151,12 @@ fn count_body(response: Response, counter: &'static str) -> Response {
 }
 
 /// Bodies before compression (inside the compression layer), for the compression ratio.
-pub async fn count_uncompressed(request: Request, next: Next) -> Response {
-    count_body(next.run(request).await, names::HTTP_BODY_BYTES)
+pub fn count_uncompressed<B>(response: axum::http::Response<B>) -> Response
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    count_body(response.map(Body::new), names::HTTP_BODY_BYTES)
 }
 
 struct CountingBody {
@@ -265,8 +269,7 @@ pub async fn limit_errors(error: tower::BoxError) -> Response {
 /// Marks a compressed representation's ETag with its coding (`"v3"` becomes `"v3-zstd"`: a
 /// strong validator names one exact byte sequence), and sets `Vary: Accept-Encoding` on every
 /// response, 304s included, so shared caches key by encoding.
-pub async fn encoding_validators(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
+pub fn encoding_validators<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
     let headers = response.headers_mut();
     let coding = headers
         .get(header::CONTENT_ENCODING)

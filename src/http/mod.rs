@@ -222,28 +222,29 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::rate_limit,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authorize,
-        ))
-        .layer(DefaultBodyLimit::max(settings.body_limit))
-        .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(axum::middleware::from_fn(middleware::count_uncompressed))
-        .layer(compression(&settings))
-        .layer(axum::middleware::from_fn(middleware::encoding_validators))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::browser_guard,
-        ))
-        .layer(cors(&settings.cors))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::request_context,
-        ))
+        // One statically composed stack, outermost first: layered one `Router::layer` at a
+        // time, each layer would box the service again and clone it per request.
+        .layer(
+            ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    middleware::request_context,
+                ))
+                .layer(cors(&settings.cors))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    middleware::browser_guard,
+                ))
+                .map_response(middleware::encoding_validators)
+                .layer(compression(&settings))
+                .map_response(middleware::count_uncompressed)
+                .layer(CatchPanicLayer::custom(middleware::panic_response))
+                .layer(DefaultBodyLimit::max(settings.body_limit))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    auth::guard,
+                )),
+        )
         .with_state(state)
 }
 

@@ -7,6 +7,8 @@ pub mod log_writer;
 pub mod metrics;
 pub mod process;
 
+use std::io::IsTerminal;
+
 use crate::config::LogFormat;
 
 /// Installs the global subscriber. Later calls (tests building several apps) are no-ops.
@@ -20,6 +22,7 @@ pub fn init(filter: &str, format: LogFormat) {
             eprintln!("sessiond: cannot start the log writer ({error}); logging synchronously");
             let builder = tracing_subscriber::fmt()
                 .with_env_filter(filter)
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_writer(std::io::stderr);
             let _ = match format {
                 LogFormat::Pretty => builder.try_init(),
@@ -28,8 +31,11 @@ pub fn init(filter: &str, format: LogFormat) {
             return;
         }
     };
+    // Colours only for a terminal: escape codes in a file or a pipe are noise to every reader
+    // and cost formatting on every line.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
