@@ -98,5 +98,46 @@ fn page_json(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, ids, cursors, search_queries, page_json);
+/// The webhook circuit breaker on the delivery path: one permit and one verdict per attempt,
+/// closed (the common case) and cycling through open and half-open; and a signature.
+fn webhooks(c: &mut Criterion) {
+    use sessiond::webhooks::breaker::{Breaker, OpenTimes};
+    let times = OpenTimes {
+        first_ms: 5_000,
+        cap_ms: 36_000_000,
+    };
+    let mut closed = Breaker::default();
+    let mut now = 0_i64;
+    c.bench_function("webhooks/breaker/closed allow+success", |b| {
+        b.iter(|| {
+            now += 1;
+            black_box(closed.allow(black_box(now)));
+            black_box(closed.record(true, now, times, 0.0))
+        })
+    });
+    let mut cycling = Breaker::default();
+    let mut n = 0_u64;
+    c.bench_function("webhooks/breaker/mixed allow+record", |b| {
+        b.iter(|| {
+            n += 1;
+            now += 1_000;
+            black_box(cycling.allow(black_box(now)));
+            black_box(cycling.record(!n.is_multiple_of(3), now, times, 0.5))
+        })
+    });
+    let secret = sessiond::webhooks::signing::generate_secret().expect("random");
+    let body = vec![b'x'; 1024];
+    c.bench_function("webhooks/sign 1 KiB", |b| {
+        b.iter(|| {
+            black_box(sessiond::webhooks::signing::signature_header(
+                &[&secret],
+                "evt_42",
+                1_763_800_000,
+                black_box(&body),
+            ))
+        })
+    });
+}
+
+criterion_group!(benches, ids, cursors, search_queries, page_json, webhooks);
 criterion_main!(benches);

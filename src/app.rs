@@ -37,6 +37,8 @@ pub struct Application {
     stopping: watch::Sender<bool>,
     /// The Redis broadcast subscriber, stopped with the server.
     listening: Option<tokio::task::JoinHandle<()>>,
+    /// Signalled after each commit: wakes the webhook delivery loop.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Application {
@@ -59,7 +61,8 @@ impl Application {
             Some(url) => Some(crate::cluster::Redis::connect(url)?),
             None => None,
         };
-        let storage = open_storage(&config, &hub, &cache, &keys, redis.as_ref()).await?;
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let storage = open_storage(&config, &hub, &cache, &keys, redis.as_ref(), &wake).await?;
         // What other instances broadcast: forget it here too.
         let listening = redis.as_ref().map(|redis| {
             let (cache, keys) = (cache.clone(), keys.clone());
@@ -113,6 +116,10 @@ impl Application {
             streams: StreamCounts::default(),
             keys,
             limiter,
+            webhook_guard: crate::webhooks::guard::Guard::new(
+                config.webhooks.allowed_networks.clone(),
+            ),
+            webhook_max_endpoints: config.webhooks.max_endpoints,
         });
         let router = http::router_with(state.clone(), extra);
         let listener = TcpListener::bind(config.listen)
@@ -125,6 +132,7 @@ impl Application {
             config,
             stopping,
             listening,
+            wake,
         })
     }
 
@@ -173,6 +181,12 @@ impl Application {
             self.config.clone(),
             self.state.stopping.clone(),
         ));
+        let delivering = crate::webhooks::worker::spawn(
+            self.state.storage.clone(),
+            self.config.webhooks.clone(),
+            self.wake.clone(),
+            self.state.stopping.clone(),
+        );
         let stopping = self.stopping;
         let shutdown = async move {
             shutdown.await;
@@ -181,6 +195,11 @@ impl Application {
         };
         let drained = server::serve(self.listener, self.router, options, shutdown).await;
         pruning.abort();
+        if let Some(task) = delivering {
+            // Attempts in flight stay `pending` in the database and are retried after a
+            // restart: stopping here loses nothing.
+            task.abort();
+        }
         if let Some(task) = &self.listening {
             task.abort();
         }
@@ -206,6 +225,7 @@ async fn open_storage(
     cache: &Arc<ResponseCache>,
     keys: &Arc<KeyCache>,
     redis: Option<&Arc<crate::cluster::Redis>>,
+    wake: &Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<Arc<dyn Storage>> {
     let publisher = hub.clone();
     let stale = {
@@ -213,10 +233,13 @@ async fn open_storage(
         move |events: &[Event]| forget_changed(&cache, events)
     };
     let cache = cache.clone();
+    let wake = wake.clone();
     // Runs after each commit and before its writers hear back: their next read is fresh.
     let on_commit = move |events: &[Event]| {
         forget_changed(&cache, events);
         publisher.publish(events);
+        // The commit may have queued webhook deliveries.
+        wake.notify_one();
     };
     if let Database::Postgres(url) = &config.database {
         let keys = keys.clone();

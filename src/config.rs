@@ -156,6 +156,27 @@ pub struct ServeArgs {
     /// Time in-flight requests get to finish at shutdown [env: SESSIOND_SHUTDOWN_TIMEOUT] [default: 10s]
     #[arg(long, value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
+    /// Internal networks (CIDR blocks, comma-separated) webhooks may reach anyway, e.g. `127.0.0.0/8` for a local receiver [env: SESSIOND_WEBHOOK_ALLOWED_NETWORKS] [default: none]
+    #[arg(long, value_name = "CIDRS")]
+    pub webhook_allowed_networks: Option<String>,
+    /// Waits between webhook delivery attempts, each with ±20% jitter; after the last, the delivery is `failed` [env: SESSIOND_WEBHOOK_RETRY_SCHEDULE] [default: 5s,5m,30m,2h,5h,10h,10h]
+    #[arg(long, value_name = "D,D,...")]
+    pub webhook_retry_schedule: Option<String>,
+    /// Time one webhook attempt may take (connect, send, answer) [env: SESSIOND_WEBHOOK_TIMEOUT] [default: 15s]
+    #[arg(long, value_name = "DURATION")]
+    pub webhook_timeout: Option<String>,
+    /// Delivered webhook deliveries are kept this long [env: SESSIOND_WEBHOOK_RETENTION] [default: 7d]
+    #[arg(long, value_name = "DURATION")]
+    pub webhook_retention: Option<String>,
+    /// Webhook attempts in flight per endpoint (ordered endpoints: always 1) [env: SESSIOND_WEBHOOK_CONCURRENCY] [default: 8]
+    #[arg(long, value_name = "N")]
+    pub webhook_concurrency: Option<String>,
+    /// How often the webhook outbox is polled when no commit woke the delivery loop [env: SESSIOND_WEBHOOK_POLL_INTERVAL] [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    pub webhook_poll_interval: Option<String>,
+    /// Most webhook endpoints that may be registered [env: SESSIOND_WEBHOOK_MAX_ENDPOINTS] [default: 100]
+    #[arg(long, value_name = "N")]
+    pub webhook_max_endpoints: Option<String>,
 }
 
 /// Where the data lives.
@@ -258,6 +279,7 @@ pub struct Config {
     pub body_limit: usize,
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub webhooks: crate::webhooks::Settings,
 }
 
 impl Config {
@@ -513,6 +535,53 @@ impl Config {
                 "10s",
                 parse_duration,
             )?,
+            webhooks: crate::webhooks::Settings {
+                allowed_networks: r.get(
+                    "webhook_allowed_networks",
+                    &args.webhook_allowed_networks,
+                    "",
+                    |v| {
+                        v.split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(Cidr::parse)
+                            .collect()
+                    },
+                )?,
+                retry_schedule: r.get(
+                    "webhook_retry_schedule",
+                    &args.webhook_retry_schedule,
+                    crate::webhooks::Schedule::DEFAULT,
+                    crate::webhooks::Schedule::parse,
+                )?,
+                timeout: r.get(
+                    "webhook_timeout",
+                    &args.webhook_timeout,
+                    "15s",
+                    parse_duration,
+                )?,
+                retention: r.get(
+                    "webhook_retention",
+                    &args.webhook_retention,
+                    "7d",
+                    parse_duration,
+                )?,
+                concurrency: r.get("webhook_concurrency", &args.webhook_concurrency, "8", |v| {
+                    parse_count(v, 1, 1024).map(|n| n as u32)
+                })?,
+                poll_interval: r.get(
+                    "webhook_poll_interval",
+                    &args.webhook_poll_interval,
+                    "1s",
+                    parse_duration,
+                )?,
+                max_endpoints: r.get(
+                    "webhook_max_endpoints",
+                    &args.webhook_max_endpoints,
+                    "100",
+                    |v| parse_count(v, 1, 1_000_000),
+                )?,
+            },
         };
         Ok(config)
     }
@@ -574,6 +643,13 @@ const FILE_KEYS: &[&str] = &[
     "body_limit",
     "header_read_timeout",
     "shutdown_timeout",
+    "webhook_allowed_networks",
+    "webhook_retry_schedule",
+    "webhook_timeout",
+    "webhook_retention",
+    "webhook_concurrency",
+    "webhook_poll_interval",
+    "webhook_max_endpoints",
 ];
 
 struct FileSettings {
@@ -860,6 +936,61 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/from/env"));
         assert_eq!(config.body_limit, 2048);
         assert_eq!(config.shutdown_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn webhook_settings_come_from_flags_env_and_file_and_bad_ones_are_named() {
+        let defaults = resolve(ServeArgs::default(), &[]).unwrap().webhooks;
+        assert!(defaults.allowed_networks.is_empty());
+        assert_eq!(
+            defaults.retry_schedule,
+            crate::webhooks::Schedule::default()
+        );
+        assert_eq!(defaults.timeout, Duration::from_secs(15));
+        assert_eq!(defaults.max_endpoints, 100);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sessiond.toml");
+        std::fs::write(
+            &file,
+            "webhook_timeout = \"3s\"\nwebhook_retention = \"1d\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            webhook_concurrency: Some("2".into()),
+            ..ServeArgs::default()
+        };
+        let config = resolve(
+            args,
+            &[
+                (
+                    "SESSIOND_WEBHOOK_ALLOWED_NETWORKS",
+                    "127.0.0.0/8, 10.0.0.0/8",
+                ),
+                ("SESSIOND_WEBHOOK_RETRY_SCHEDULE", "100ms,2s"),
+            ],
+        )
+        .unwrap()
+        .webhooks;
+        assert_eq!(config.allowed_networks.len(), 2);
+        assert_eq!(
+            config.retry_schedule.waits(),
+            [Duration::from_millis(100), Duration::from_secs(2)]
+        );
+        assert_eq!(config.timeout, Duration::from_secs(3));
+        assert_eq!(config.retention, Duration::from_secs(86_400));
+        assert_eq!(config.concurrency, 2);
+        for (key, value) in [
+            ("SESSIOND_WEBHOOK_RETRY_SCHEDULE", "soon"),
+            ("SESSIOND_WEBHOOK_ALLOWED_NETWORKS", "10.0.0.0/99"),
+        ] {
+            let error = resolve(ServeArgs::default(), &[(key, value)]).unwrap_err();
+            assert!(
+                error.setting.starts_with("webhook_"),
+                "{key}: {}",
+                error.setting
+            );
+        }
     }
 
     #[test]

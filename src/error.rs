@@ -47,6 +47,8 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    NotImplemented(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -89,6 +91,7 @@ impl ApiError {
             ApiError::Timeout | ApiError::Overloaded { .. } | ApiError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,6 +109,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::Timeout => "timeout",
             ApiError::Overloaded { .. } | ApiError::Unavailable(_) => "overloaded",
+            ApiError::NotImplemented(_) => "not_implemented",
             ApiError::Internal(_) => "internal",
         }
     }

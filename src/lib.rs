@@ -21,4 +21,5 @@ pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod transfer;
+pub mod webhooks;
 pub mod workers;

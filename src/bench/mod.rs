@@ -14,6 +14,7 @@ mod report;
 mod runner;
 mod scenarios;
 mod stats;
+mod webhooks;
 mod workload;
 
 use std::path::PathBuf;
@@ -40,7 +41,7 @@ pub struct BenchArgs {
     /// Base URL of the server under test (only this host is ever contacted)
     #[arg(long, value_name = "URL", required_unless_present = "data_dir")]
     pub target: Option<String>,
-    /// health, message_burst, chat_list, list_sessions, search, mixed, soak, ramp, fanout
+    /// health, message_burst, chat_list, list_sessions, search, mixed, soak, ramp, fanout, webhooks
     #[arg(long, value_name = "NAME")]
     pub scenario: String,
     /// How long to measure (e.g. 30s, 2m) [default: the scenario's]
@@ -295,7 +296,7 @@ impl Scenario {
         target_url: &str,
         target_pid: Option<u32>,
     ) -> anyhow::Result<BenchResult> {
-        let data = if self.mix.needs_data() && self.name != "fanout" {
+        let data = if self.mix.needs_data() && self.name != "fanout" && self.name != "webhooks" {
             eprintln!("preparing data on {target_url} …");
             let data = Dataset::prepare(target, args.min_sessions, args.sessions, 10).await?;
             eprintln!(
@@ -314,6 +315,22 @@ impl Scenario {
         }
         if self.name == "fanout" {
             return self.fanout(args, target, target_url, target_pid).await;
+        }
+        if self.name == "webhooks" {
+            let spec = webhooks::WebhookSpec {
+                target: target.clone(),
+                endpoints: vec![1, 10, 100],
+                rate: args.rate,
+                duration: args.duration.unwrap_or(self.duration),
+                timeout: args.timeout,
+            };
+            let started_at_ms = crate::domain::wall_clock_ms();
+            let started = Instant::now();
+            let report = webhooks::run(&spec).await?;
+            let mut result = base_result(self.name, target_url, self.model, started_at_ms);
+            result.duration_s = started.elapsed().as_secs_f64();
+            result.webhooks = Some(report);
+            return Ok(result);
         }
         let model = match (args.rate, args.connections) {
             (Some(rate), connections) => Model::Open {
@@ -532,6 +549,9 @@ impl LocalServer {
                 "127.0.0.1:0",
                 "--log-level",
                 "warn",
+                // The webhooks scenario's receiver is on loopback.
+                "--webhook-allowed-networks",
+                "127.0.0.0/8",
                 "--data-dir",
             ])
             .arg(dir)

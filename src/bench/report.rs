@@ -279,6 +279,23 @@ pub fn summary(result: &BenchResult) -> String {
                 .unwrap_or_default()
         );
     }
+    if let Some(webhooks) = &result.webhooks {
+        for step in &webhooks.steps {
+            let _ = writeln!(
+                out,
+                "webhooks: {:>3} endpoint(s): {} messages, {} of {} deliveries, {:.0} deliveries/s; \
+                 delivery p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                step.endpoints,
+                step.published,
+                step.delivered,
+                step.expected,
+                step.deliveries_per_s,
+                step.delivery_ms.p50,
+                step.delivery_ms.p99,
+                step.delivery_ms.max,
+            );
+        }
+    }
     for threshold in &result.thresholds {
         let _ = writeln!(
             out,

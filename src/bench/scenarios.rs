@@ -25,6 +25,7 @@ pub const NAMES: &[&str] = &[
     "soak",
     "ramp",
     "fanout",
+    "webhooks",
 ];
 
 /// A chat product's traffic: mostly reading lists and pages, a steady share of writes.
@@ -130,6 +131,18 @@ impl Scenario {
                 },
                 duration: secs(20),
                 thresholds: &["delivered_ratio>=1", "errors==0"],
+            },
+            // Messages into a session 1, 10, then 100 webhook endpoints subscribe to, each step
+            // for the duration: deliveries per second and publish → delivery latency.
+            "webhooks" => Scenario {
+                name: "webhooks",
+                mix: Mix::new(&[(Op::Health, 1)], 0.0),
+                model: Model::Open {
+                    rate: 0.0,
+                    connections: 8,
+                },
+                duration: secs(10),
+                thresholds: &[],
             },
             other => bail!(
                 "unknown scenario {other:?}; scenarios: {}",

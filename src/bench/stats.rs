@@ -174,6 +174,8 @@ pub struct BenchResult {
     #[serde(default)]
     pub fanout: Option<FanoutReport>,
     #[serde(default)]
+    pub webhooks: Option<super::webhooks::WebhookReport>,
+    #[serde(default)]
     pub thresholds: Vec<ThresholdResult>,
     #[serde(default)]
     pub started_at_ms: i64,

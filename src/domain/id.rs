@@ -167,6 +167,11 @@ id_type!(
     MessageId,
     "msg_"
 );
+id_type!(
+    /// `whk_…`: a webhook endpoint id.
+    WebhookId,
+    "whk_"
+);
 
 #[cfg(test)]
 mod tests {

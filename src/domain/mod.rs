@@ -10,7 +10,7 @@ mod search;
 mod session;
 pub mod summary;
 
-pub use id::{IdGenerator, MessageId, SessionId, random_token, wall_clock_ms};
+pub use id::{IdGenerator, MessageId, SessionId, WebhookId, random_token, wall_clock_ms};
 pub use message::{CreateMessage, Message, NewMessage, Part, Role, minify_json, search_text};
 pub use pagination::{Limit, MessageCursor, Order, SearchCursor, SessionCursor};
 pub use search::{MAX_QUERY_CHARS, SearchHit, SearchTerms, Term};

@@ -120,7 +120,9 @@ impl KeyCache {
 pub(crate) fn required_scope(method: &Method, route: Option<&str>) -> Option<Scope> {
     match route {
         Some("/health" | "/ready" | "/openapi.json" | "/docs" | "/docs/{asset}") => None,
-        Some(route) if route.starts_with("/v1/admin/") => Some(Scope::Admin),
+        Some(route) if route.starts_with("/v1/admin/") || route.starts_with("/v1/webhooks") => {
+            Some(Scope::Admin)
+        }
         // A summary reads: it is a POST only because it is computed on demand.
         Some("/v1/sessions/{id}/summarize") => Some(Scope::Read),
         _ if matches!(*method, Method::GET | Method::HEAD) => Some(Scope::Read),

@@ -14,6 +14,7 @@ mod profiling;
 pub mod response;
 mod search;
 mod sessions;
+mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -115,6 +116,10 @@ pub struct AppState {
     pub keys: Arc<KeyCache>,
     /// Rate limits (none when rate limiting is off).
     pub limiter: SharedLimiter,
+    /// Which addresses webhook URLs may name.
+    pub webhook_guard: crate::webhooks::guard::Guard,
+    /// Most webhook endpoints that may be registered.
+    pub webhook_max_endpoints: usize,
 }
 
 /// Connected event-stream clients, by transport (for metrics).
@@ -183,6 +188,16 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
         .route("/v1/ws", get(events::ws))
         .route("/v1/admin/keys", get(keys::list).post(keys::create))
         .route("/v1/admin/keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route("/v1/webhooks/{id}/rotate-secret", post(webhooks::rotate))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/{id}/replay", post(webhooks::replay))
         .merge(extra)
         .merge(if settings.profiling {
             Router::new()

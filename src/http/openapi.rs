@@ -13,7 +13,7 @@ use utoipa::openapi::{Content, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use super::auth::{self, AuthMode};
-use super::{events, keys, messages, ops, search, sessions};
+use super::{events, keys, messages, ops, search, sessions, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -49,6 +49,14 @@ use super::{events, keys, messages, ops, search, sessions};
         keys::create,
         keys::list,
         keys::revoke,
+        webhooks::create,
+        webhooks::list,
+        webhooks::get,
+        webhooks::update,
+        webhooks::delete,
+        webhooks::rotate,
+        webhooks::deliveries,
+        webhooks::replay,
     ),
     tags(
         (name = "sessions", description = "Sessions: a conversation in a directory"),
@@ -56,6 +64,7 @@ use super::{events, keys, messages, ops, search, sessions};
         (name = "search", description = "Full-text search over message text"),
         (name = "events", description = "Every change, live: server-sent events and WebSocket"),
         (name = "admin", description = "API keys (admin scope)"),
+        (name = "webhooks", description = "Endpoints every event is pushed to, signed (admin scope)"),
         (name = "operations", description = "Health, readiness and documentation"),
     )
 )]
@@ -85,6 +94,9 @@ const CONDITIONAL: &[&str] = &[
     "list_messages",
     "get_message",
     "search",
+    "list_webhooks",
+    "get_webhook",
+    "list_webhook_deliveries",
 ];
 
 /// Where a created resource's id can be used next (OpenAPI links: clients and test generators
@@ -105,6 +117,18 @@ const LINKS: &[(&str, &str, &[&str])] = &[
     ),
     ("create_message", "201", &["get_message"]),
     ("create_key", "201", &["revoke_key"]),
+    (
+        "create_webhook",
+        "201",
+        &[
+            "get_webhook",
+            "update_webhook",
+            "delete_webhook",
+            "rotate_webhook_secret",
+            "list_webhook_deliveries",
+            "replay_webhook",
+        ],
+    ),
 ];
 
 /// Routes outside the load-shedding and timeout layers (see `router_with`).

@@ -346,6 +346,12 @@ pub trait Storage: Send + Sync + 'static {
         None
     }
 
+    /// Webhook endpoints and their outbox, when this backend stores them (`None`: the
+    /// webhook API answers 501).
+    fn webhooks(&self) -> Option<&dyn crate::webhooks::store::WebhookStore> {
+        None
+    }
+
     /// A cheap round trip proving the backend can serve reads.
     async fn check(&self) -> StorageResult<()>;
 

@@ -52,6 +52,20 @@ pub const SEARCH_INDEX_COMMIT: &str = "sessiond_search_index_commit_seconds";
 /// Index searches by kind of query (`word`, `conjunction`, `phrase`, `prefix`, `mixed`, and
 /// `unpruned` for pages continuing past a kept ranking).
 pub const SEARCHES: &str = "sessiond_searches_total";
+/// Webhook attempts by `outcome`: `delivered`, `retry`, `failed`, `refused`.
+pub const WEBHOOK_ATTEMPTS: &str = "sessiond_webhook_attempts_total";
+/// Duration of webhook attempts that got an answer or failed to connect.
+pub const WEBHOOK_ATTEMPT_SECONDS: &str = "sessiond_webhook_attempt_seconds";
+pub const WEBHOOK_PENDING: &str = "sessiond_webhook_pending_deliveries";
+pub const WEBHOOK_OLDEST_PENDING: &str = "sessiond_webhook_oldest_pending_seconds";
+/// Circuits entering a state, by `to` (`open`, `half_open`, `closed`).
+pub const WEBHOOK_CIRCUIT_TRANSITIONS: &str = "sessiond_webhook_circuit_transitions_total";
+/// Endpoints by circuit `state`.
+pub const WEBHOOK_CIRCUITS: &str = "sessiond_webhook_circuits";
+/// Addresses the SSRF guard refused, by `stage` (`register`, `deliver`).
+pub const WEBHOOK_REFUSED: &str = "sessiond_webhook_refused_addresses_total";
+/// Endpoints the server disabled, by `reason` (`gone`, `failing`).
+pub const WEBHOOK_DISABLED: &str = "sessiond_webhook_endpoints_disabled_total";
 
 /// A method label from a bounded set.
 pub fn method_label(method: &axum::http::Method) -> &'static str {

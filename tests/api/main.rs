@@ -20,3 +20,4 @@ mod sessions;
 mod status_page;
 mod summarize;
 mod transfer;
+mod webhooks;

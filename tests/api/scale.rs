@@ -13,7 +13,7 @@ use crate::events::Sse;
 use crate::helpers::{TestApp, postgres_database_at, postgres_required};
 
 /// Two servers on one fresh database, each with its own data dir.
-async fn two_instances(
+pub(crate) async fn two_instances(
     configure: impl Fn(&mut sessiond::config::Config) + Clone,
 ) -> Option<(TestApp, TestApp, String, tempfile::TempDir)> {
     let base = postgres_required()?;

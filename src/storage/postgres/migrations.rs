@@ -25,6 +25,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "search_index",
         include_str!("../../../migrations/postgres/0004_search_index.sql"),
     ),
+    (
+        "webhooks",
+        include_str!("../../../migrations/postgres/0005_webhooks.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("SSND").

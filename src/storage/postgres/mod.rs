@@ -15,6 +15,7 @@ mod feed;
 mod indexing;
 pub mod migrations;
 mod reads;
+mod webhooks;
 mod writer;
 mod writes;
 
@@ -42,6 +43,10 @@ use crate::domain::{
 use crate::events::{Event, EventFilter};
 use crate::search::paging::{self, HitRow, Rankings};
 use crate::search::{IndexOptions, SearchIndex, TantivyIndex};
+use crate::webhooks::model::{
+    Delivery, DeliveryCounts, DeliveryStatus, Endpoint, EndpointPatch, NewEndpoint,
+};
+use crate::webhooks::store::{AttemptRecord, Due, OutboxStats, WebhookStore};
 
 /// A pooled connection (it caches prepared statements).
 type Conn = deadpool_postgres::ClientWrapper;
@@ -558,6 +563,10 @@ impl Storage for PgStorage {
         self.search.as_ref().map(|s| s.index.status())
     }
 
+    fn webhooks(&self) -> Option<&dyn WebhookStore> {
+        Some(self)
+    }
+
     async fn check(&self) -> StorageResult<()> {
         let client = self.client().await?;
         client
@@ -623,5 +632,105 @@ impl Drop for PgStorage {
         // Closed or not, nothing of this storage outlives it.
         self.listener.abort();
         self.sizing.abort();
+    }
+}
+
+#[async_trait]
+impl WebhookStore for PgStorage {
+    async fn create_endpoint(&self, new: NewEndpoint, max: usize) -> StorageResult<Endpoint> {
+        webhooks::create(&mut self.client().await?, new, max).await
+    }
+
+    async fn list_endpoints(
+        &self,
+        limit: u32,
+        after: Option<String>,
+    ) -> StorageResult<Page<Endpoint, String>> {
+        webhooks::list(&self.client().await?, limit, after.as_deref()).await
+    }
+
+    async fn get_endpoint(&self, id: &str) -> StorageResult<(Endpoint, DeliveryCounts)> {
+        webhooks::get_one(&self.client().await?, id).await
+    }
+
+    async fn update_endpoint(&self, id: &str, patch: EndpointPatch) -> StorageResult<Endpoint> {
+        webhooks::update(&mut self.client().await?, id, patch).await
+    }
+
+    async fn delete_endpoint(&self, id: &str) -> StorageResult<()> {
+        webhooks::delete(&mut self.client().await?, id).await
+    }
+
+    async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: String,
+        previous_until: i64,
+    ) -> StorageResult<Endpoint> {
+        webhooks::rotate(&self.client().await?, id, secret, previous_until).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        id: &str,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+        before: Option<i64>,
+    ) -> StorageResult<Page<Delivery, i64>> {
+        webhooks::deliveries(&self.client().await?, id, status, limit, before).await
+    }
+
+    async fn replay(&self, id: &str, since: i64) -> StorageResult<u64> {
+        webhooks::replay(&self.client().await?, id, since).await
+    }
+
+    async fn all_endpoints(&self) -> StorageResult<Vec<Endpoint>> {
+        webhooks::all(&self.client().await?).await
+    }
+
+    async fn due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        per_endpoint: u32,
+        limit: u32,
+    ) -> StorageResult<Vec<Due>> {
+        webhooks::claim(&self.client().await?, now, lease_until, per_endpoint, limit).await
+    }
+
+    async fn release(&self, ids: Vec<i64>) -> StorageResult<()> {
+        webhooks::release(&self.client().await?, &ids).await
+    }
+
+    async fn next_due(&self) -> StorageResult<Option<i64>> {
+        webhooks::next_due(&self.client().await?).await
+    }
+
+    async fn event(&self, seq: i64) -> StorageResult<Option<Event>> {
+        webhooks::event(&self.client().await?, seq).await
+    }
+
+    async fn record(&self, record: AttemptRecord) -> StorageResult<()> {
+        webhooks::record(&mut self.client().await?, record).await
+    }
+
+    async fn defer(&self, endpoint_id: &str, until: i64) -> StorageResult<()> {
+        webhooks::defer(&self.client().await?, endpoint_id, until).await
+    }
+
+    async fn stats(&self) -> StorageResult<OutboxStats> {
+        webhooks::stats(&self.client().await?).await
+    }
+
+    async fn prune(&self, before: i64) -> StorageResult<u64> {
+        let client = self.client().await?;
+        let mut total = 0;
+        loop {
+            let deleted = webhooks::prune(&client, before).await?;
+            total += deleted;
+            if deleted < webhooks::PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 }

@@ -35,6 +35,9 @@ pub struct WriteCtx {
     events: Vec<Event>,
     /// Whether anything was written (a batch of refusals needs no commit).
     wrote: bool,
+    /// Enabled webhook endpoints (from `head`): when there are any, the batch's events get
+    /// their delivery rows before it commits.
+    webhooks: i64,
 }
 
 impl WriteCtx {
@@ -319,7 +322,7 @@ async fn run_batch(
             .map_err(|e| format!("starting the batch: {e}"))?;
         let row = client
             .query_one(
-                "SELECT seq, at, owner FROM head WHERE id = 1 FOR UPDATE",
+                "SELECT seq, at, owner, webhooks FROM head WHERE id = 1 FOR UPDATE",
                 &[],
             )
             .await
@@ -328,10 +331,11 @@ async fn run_batch(
             row.get::<_, i64>(0),
             row.get::<_, i64>(1),
             row.get::<_, String>(2),
+            row.get::<_, i64>(3),
         ))
     }
     .await;
-    let (seq, at, owner) = match begun {
+    let (seq, at, owner, webhooks) = match begun {
         Ok(head) => head,
         Err(why) => {
             let _ = client.batch_execute("ROLLBACK").await;
@@ -358,6 +362,7 @@ async fn run_batch(
         next_seq: seq + 1,
         events: Vec::new(),
         wrote: false,
+        webhooks,
     };
     let mut poisoned = false;
     let mut ran = Vec::with_capacity(batch.len());
@@ -432,6 +437,26 @@ const HEAD_UPDATE: &str = "UPDATE head SET seq = $1, at = $2, owner = $3, \
 
 async fn commit(ctx: &WriteCtx, instance: &str) -> Result<(), String> {
     let last_seq = ctx.next_seq - 1;
+    if ctx.webhooks > 0
+        && let (Some(first), Some(last)) = (ctx.events.first(), ctx.events.last())
+    {
+        // The outbox: one delivery per (enabled endpoint, matching event) of this batch, in
+        // the batch's own transaction.
+        ctx.client
+            .execute(
+                "INSERT INTO webhook_deliveries (endpoint_id, event_seq, event_type, \
+                 next_attempt_at, created_at) \
+                 SELECT w.id, e.seq, e.type, e.at, e.at FROM events e \
+                 JOIN webhook_endpoints w ON w.enabled \
+                  AND (w.events IS NULL OR e.type = ANY (string_to_array(w.events, ','))) \
+                  AND (w.session_id IS NULL OR w.session_id = e.session_id) \
+                  AND (w.directory IS NULL OR w.directory = e.directory) \
+                 WHERE e.seq BETWEEN $1 AND $2 ORDER BY e.seq, w.id",
+                &[&first.seq, &last.seq],
+            )
+            .await
+            .map_err(|e| format!("queueing webhook deliveries: {e}"))?;
+    }
     ctx.client
         .execute(HEAD_UPDATE, &[&last_seq, &ctx.last_at, &instance])
         .await

@@ -572,7 +572,9 @@ pub async fn prune_events(
                  coalesce((SELECT seq FROM events WHERE at >= $1 ORDER BY seq LIMIT 1), \
                           (SELECT max(seq) FROM events) + 1), \
                  (SELECT max(seq) FROM events) - $2 + 1) \
-               AND seq < (SELECT min(seq) FROM events) + $3",
+               AND seq < (SELECT min(seq) FROM events) + $3 \
+               AND seq < coalesce((SELECT min(event_seq) FROM webhook_deliveries \
+                                   WHERE status = 0), 9223372036854775807)",
             &[&older_than, &keep, &PRUNE_BATCH],
         )
         .await

@@ -43,6 +43,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "drop_fts",
         include_str!("../../../migrations/0008_drop_fts.sql"),
     ),
+    (
+        "webhooks",
+        include_str!("../../../migrations/0009_webhooks.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.

@@ -12,6 +12,7 @@ pub mod migrations;
 mod pool;
 mod reads;
 mod rows;
+mod webhooks;
 mod writer;
 mod writes;
 
@@ -39,6 +40,10 @@ use crate::domain::{
 };
 use crate::events::{Event, EventFilter};
 use crate::search::{IndexOptions, SearchIndex, TantivyIndex};
+use crate::webhooks::model::{
+    Delivery, DeliveryCounts, DeliveryStatus, Endpoint, EndpointPatch, NewEndpoint,
+};
+use crate::webhooks::store::{AttemptRecord, Due, OutboxStats, WebhookStore};
 
 /// The database file inside the data dir.
 pub const DATABASE_FILE: &str = "sessiond.db";
@@ -415,6 +420,10 @@ impl Storage for SqliteStorage {
         Some(self.index.status())
     }
 
+    fn webhooks(&self) -> Option<&dyn WebhookStore> {
+        Some(self)
+    }
+
     async fn check(&self) -> StorageResult<()> {
         self.readers.read(reads::check).await
     }
@@ -434,6 +443,136 @@ impl Storage for SqliteStorage {
         // Commits what the indexer was fed, so a restart has nothing to catch up.
         let index = self.index.clone();
         let _ = tokio::task::spawn_blocking(move || index.close()).await;
+    }
+}
+
+#[async_trait]
+impl WebhookStore for SqliteStorage {
+    async fn create_endpoint(&self, new: NewEndpoint, max: usize) -> StorageResult<Endpoint> {
+        self.writer
+            .write(move |ctx| webhooks::create(ctx, new, max))
+            .await
+    }
+
+    async fn list_endpoints(
+        &self,
+        limit: u32,
+        after: Option<String>,
+    ) -> StorageResult<Page<Endpoint, String>> {
+        self.readers
+            .read(move |conn| webhooks::list(conn, limit, after.as_deref()))
+            .await
+    }
+
+    async fn get_endpoint(&self, id: &str) -> StorageResult<(Endpoint, DeliveryCounts)> {
+        let id = id.to_owned();
+        self.readers
+            .read(move |conn| webhooks::get(conn, &id))
+            .await
+    }
+
+    async fn update_endpoint(&self, id: &str, patch: EndpointPatch) -> StorageResult<Endpoint> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |ctx| webhooks::update(ctx, &id, patch))
+            .await
+    }
+
+    async fn delete_endpoint(&self, id: &str) -> StorageResult<()> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |ctx| webhooks::delete(ctx, &id))
+            .await
+    }
+
+    async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: String,
+        previous_until: i64,
+    ) -> StorageResult<Endpoint> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |ctx| webhooks::rotate(ctx, &id, secret, previous_until))
+            .await
+    }
+
+    async fn list_deliveries(
+        &self,
+        id: &str,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+        before: Option<i64>,
+    ) -> StorageResult<Page<Delivery, i64>> {
+        let id = id.to_owned();
+        self.readers
+            .read(move |conn| webhooks::deliveries(conn, &id, status, limit, before))
+            .await
+    }
+
+    async fn replay(&self, id: &str, since: i64) -> StorageResult<u64> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |ctx| webhooks::replay(ctx, &id, since))
+            .await
+    }
+
+    async fn all_endpoints(&self) -> StorageResult<Vec<Endpoint>> {
+        self.readers.read(webhooks::all).await
+    }
+
+    /// One instance per database: nothing to lease (the loop tracks what it has in flight).
+    async fn due(
+        &self,
+        now: i64,
+        _lease_until: i64,
+        per_endpoint: u32,
+        limit: u32,
+    ) -> StorageResult<Vec<Due>> {
+        self.readers
+            .read(move |conn| webhooks::due(conn, now, per_endpoint, limit))
+            .await
+    }
+
+    async fn next_due(&self) -> StorageResult<Option<i64>> {
+        self.readers.read(webhooks::next_due).await
+    }
+
+    async fn event(&self, seq: i64) -> StorageResult<Option<Event>> {
+        self.readers
+            .read(move |conn| webhooks::event(conn, seq))
+            .await
+    }
+
+    async fn record(&self, record: AttemptRecord) -> StorageResult<()> {
+        self.writer
+            .write(move |ctx| webhooks::record(ctx, record))
+            .await
+    }
+
+    async fn defer(&self, endpoint_id: &str, until: i64) -> StorageResult<()> {
+        let id = endpoint_id.to_owned();
+        self.writer
+            .write(move |ctx| webhooks::defer(ctx, &id, until))
+            .await
+    }
+
+    async fn stats(&self) -> StorageResult<OutboxStats> {
+        self.readers.read(webhooks::stats).await
+    }
+
+    async fn prune(&self, before: i64) -> StorageResult<u64> {
+        let mut total = 0;
+        loop {
+            let deleted = self
+                .writer
+                .write(move |ctx| webhooks::prune(ctx, before))
+                .await?;
+            total += deleted;
+            if deleted < webhooks::PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 }
 

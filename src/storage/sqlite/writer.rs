@@ -25,6 +25,7 @@ use crate::domain::{IdGenerator, SessionId, wall_clock_ms};
 use crate::events::{Event, EventKind};
 use crate::storage::batch::{JobStatus, dropped, settle};
 use crate::storage::{StorageError, StorageResult};
+use crate::webhooks::store::Outbox;
 
 /// What a write job sees: the connection inside the batch transaction, the id generator and the
 /// events the batch has recorded so far.
@@ -34,6 +35,8 @@ pub struct WriteCtx<'a> {
     events: &'a mut Vec<Event>,
     /// The next event `seq` (the writer is the only one assigning them).
     next_seq: &'a mut i64,
+    /// The enabled webhook endpoints: each event gets a delivery row for every match.
+    outbox: &'a mut Outbox,
 }
 
 impl WriteCtx<'_> {
@@ -80,6 +83,17 @@ impl WriteCtx<'_> {
                 &data,
             ))
             .context("appending to the event log")?;
+        if !self.outbox.is_empty() {
+            let mut insert = self.conn.prepare_cached(
+                "INSERT INTO webhook_deliveries (endpoint_id, event_seq, event_type, \
+                 next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+            )?;
+            for endpoint in self.outbox.matching(kind, session_id.as_str(), directory) {
+                insert
+                    .execute((endpoint, seq, kind.as_str(), at))
+                    .context("queueing a webhook delivery")?;
+            }
+        }
         self.events.push(Event {
             seq,
             kind,
@@ -90,6 +104,20 @@ impl WriteCtx<'_> {
         });
         Ok(())
     }
+
+    /// Reloads the endpoints events are matched against (after changing one, inside the same
+    /// transaction, so the next event written sees the change).
+    pub fn reload_outbox(&mut self) -> anyhow::Result<()> {
+        *self.outbox = load_outbox(self.conn)?;
+        Ok(())
+    }
+}
+
+/// The enabled endpoints' subscriptions, as stored.
+fn load_outbox(conn: &Connection) -> anyhow::Result<Outbox> {
+    Ok(Outbox::new(
+        super::webhooks::enabled_subscriptions(conn).context("loading webhook endpoints")?,
+    ))
 }
 
 pub use crate::storage::CommitHook;
@@ -204,6 +232,14 @@ fn run(
 ) {
     let mut events = Vec::new();
     let mut next_seq = next_event_seq(&conn);
+    let mut outbox = load_outbox(&conn).unwrap_or_else(|error| {
+        // Only reachable if the database is unreadable, in which case no write will commit.
+        tracing::error!(
+            error = format!("{error:#}"),
+            "cannot read the webhook endpoints"
+        );
+        Outbox::default()
+    });
     let mut jobs = Vec::with_capacity(options.max_batch);
     let mut closing = None;
     while closing.is_none() {
@@ -227,6 +263,7 @@ fn run(
                 &mut ids,
                 &mut events,
                 &mut next_seq,
+                &mut outbox,
                 &mut jobs,
                 options.on_commit.as_ref(),
             );
@@ -260,6 +297,7 @@ fn run_batch(
     ids: &mut IdGenerator,
     events: &mut Vec<Event>,
     next_seq: &mut i64,
+    outbox: &mut Outbox,
     jobs: &mut Vec<Job>,
     on_commit: Option<&CommitHook>,
 ) {
@@ -278,6 +316,7 @@ fn run_batch(
             ids: &mut *ids,
             events: &mut *events,
             next_seq: &mut *next_seq,
+            outbox: &mut *outbox,
         };
         match std::panic::catch_unwind(AssertUnwindSafe(|| job(Some(&mut ctx)))) {
             Ok((status, reply)) => {
@@ -313,6 +352,11 @@ fn run_batch(
         events.clear();
         // Seqs handed out in the rolled-back batch were never written: reuse them.
         *next_seq = next_event_seq(conn);
+        // Endpoint changes in the rolled-back batch never happened either.
+        match load_outbox(conn) {
+            Ok(reloaded) => *outbox = reloaded,
+            Err(error) => tracing::error!(error = format!("{error:#}"), "cannot reload webhooks"),
+        }
     }
     // Publish before answering: once a writer hears back, caches are invalidated and
     // subscribers have the event, so its next read (or If-None-Match) sees its own write.

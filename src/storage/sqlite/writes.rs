@@ -401,7 +401,8 @@ pub fn prune_events(ctx: &mut WriteCtx<'_>, older_than: i64, keep: u64) -> Stora
     // Seq order is also time order (`at` never decreases along it), so both rules delete a
     // prefix of the log: everything before the first event that is young enough, or before
     // the newest `keep`. Finding that point walks only the expired events; the delete is a
-    // range of the primary key, at most one batch long.
+    // range of the primary key, at most one batch long. Events a pending webhook delivery
+    // still needs are kept (pending deliveries only exist for enabled endpoints).
     let deleted = ctx
         .conn
         .prepare_cached(
@@ -409,7 +410,9 @@ pub fn prune_events(ctx: &mut WriteCtx<'_>, older_than: i64, keep: u64) -> Stora
                  coalesce((SELECT seq FROM events WHERE at >= ?1 ORDER BY seq LIMIT 1), \
                           (SELECT max(seq) FROM events) + 1), \
                  (SELECT max(seq) FROM events) - ?2 + 1) \
-               AND seq < (SELECT min(seq) FROM events) + ?3",
+               AND seq < (SELECT min(seq) FROM events) + ?3 \
+               AND seq < coalesce((SELECT min(event_seq) FROM webhook_deliveries \
+                                   WHERE status = 0), 9223372036854775807)",
         )
         .context("preparing the event pruning")?
         .execute(params![older_than, keep, PRUNE_BATCH])
