@@ -55,6 +55,28 @@ struct SourceMessage {
     info: Map<String, Value>,
 }
 
+impl SourceMessage {
+    /// `created` is the source's own column where it has one; otherwise the record's
+    /// `time.created`, and failing both the session's creation time.
+    fn new(
+        id: String,
+        location: String,
+        created: Option<i64>,
+        info: Map<String, Value>,
+        session: &SourceSession,
+    ) -> SourceMessage {
+        let created = created
+            .or_else(|| int(info.get("time").and_then(|t| t.get("created"))))
+            .unwrap_or(session.created);
+        SourceMessage {
+            id,
+            location,
+            created,
+            info,
+        }
+    }
+}
+
 /// A part as read from the source.
 struct SourcePart {
     id: String,
@@ -511,16 +533,7 @@ impl Source for Files {
             let Some(id) = stem(&path) else { continue };
             self.messages.insert(id.clone());
             match Self::object(&path) {
-                Ok(info) => {
-                    let created = int(info.get("time").and_then(|t| t.get("created")))
-                        .unwrap_or(session.created);
-                    messages.push(SourceMessage {
-                        id,
-                        location,
-                        created,
-                        info,
-                    });
-                }
+                Ok(info) => messages.push(SourceMessage::new(id, location, None, info, session)),
                 Err(reason) => refused.push(Refusal { location, reason }),
             }
         }
@@ -813,17 +826,7 @@ impl Source for Database {
             let location = format!("message row {id}");
             let created: Option<i64> = row.get(1)?;
             match data_object(row.get(2)?) {
-                Ok(info) => {
-                    let created = created
-                        .or_else(|| int(info.get("time").and_then(|t| t.get("created"))))
-                        .unwrap_or(session.created);
-                    messages.push(SourceMessage {
-                        id,
-                        location,
-                        created,
-                        info,
-                    });
-                }
+                Ok(info) => messages.push(SourceMessage::new(id, location, created, info, session)),
                 Err(reason) => refused.push(Refusal { location, reason }),
             }
         }

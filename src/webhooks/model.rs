@@ -338,6 +338,69 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// A newly registered endpoint: enabled, its circuit closed.
+    pub fn new(id: String, new: NewEndpoint, now: i64) -> Endpoint {
+        Endpoint {
+            id,
+            url: new.url,
+            events: new.events,
+            session_id: new.session_id,
+            directory: new.directory,
+            description: new.description,
+            ordered: new.ordered,
+            enabled: true,
+            disabled_reason: None,
+            secret: new.secret,
+            previous_secret: None,
+            breaker: Breaker::default(),
+            circuit_seq: 0,
+            failing_since: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Applies `patch` at `now`. Re-enabling closes the circuit (and outranks any circuit
+    /// write of an attempt still in flight). Returns whether the patch disabled the endpoint:
+    /// its pending deliveries must then fail.
+    pub fn apply(&mut self, patch: EndpointPatch, now: i64) -> bool {
+        if let Some(url) = patch.url {
+            self.url = url;
+        }
+        if let Some(events) = patch.events {
+            self.events = events;
+        }
+        if let Some(session_id) = patch.session_id {
+            self.session_id = session_id;
+        }
+        if let Some(directory) = patch.directory {
+            self.directory = directory;
+        }
+        if let Some(description) = patch.description {
+            self.description = description;
+        }
+        if let Some(ordered) = patch.ordered {
+            self.ordered = ordered;
+        }
+        self.updated_at = now;
+        match patch.enabled {
+            Some(true) if !self.enabled => {
+                self.enabled = true;
+                self.disabled_reason = None;
+                self.breaker = Breaker::default();
+                self.circuit_seq = self.circuit_seq.max(now.saturating_mul(1000));
+                self.failing_since = None;
+                false
+            }
+            Some(false) if self.enabled => {
+                self.enabled = false;
+                self.disabled_reason = Some("disabled through the API".to_owned());
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The secrets that sign a delivery made at `now`, the current one first.
     pub fn signing_secrets(&self, now: i64) -> Vec<&str> {
         let mut secrets = vec![self.secret.as_str()];

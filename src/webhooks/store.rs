@@ -14,7 +14,7 @@ use super::model::{
 };
 use crate::domain::Page;
 use crate::events::{Event, EventKind};
-use crate::storage::StorageResult;
+use crate::storage::{StorageError, StorageResult};
 
 /// A delivery that is due, as the worker claims it.
 #[derive(Clone, Debug)]
@@ -152,4 +152,26 @@ impl Outbox {
             .filter(move |s| s.matches(kind, session_id, directory))
             .map(|s| s.id.as_str())
     }
+}
+
+/// No endpoint `id` (the same answer from every backend).
+pub fn not_found(id: &str) -> StorageError {
+    StorageError::NotFound {
+        what: "webhook",
+        id: crate::domain::clip(id),
+    }
+}
+
+/// Registering one endpoint more than `max`.
+pub fn too_many(max: usize) -> StorageError {
+    StorageError::Rejected(format!(
+        "at most {max} webhook endpoints may exist; delete one first"
+    ))
+}
+
+/// Replaying to a disabled endpoint.
+pub fn disabled(id: &str) -> StorageError {
+    StorageError::Rejected(format!(
+        "webhook {id} is disabled; enable it (PATCH enabled: true) before replaying"
+    ))
 }

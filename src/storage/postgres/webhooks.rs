@@ -12,13 +12,13 @@ use super::reads::get;
 use super::{db, db_write};
 use crate::domain::{IdGenerator, Page, SessionId, WebhookId, wall_clock_ms};
 use crate::events::{Event, EventKind};
-use crate::storage::{StorageError, StorageResult};
+use crate::storage::StorageResult;
 use crate::webhooks::breaker::Breaker;
 use crate::webhooks::model::{
     Delivery, DeliveryCounts, DeliveryStatus, Endpoint, EndpointPatch, NewEndpoint, WebhookUrl,
     events_from_text, events_to_text,
 };
-use crate::webhooks::store::{AttemptRecord, Due, OutboxStats};
+use crate::webhooks::store::{AttemptRecord, Due, OutboxStats, disabled, not_found, too_many};
 
 const REPLAY_MAX: i64 = 10_000;
 pub const PRUNE_BATCH: i64 = 10_000;
@@ -26,13 +26,6 @@ pub const PRUNE_BATCH: i64 = 10_000;
 const ENDPOINT_COLUMNS: &str = "id, url, events, session_id, directory, description, ordered, \
      enabled, disabled_reason, secret, previous_secret, previous_until, circuit, failing_since, \
      created_at, updated_at, circuit_seq";
-
-fn not_found(id: &str) -> StorageError {
-    StorageError::NotFound {
-        what: "webhook",
-        id: crate::domain::clip(id),
-    }
-}
 
 fn endpoint(row: &Row) -> StorageResult<Endpoint> {
     let url: String = get(row, 1)?;
@@ -128,29 +121,10 @@ pub async fn create(client: &mut Object, new: NewEndpoint, max: usize) -> Storag
         .map_err(db("counting webhooks"))?
         .get(0);
     if count >= max as i64 {
-        return Err(StorageError::Rejected(format!(
-            "at most {max} webhook endpoints may exist; delete one first"
-        )));
+        return Err(too_many(max));
     }
     let (now, value) = IdGenerator::default().next(wall_clock_ms());
-    let endpoint = Endpoint {
-        id: WebhookId::from_value(value).into_string(),
-        url: new.url,
-        events: new.events,
-        session_id: new.session_id,
-        directory: new.directory,
-        description: new.description,
-        ordered: new.ordered,
-        enabled: true,
-        disabled_reason: None,
-        secret: new.secret,
-        previous_secret: None,
-        breaker: Breaker::default(),
-        circuit_seq: 0,
-        failing_since: None,
-        created_at: now,
-        updated_at: now,
-    };
+    let endpoint = Endpoint::new(WebhookId::from_value(value).into_string(), new, now);
     tx.execute(
         "INSERT INTO webhook_endpoints (id, url, events, session_id, directory, description, \
          ordered, enabled, secret, circuit, created_at, updated_at) \
@@ -187,40 +161,9 @@ pub async fn update(
     lock_head(&tx).await?;
     let mut endpoint = load(&tx, id).await?;
     let now = wall_clock_ms();
-    if let Some(url) = patch.url {
-        endpoint.url = url;
+    if endpoint.apply(patch, now) {
+        fail_pending(&tx, id, "endpoint disabled").await?;
     }
-    if let Some(events) = patch.events {
-        endpoint.events = events;
-    }
-    if let Some(session_id) = patch.session_id {
-        endpoint.session_id = session_id;
-    }
-    if let Some(directory) = patch.directory {
-        endpoint.directory = directory;
-    }
-    if let Some(description) = patch.description {
-        endpoint.description = description;
-    }
-    if let Some(ordered) = patch.ordered {
-        endpoint.ordered = ordered;
-    }
-    match patch.enabled {
-        Some(true) if !endpoint.enabled => {
-            endpoint.enabled = true;
-            endpoint.disabled_reason = None;
-            endpoint.breaker = Breaker::default();
-            endpoint.circuit_seq = endpoint.circuit_seq.max(now.saturating_mul(1000));
-            endpoint.failing_since = None;
-        }
-        Some(false) if endpoint.enabled => {
-            endpoint.enabled = false;
-            endpoint.disabled_reason = Some("disabled through the API".to_owned());
-            fail_pending(&tx, id, "endpoint disabled").await?;
-        }
-        _ => {}
-    }
-    endpoint.updated_at = now;
     tx.execute(
         "UPDATE webhook_endpoints SET url = $2, events = $3, session_id = $4, directory = $5, \
          description = $6, ordered = $7, enabled = $8, disabled_reason = $9, circuit = $10, \
@@ -292,9 +235,7 @@ pub async fn rotate(
 pub async fn replay(client: &Object, id: &str, since: i64) -> StorageResult<u64> {
     let endpoint = load(client, id).await?;
     if !endpoint.enabled {
-        return Err(StorageError::Rejected(format!(
-            "webhook {id} is disabled; enable it (PATCH enabled: true) before replaying"
-        )));
+        return Err(disabled(id));
     }
     let now = wall_clock_ms();
     client

@@ -7,13 +7,13 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::writer::WriteCtx;
 use crate::domain::{Page, SessionId, WebhookId};
 use crate::events::{Event, EventKind};
-use crate::storage::{StorageError, StorageResult};
+use crate::storage::StorageResult;
 use crate::webhooks::breaker::Breaker;
 use crate::webhooks::model::{
     Delivery, DeliveryCounts, DeliveryStatus, Endpoint, EndpointPatch, NewEndpoint, Subscription,
     WebhookUrl, events_from_text, events_to_text,
 };
-use crate::webhooks::store::{AttemptRecord, Due, OutboxStats};
+use crate::webhooks::store::{AttemptRecord, Due, OutboxStats, disabled, not_found, too_many};
 
 /// Most deliveries one replay queues.
 pub const REPLAY_MAX: i64 = 10_000;
@@ -21,13 +21,6 @@ pub const REPLAY_MAX: i64 = 10_000;
 const ENDPOINT_COLUMNS: &str = "id, url, events, session_id, directory, description, ordered, \
      enabled, disabled_reason, secret, previous_secret, previous_until, circuit, failing_since, \
      created_at, updated_at, circuit_seq";
-
-fn not_found(id: &str) -> StorageError {
-    StorageError::NotFound {
-        what: "webhook",
-        id: crate::domain::clip(id),
-    }
-}
 
 fn endpoint(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
     let url: String = row.get(1)?;
@@ -93,29 +86,10 @@ pub fn create(ctx: &mut WriteCtx<'_>, new: NewEndpoint, max: usize) -> StorageRe
         .query_row([], |row| row.get(0))
         .context("counting webhooks")?;
     if count >= max as i64 {
-        return Err(StorageError::Rejected(format!(
-            "at most {max} webhook endpoints may exist; delete one first"
-        )));
+        return Err(too_many(max));
     }
     let (now, value) = ctx.next_id();
-    let endpoint = Endpoint {
-        id: WebhookId::from_value(value).into_string(),
-        url: new.url,
-        events: new.events,
-        session_id: new.session_id,
-        directory: new.directory,
-        description: new.description,
-        ordered: new.ordered,
-        enabled: true,
-        disabled_reason: None,
-        secret: new.secret,
-        previous_secret: None,
-        breaker: Breaker::default(),
-        circuit_seq: 0,
-        failing_since: None,
-        created_at: now,
-        updated_at: now,
-    };
+    let endpoint = Endpoint::new(WebhookId::from_value(value).into_string(), new, now);
     ctx.conn
         .prepare_cached(
             "INSERT INTO webhook_endpoints (id, url, events, session_id, directory, description, \
@@ -156,40 +130,9 @@ fn fail_pending(ctx: &WriteCtx<'_>, id: &str, why: &str) -> anyhow::Result<()> {
 pub fn update(ctx: &mut WriteCtx<'_>, id: &str, patch: EndpointPatch) -> StorageResult<Endpoint> {
     let mut endpoint = load(ctx.conn, id)?;
     let now = ctx.now();
-    if let Some(url) = patch.url {
-        endpoint.url = url;
+    if endpoint.apply(patch, now) {
+        fail_pending(ctx, id, "endpoint disabled")?;
     }
-    if let Some(events) = patch.events {
-        endpoint.events = events;
-    }
-    if let Some(session_id) = patch.session_id {
-        endpoint.session_id = session_id;
-    }
-    if let Some(directory) = patch.directory {
-        endpoint.directory = directory;
-    }
-    if let Some(description) = patch.description {
-        endpoint.description = description;
-    }
-    if let Some(ordered) = patch.ordered {
-        endpoint.ordered = ordered;
-    }
-    match patch.enabled {
-        Some(true) if !endpoint.enabled => {
-            endpoint.enabled = true;
-            endpoint.disabled_reason = None;
-            endpoint.breaker = Breaker::default();
-            endpoint.circuit_seq = endpoint.circuit_seq.max(now.saturating_mul(1000));
-            endpoint.failing_since = None;
-        }
-        Some(false) if endpoint.enabled => {
-            endpoint.enabled = false;
-            endpoint.disabled_reason = Some("disabled through the API".to_owned());
-            fail_pending(ctx, id, "endpoint disabled")?;
-        }
-        _ => {}
-    }
-    endpoint.updated_at = now;
     ctx.conn
         .prepare_cached(
             "UPDATE webhook_endpoints SET url = ?2, events = ?3, session_id = ?4, directory = ?5, \
@@ -266,9 +209,7 @@ pub fn rotate(
 pub fn replay(ctx: &mut WriteCtx<'_>, id: &str, since: i64) -> StorageResult<u64> {
     let endpoint = load(ctx.conn, id)?;
     if !endpoint.enabled {
-        return Err(StorageError::Rejected(format!(
-            "webhook {id} is disabled; enable it (PATCH enabled: true) before replaying"
-        )));
+        return Err(disabled(id));
     }
     let now = ctx.now();
     let queued = ctx
