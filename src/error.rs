@@ -140,6 +140,7 @@ impl From<StorageError> for ApiError {
                 "the server cannot take this request right now ({why}); retry shortly"
             )),
             StorageError::Rejected(why) => ApiError::InvalidRequest(why),
+            StorageError::Conflict(why) => ApiError::Conflict(why),
             StorageError::Overloaded {
                 reason,
                 retry_after_secs,

@@ -21,6 +21,7 @@ impl JobStatus {
                 StorageError::NotFound { .. }
                 | StorageError::Unavailable(_)
                 | StorageError::Rejected(_)
+                | StorageError::Conflict(_)
                 | StorageError::Overloaded { .. },
             ) => JobStatus::Refused,
             Err(StorageError::Internal(_)) => JobStatus::Poisoned,

@@ -36,6 +36,10 @@ pub enum StorageError {
     /// refused before anything was written.
     #[error("{0}")]
     Rejected(String),
+    /// Well-formed, but the current state forbids it (the message is safe to show to clients
+    /// and says what to change first); refused before anything was written.
+    #[error("{0}")]
+    Conflict(String),
     /// Temporarily unable to answer (the message is safe to show to clients); retry later.
     #[error("{reason}")]
     Overloaded {

@@ -164,14 +164,14 @@ pub fn not_found(id: &str) -> StorageError {
 
 /// Registering one endpoint more than `max`.
 pub fn too_many(max: usize) -> StorageError {
-    StorageError::Rejected(format!(
+    StorageError::Conflict(format!(
         "at most {max} webhook endpoints may exist; delete one first"
     ))
 }
 
 /// Replaying to a disabled endpoint.
 pub fn disabled(id: &str) -> StorageError {
-    StorageError::Rejected(format!(
+    StorageError::Conflict(format!(
         "webhook {id} is disabled; enable it (PATCH enabled: true) before replaying"
     ))
 }

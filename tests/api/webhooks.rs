@@ -290,7 +290,7 @@ async fn a_410_disables_the_endpoint_and_exhausted_retries_fail() {
     let replay = app
         .post_json(&format!("/v1/webhooks/{gone}/replay"), &json!({"since": 0}))
         .await;
-    assert_problem(replay, StatusCode::BAD_REQUEST, "invalid_request").await;
+    assert_problem(replay, StatusCode::CONFLICT, "conflict").await;
     app.delete(&format!("/v1/webhooks/{gone}")).await;
 
     // One retry (50 ms), then failed.
@@ -482,7 +482,7 @@ async fn internal_addresses_and_bad_bodies_are_refused() {
     let over = app
         .post_json("/v1/webhooks", &json!({"url": "http://127.0.0.1:9/hook"}))
         .await;
-    assert_problem(over, StatusCode::BAD_REQUEST, "invalid_request").await;
+    assert_problem(over, StatusCode::CONFLICT, "conflict").await;
     let all = app.collect_pages("/v1/webhooks?limit=7").await;
     assert_eq!(all.len(), 100);
     assert!(all.iter().all(|w| w.get("secret").is_none()));
