@@ -63,7 +63,7 @@ pub struct ServeArgs {
     /// Most session text one summary reads [env: SESSIOND_SUMMARIZE_MAX_BYTES] [default: 4MiB]
     #[arg(long, value_name = "SIZE")]
     pub summarize_max_bytes: Option<String>,
-    /// Searches run at once [env: SESSIOND_SEARCH_CONCURRENCY] [default: CPUs]
+    /// Searches run at once [env: SESSIOND_SEARCH_CONCURRENCY] [default: 2 × CPUs]
     #[arg(long, value_name = "N")]
     pub search_concurrency: Option<String>,
     /// Searches that may wait before more are refused with 503 [env: SESSIOND_SEARCH_QUEUE] [default: 256]
@@ -365,10 +365,12 @@ impl Config {
                 "4MiB",
                 parse_size,
             )?,
+            // Two per core: a search is milliseconds of CPU, and a pool of one per core starves
+            // under a mixed load (searches waited seconds for a turn; BENCHMARKS.md).
             search_concurrency: r.get(
                 "search_concurrency",
                 &args.search_concurrency,
-                &cpus.to_string(),
+                &(2 * cpus).to_string(),
                 |v| parse_count(v, 1, 1024),
             )?,
             search_queue: r.get("search_queue", &args.search_queue, "256", |v| {

@@ -7,6 +7,7 @@
 //! non-scoring clause. Commits happen on a time/size policy (many tiny commits explode the
 //! segment count), each carrying the log positions it covers in its payload.
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -17,7 +18,7 @@ use tantivy::collector::{Collector, SegmentCollector, TopDocs};
 use tantivy::columnar::Column;
 use tantivy::query::{
     Bm25StatisticsProvider, BooleanQuery, ConstScoreQuery, Occur, PhrasePrefixQuery, PhraseQuery,
-    Query, TermQuery, TermSetQuery,
+    Query, RangeQuery, TermQuery, TermSetQuery,
 };
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions,
@@ -128,7 +129,7 @@ struct Payload {
     heads: Heads,
 }
 
-/// What searches read, swapped together under one lock.
+/// What searches read, swapped together under one lock (held only to copy it).
 struct View {
     main: Searcher,
     committed: Heads,
@@ -136,25 +137,44 @@ struct View {
     seen: Heads,
     building: Option<Heads>,
     progress: f64,
-    tail: Tail,
+    /// The tail as last committed, and the heads it covers (the same as [`Tail::fed`]).
+    tail: Searcher,
+    tail_fed: Heads,
+    /// Sessions deleted since the last commit of the disk index.
+    excluded: Arc<[String]>,
 }
 
-/// Everything after the last commit, in memory.
+/// Everything after the last commit, in memory. Behind a lock of its own, taken before the
+/// view's: a search that must feed it (a tantivy commit, milliseconds) never holds up the
+/// searches that need nothing new.
 struct Tail {
     /// The tail holds every message `committed.messages < seq <= fed.messages` and every
     /// deletion `committed.events < seq <= fed.events`.
     fed: Heads,
     writer: IndexWriter,
     reader: IndexReader,
-    searcher: Searcher,
     seqs: Vec<i64>,
     /// `(event seq, session)` of deletions the disk index has not committed.
     deleted: Vec<(i64, String)>,
+    /// The tail's own connection: a search that feeds the tail reads everything written so
+    /// far through it, not only up to its own snapshot, so the searches queued behind it find
+    /// themselves covered and one commit serves them all.
+    source: Option<Box<dyn Source + Send>>,
+}
+
+impl Tail {
+    /// Publishes what the tail holds now.
+    fn publish(&self, view: &mut View) {
+        view.tail = self.reader.searcher();
+        view.tail_fed = self.fed;
+        view.excluded = self.deleted.iter().map(|(_, s)| s.clone()).collect();
+    }
 }
 
 pub struct TantivyIndex {
     fields: Fields,
     view: Mutex<View>,
+    tail: Mutex<Tail>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -349,15 +369,36 @@ fn kind(request: &Request<'_>) -> &'static str {
 struct Snapshot {
     main: Searcher,
     tail: Searcher,
-    excluded: Vec<String>,
+    excluded: Arc<[String]>,
+}
+
+impl View {
+    /// What a search up to `heads` reads, when this view holds it.
+    fn snapshot(&self, heads: Heads) -> Result<Option<Snapshot>, IndexError> {
+        if self.building.is_some() {
+            // A build that already covers the caller's heads could serve, but it is only
+            // published at its end; until then the answer would be partial.
+            return Err(IndexError::Building {
+                progress: self.progress,
+            });
+        }
+        Ok(self.tail_fed.covers(&heads).then(|| Snapshot {
+            main: self.main.clone(),
+            tail: self.tail.clone(),
+            excluded: self.excluded.clone(),
+        }))
+    }
 }
 
 impl TantivyIndex {
     /// Opens (or creates, or rebuilds) the index in `options.dir` and starts its indexer, which
-    /// reads the database through `source`. Blocking.
+    /// reads the database through `source`; searches bring the in-memory tail up to date
+    /// through `tail_source` (a connection of its own), or through their own snapshot when
+    /// there is none or it fails. Blocking.
     pub fn open(
         options: IndexOptions,
         source: Box<dyn Source + Send>,
+        tail_source: Option<Box<dyn Source + Send>>,
     ) -> anyhow::Result<Arc<TantivyIndex>> {
         let (schema, fields) = schema();
         let heads = source.heads().context("reading the log heads")?;
@@ -488,18 +529,22 @@ impl TantivyIndex {
             seen: heads,
             building,
             progress: if building.is_some() { 0.0 } else { 1.0 },
-            tail: Tail {
-                fed: committed,
-                searcher: tail_reader.searcher(),
-                writer: tail_writer,
-                reader: tail_reader,
-                seqs: Vec::new(),
-                deleted: Vec::new(),
-            },
+            tail: tail_reader.searcher(),
+            tail_fed: committed,
+            excluded: Arc::new([]),
+        };
+        let tail = Tail {
+            fed: committed,
+            writer: tail_writer,
+            reader: tail_reader,
+            seqs: Vec::new(),
+            deleted: Vec::new(),
+            source: tail_source,
         };
         let index = Arc::new(TantivyIndex {
             fields,
             view: Mutex::new(view),
+            tail: Mutex::new(tail),
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             thread: Mutex::new(None),
         });
@@ -527,32 +572,47 @@ impl TantivyIndex {
 
     /// Brings the tail up to `heads` and takes what one search reads.
     fn snapshot(&self, source: &dyn Source, heads: Heads) -> Result<Snapshot, IndexError> {
+        if let Some(snapshot) = lock(&self.view).snapshot(heads)? {
+            return Ok(snapshot);
+        }
+        let mut tail = lock(&self.tail);
+        // Whoever fed the tail while this search waited may have covered it already.
+        if let Some(snapshot) = lock(&self.view).snapshot(heads)? {
+            return Ok(snapshot);
+        }
+        let own = tail.source.take();
+        // Everything written so far, which covers this search's snapshot and, under load, the
+        // snapshots of the searches queued behind it; failing that (the connection is down),
+        // exactly this search's snapshot.
+        let newest = own.as_deref().and_then(|own| {
+            let newest = own.heads().ok().filter(|n| n.covers(&heads))?;
+            self.catch_up(&mut tail, own, newest).ok()
+        });
+        tail.source = own;
+        if newest.is_none() {
+            self.catch_up(&mut tail, source, heads)
+                .map_err(IndexError::Internal)?;
+        }
         let mut view = lock(&self.view);
-        if let Some(target) = view.building {
-            let progress = view.progress;
-            // A build that already covers the caller's heads could serve, but it is only
-            // published at its end; until then the answer would be partial.
-            let _ = target;
-            return Err(IndexError::Building { progress });
-        }
-        let tail = &mut view.tail;
-        if !tail.fed.covers(&heads) {
-            let before = tail.seqs.len();
-            if let Err(error) = self.catch_up(tail, source, heads) {
-                // Nothing half-fed stays behind: the next search feeds the same range again.
-                let _ = tail.writer.rollback();
-                tail.seqs.truncate(before);
-                return Err(IndexError::Internal(error));
-            }
-        }
-        Ok(Snapshot {
-            main: view.main.clone(),
-            tail: view.tail.searcher.clone(),
-            excluded: view.tail.deleted.iter().map(|(_, s)| s.clone()).collect(),
+        tail.publish(&mut view);
+        view.snapshot(heads)?.ok_or_else(|| {
+            IndexError::Internal(anyhow::anyhow!("the tail was not brought up to date"))
         })
     }
 
+    /// Feeds the tail up to `heads` through `source` and commits it; on failure nothing
+    /// half-fed stays behind (the next search feeds the same range again).
     fn catch_up(&self, tail: &mut Tail, source: &dyn Source, heads: Heads) -> anyhow::Result<()> {
+        let before = tail.seqs.len();
+        let fed = self.feed_tail(tail, source, heads);
+        if fed.is_err() {
+            let _ = tail.writer.rollback();
+            tail.seqs.truncate(before);
+        }
+        fed
+    }
+
+    fn feed_tail(&self, tail: &mut Tail, source: &dyn Source, heads: Heads) -> anyhow::Result<()> {
         let mut changed = false;
         if heads.messages > tail.fed.messages {
             let seqs = &mut tail.seqs;
@@ -578,7 +638,6 @@ impl TantivyIndex {
         if changed {
             tail.writer.commit().context("committing the tail index")?;
             tail.reader.reload().context("reloading the tail index")?;
-            tail.searcher = tail.reader.searcher();
         }
         tail.deleted.extend(deleted);
         tail.fed = tail.fed.max(heads);
@@ -586,7 +645,14 @@ impl TantivyIndex {
     }
 
     /// The query for one index; `None` when nothing can match.
-    fn query(&self, request: &Request<'_>, excluded: &[String]) -> Option<Box<dyn Query>> {
+    /// `upto` bounds the `seq`s it matches (the tail may hold messages newer than the caller's
+    /// snapshot).
+    fn query(
+        &self,
+        request: &Request<'_>,
+        excluded: &[String],
+        upto: Option<i64>,
+    ) -> Option<Box<dyn Query>> {
         let fields = &self.fields;
         let mut analyzer = analyzer();
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
@@ -636,6 +702,18 @@ impl TantivyIndex {
         if let Some(directory) = request.directory {
             clauses.push((Occur::Must, filter(fields.directory, directory)));
         }
+        if let Some(upto) = upto {
+            clauses.push((
+                Occur::Must,
+                Box::new(ConstScoreQuery::new(
+                    Box::new(RangeQuery::new(
+                        Bound::Unbounded,
+                        Bound::Included(tantivy::Term::from_field_i64(fields.seq, upto)),
+                    )),
+                    0.0,
+                )),
+            ));
+        }
         if !excluded.is_empty() {
             clauses.push((
                 Occur::MustNot,
@@ -662,8 +740,8 @@ impl TantivyIndex {
     ) -> Result<Vec<Hit>, IndexError> {
         let snapshot = self.snapshot(source, heads)?;
         let (Some(main_query), Some(tail_query)) = (
-            self.query(request, &snapshot.excluded),
-            self.query(request, &[]),
+            self.query(request, &snapshot.excluded, None),
+            self.query(request, &[], Some(heads.messages)),
         ) else {
             return Ok(Vec::new());
         };
@@ -721,6 +799,8 @@ impl SearchIndex for TantivyIndex {
     }
 
     fn close(&self) {
+        // Its connection closes here, on the caller's (blocking) thread.
+        lock(&self.tail).source = None;
         let (stopping, wake) = &*self.stop;
         *lock(stopping) = true;
         wake.notify_all();
@@ -844,37 +924,42 @@ impl Indexer {
         let Some(index) = self.index.upgrade() else {
             return Ok(());
         };
+        // The trimmed tail and the new disk searcher are published together, so no search
+        // sees a message twice or not at all; searches meanwhile read the old pair.
+        let mut tail = lock(&index.tail);
+        let committed = self.committed;
+        let complete = building.is_none_or(|target| committed.covers(&target));
+        if complete {
+            let before = tail.seqs.len();
+            for seq in tail.seqs.iter().filter(|s| **s <= committed.messages) {
+                tail.writer
+                    .delete_term(tantivy::Term::from_field_i64(self.fields.seq, *seq));
+            }
+            tail.seqs.retain(|s| *s > committed.messages);
+            tail.deleted.retain(|(seq, _)| *seq > committed.events);
+            tail.fed = tail.fed.max(committed);
+            if tail.seqs.len() != before {
+                tail.writer.commit().context("trimming the tail index")?;
+                tail.reader.reload().context("reloading the tail index")?;
+            }
+        }
         let mut view = lock(&index.view);
         view.seen = heads;
         if let Some(target) = building {
-            if self.committed.covers(&target) {
+            if complete {
                 tracing::info!("the search index is built");
                 view.building = None;
                 view.progress = 1.0;
             } else {
-                view.progress = self.committed.messages as f64 / target.messages.max(1) as f64;
+                view.progress = committed.messages as f64 / target.messages.max(1) as f64;
                 // Not published before the build is complete: a partial index answers wrongly.
-                view.committed = self.committed;
+                view.committed = committed;
                 return Ok(());
             }
         }
         view.main = searcher;
-        view.committed = self.committed;
-        let committed = self.committed;
-        let tail = &mut view.tail;
-        let before = tail.seqs.len();
-        for seq in tail.seqs.iter().filter(|s| **s <= committed.messages) {
-            tail.writer
-                .delete_term(tantivy::Term::from_field_i64(self.fields.seq, *seq));
-        }
-        tail.seqs.retain(|s| *s > committed.messages);
-        tail.deleted.retain(|(seq, _)| *seq > committed.events);
-        tail.fed = tail.fed.max(committed);
-        if tail.seqs.len() != before {
-            tail.writer.commit().context("trimming the tail index")?;
-            tail.reader.reload().context("reloading the tail index")?;
-            tail.searcher = tail.reader.searcher();
-        }
+        view.committed = committed;
+        tail.publish(&mut view);
         Ok(())
     }
 }
@@ -974,7 +1059,12 @@ mod tests {
         // No background commit during the test: the tail keeps what is added below.
         options.commit_interval = Duration::from_secs(3600);
         options.commit_changes = usize::MAX;
-        let index = TantivyIndex::open(options, Box::new(Shared(memory.clone()))).unwrap();
+        let index = TantivyIndex::open(
+            options,
+            Box::new(Shared(memory.clone())),
+            Some(Box::new(Shared(memory.clone()))),
+        )
+        .unwrap();
         let tail_docs = corpus(&mut rng, 3001..3601);
         lock(&memory.docs).extend(tail_docs.iter().cloned());
         let all: Vec<Doc> = docs.iter().chain(&tail_docs).cloned().collect();
@@ -1047,6 +1137,60 @@ mod tests {
         assert!(hits.iter().all(|h| h.seq % 40 != 7), "{hits:?}");
         let top = index.top(&source, heads, &request, 3000).unwrap();
         assert_eq!(top.len(), hits.len());
+        index.close();
+    }
+
+    /// A search that feeds the tail reads everything written so far through the tail's own
+    /// source; a search of an older snapshot still answers exactly that snapshot.
+    #[test]
+    fn a_tail_fed_past_a_snapshot_answers_only_up_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let memory = Arc::new(Memory::default());
+        lock(&memory.docs).extend(corpus(&mut rng, 1..501));
+        let mut options = IndexOptions::new(dir.path().join("search"), "db");
+        options.build_in_foreground = i64::MAX;
+        options.commit_interval = Duration::from_secs(3600);
+        options.commit_changes = usize::MAX;
+        let index = TantivyIndex::open(
+            options,
+            Box::new(Shared(memory.clone())),
+            Some(Box::new(Shared(memory.clone()))),
+        )
+        .unwrap();
+        let source = Shared(memory.clone());
+        lock(&memory.docs).extend(corpus(&mut rng, 501..701));
+        let old = source.heads().unwrap();
+        lock(&memory.docs).extend(corpus(&mut rng, 701..801));
+        let newest = source.heads().unwrap();
+        let terms = SearchTerms::parse("w0").unwrap();
+        let request = Request {
+            terms: &terms,
+            session_id: None,
+            directory: None,
+        };
+        let count = |upto: i64| {
+            let docs = lock(&memory.docs);
+            let mut analyzer = analyzer();
+            docs.iter()
+                .filter(|d| d.seq <= upto)
+                .filter(|d| {
+                    tokens(&mut analyzer, &d.text)
+                        .iter()
+                        .any(|t| t.text == "w0")
+                })
+                .count()
+        };
+        // The first search feeds the tail up to the newest heads, past its own snapshot.
+        let hits = index.every(&source, old, &request).unwrap();
+        assert!(hits.iter().all(|h| h.seq <= old.messages), "{hits:?}");
+        assert_eq!(hits.len(), count(old.messages));
+        assert_eq!(lock(&index.tail).fed, newest);
+        let top = index.top(&source, old, &request, 5).unwrap();
+        assert!(top.iter().all(|h| h.seq <= old.messages));
+        let hits = index.every(&source, newest, &request).unwrap();
+        assert_eq!(hits.len(), count(newest.messages));
+        assert!(hits.iter().any(|h| h.seq > old.messages));
         index.close();
     }
 }

@@ -112,8 +112,20 @@ impl<B: Blocking> Source for B {
 /// while a read runs (reconnecting after the connection was lost).
 pub struct IndexerSource {
     config: tokio_postgres::Config,
-    runtime: tokio::runtime::Runtime,
+    /// `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
     client: Mutex<Option<Client>>,
+}
+
+impl Drop for IndexerSource {
+    /// The search tail's source is dropped with the index, which may happen on a runtime
+    /// worker, where a runtime may not be dropped by blocking: its connection task is
+    /// abandoned instead (it ends when the client goes).
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl IndexerSource {
@@ -124,7 +136,7 @@ impl IndexerSource {
             .context("starting the search indexer's runtime")?;
         Ok(IndexerSource {
             config,
-            runtime,
+            runtime: Some(runtime),
             client: Mutex::new(None),
         })
     }
@@ -133,7 +145,11 @@ impl IndexerSource {
 impl Blocking for IndexerSource {
     fn block<T>(&self, read: impl for<'c> FnOnce(&'c Client) -> Read<'c, T>) -> anyhow::Result<T> {
         let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        self.runtime.block_on(async {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .context("the search indexer's runtime is gone")?;
+        runtime.block_on(async {
             if client.as_ref().is_none_or(Client::is_closed) {
                 let (connected, connection) = self
                     .config
