@@ -193,8 +193,7 @@ fn tagged(headers: &HeaderMap, body: bytes::Bytes) -> Response {
     responses(
         (status = 201, description = "The endpoint, with its secret (shown once)", body = CreatedWebhook,
             headers(("Location" = String, description = "URL of the new endpoint"))),
-        (status = 400, description = "Invalid body: a URL that is not http, or whose host is internal or does not resolve; an unknown event type; or a description over 1024 characters", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`webhook_max_endpoints` (100) endpoints exist already; delete one first", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid body: a URL that is not http, or whose host is internal or does not resolve; an unknown event type; a description over 1024 characters; or `webhook_max_endpoints` (100) endpoints exist already", body = Problem, content_type = "application/problem+json"),
         (status = 501, description = "This storage backend has no webhooks", body = Problem, content_type = "application/problem+json"),
     )
 )]

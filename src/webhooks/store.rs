@@ -164,7 +164,7 @@ pub fn not_found(id: &str) -> StorageError {
 
 /// Registering one endpoint more than `max`.
 pub fn too_many(max: usize) -> StorageError {
-    StorageError::Conflict(format!(
+    StorageError::Rejected(format!(
         "at most {max} webhook endpoints may exist; delete one first"
     ))
 }

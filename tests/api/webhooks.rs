@@ -482,7 +482,7 @@ async fn internal_addresses_and_bad_bodies_are_refused() {
     let over = app
         .post_json("/v1/webhooks", &json!({"url": "http://127.0.0.1:9/hook"}))
         .await;
-    assert_problem(over, StatusCode::CONFLICT, "conflict").await;
+    assert_problem(over, StatusCode::BAD_REQUEST, "invalid_request").await;
     let all = app.collect_pages("/v1/webhooks?limit=7").await;
     assert_eq!(all.len(), 100);
     assert!(all.iter().all(|w| w.get("secret").is_none()));
