@@ -11,10 +11,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::app::{Application, shutdown_signal};
 use crate::config::{Config, Database, ServeArgs};
-use crate::seed::{SeedOptions, seed};
 use crate::storage::Storage;
 use crate::storage::sqlite::{SqliteOptions, SqliteStorage};
 use crate::telemetry;
+use crate::transfer::seed::{SeedOptions, seed};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -16,7 +16,6 @@ pub mod events;
 pub mod http;
 pub mod ratelimit;
 pub mod search;
-pub mod seed;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

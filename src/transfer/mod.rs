@@ -1,5 +1,5 @@
-//! Moving data in and out: `sessiond export`, `import jsonl`, `import opencode` and
-//! `migrate-data`, each in a module of its own, and what the imports share: the pipeline that
+//! Moving data in and out: `sessiond export`, `import jsonl`, `import opencode`,
+//! `migrate-data` and `seed`, each in a module of its own, and what the imports share: the pipeline that
 //! writes one session per transaction, the report every import prints, and its progress line.
 //!
 //! Imports write through [`Storage::import_session`], so every session lands whole (with every
@@ -12,6 +12,7 @@ pub mod export;
 pub mod jsonl;
 pub mod migrate;
 pub mod opencode;
+pub mod seed;
 
 use std::fmt;
 use std::io::IsTerminal;
