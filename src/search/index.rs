@@ -158,7 +158,8 @@ struct Tail {
     deleted: Vec<(i64, String)>,
     /// The tail's own connection: a search that feeds the tail reads everything written so
     /// far through it, not only up to its own snapshot, so the searches queued behind it find
-    /// themselves covered and one commit serves them all.
+    /// themselves covered and one commit serves them all. `None` while a feed uses it, and
+    /// once the index is closed.
     source: Option<Box<dyn Source + Send>>,
 }
 
@@ -393,12 +394,12 @@ impl View {
 impl TantivyIndex {
     /// Opens (or creates, or rebuilds) the index in `options.dir` and starts its indexer, which
     /// reads the database through `source`; searches bring the in-memory tail up to date
-    /// through `tail_source` (a connection of its own), or through their own snapshot when
-    /// there is none or it fails. Blocking.
+    /// through `tail_source` (a connection of its own), or through their own snapshot when it
+    /// fails. Blocking.
     pub fn open(
         options: IndexOptions,
         source: Box<dyn Source + Send>,
-        tail_source: Option<Box<dyn Source + Send>>,
+        tail_source: Box<dyn Source + Send>,
     ) -> anyhow::Result<Arc<TantivyIndex>> {
         let (schema, fields) = schema();
         let heads = source.heads().context("reading the log heads")?;
@@ -539,7 +540,7 @@ impl TantivyIndex {
             reader: tail_reader,
             seqs: Vec::new(),
             deleted: Vec::new(),
-            source: tail_source,
+            source: Some(tail_source),
         };
         let index = Arc::new(TantivyIndex {
             fields,
@@ -1047,6 +1048,21 @@ mod tests {
         }
     }
 
+    /// An index over `memory` in `dir` that never commits in the background, so the tail keeps
+    /// what the test adds after opening it.
+    fn open_without_commits(dir: &Path, memory: &Arc<Memory>) -> Arc<TantivyIndex> {
+        let mut options = IndexOptions::new(dir.join("search"), "db");
+        options.build_in_foreground = i64::MAX;
+        options.commit_interval = Duration::from_secs(3600);
+        options.commit_changes = usize::MAX;
+        TantivyIndex::open(
+            options,
+            Box::new(Shared(memory.clone())),
+            Box::new(Shared(memory.clone())),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn pruned_top_k_equals_scoring_every_match_on_disk_and_in_the_tail() {
         let dir = tempfile::tempdir().unwrap();
@@ -1054,17 +1070,7 @@ mod tests {
         let memory = Arc::new(Memory::default());
         let docs = corpus(&mut rng, 1..3001);
         lock(&memory.docs).extend(docs.iter().cloned());
-        let mut options = IndexOptions::new(dir.path().join("search"), "db");
-        options.build_in_foreground = i64::MAX;
-        // No background commit during the test: the tail keeps what is added below.
-        options.commit_interval = Duration::from_secs(3600);
-        options.commit_changes = usize::MAX;
-        let index = TantivyIndex::open(
-            options,
-            Box::new(Shared(memory.clone())),
-            Some(Box::new(Shared(memory.clone()))),
-        )
-        .unwrap();
+        let index = open_without_commits(dir.path(), &memory);
         let tail_docs = corpus(&mut rng, 3001..3601);
         lock(&memory.docs).extend(tail_docs.iter().cloned());
         let all: Vec<Doc> = docs.iter().chain(&tail_docs).cloned().collect();
@@ -1148,16 +1154,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(7);
         let memory = Arc::new(Memory::default());
         lock(&memory.docs).extend(corpus(&mut rng, 1..501));
-        let mut options = IndexOptions::new(dir.path().join("search"), "db");
-        options.build_in_foreground = i64::MAX;
-        options.commit_interval = Duration::from_secs(3600);
-        options.commit_changes = usize::MAX;
-        let index = TantivyIndex::open(
-            options,
-            Box::new(Shared(memory.clone())),
-            Some(Box::new(Shared(memory.clone()))),
-        )
-        .unwrap();
+        let index = open_without_commits(dir.path(), &memory);
         let source = Shared(memory.clone());
         lock(&memory.docs).extend(corpus(&mut rng, 501..701));
         let old = source.heads().unwrap();

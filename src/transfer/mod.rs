@@ -1,6 +1,7 @@
 //! Moving data in and out: `sessiond export`, `import jsonl`, `import opencode`,
-//! `migrate-data` and `seed`, each in a module of its own, and what the imports share: the pipeline that
-//! writes one session per transaction, the report every import prints, and its progress line.
+//! `migrate-data` and `seed`, each in a module of its own, and what the imports share: the
+//! pipeline that writes one session per transaction, the report every import prints, and its
+//! progress line.
 //!
 //! Imports write through [`Storage::import_session`], so every session lands whole (with every
 //! message of it that could be read) or not at all, and running instances hear of it through

@@ -164,7 +164,7 @@ fn open_search(
     index_options.build_in_foreground = i64::try_from(options.foreground).unwrap_or(i64::MAX);
     let source = indexing::IndexerSource::new(config.clone())?;
     let tail_source = indexing::IndexerSource::new(config)?;
-    let index = TantivyIndex::open(index_options, Box::new(source), Some(Box::new(tail_source)))?;
+    let index = TantivyIndex::open(index_options, Box::new(source), Box::new(tail_source))?;
     Ok(Search {
         index,
         rankings: Arc::default(),

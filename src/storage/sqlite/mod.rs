@@ -127,7 +127,7 @@ impl SqliteStorage {
         let index = TantivyIndex::open(
             index_options,
             Box::new(indexing::OwnedSource(open_reader(&path)?)),
-            Some(Box::new(indexing::OwnedSource(open_reader(&path)?))),
+            Box::new(indexing::OwnedSource(open_reader(&path)?)),
         )?;
         let readers = (0..options.read_connections.max(1))
             .map(|_| open_reader(&path))
