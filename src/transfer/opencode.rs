@@ -112,11 +112,21 @@ trait Source: Send {
 /// data directory holding either).
 fn open(path: &Path) -> anyhow::Result<Box<dyn Source>> {
     if path.is_dir() {
+        if path.join("session").join("info").is_dir() && !path.join("message").is_dir() {
+            // `…/project/<dir>/storage`: what storage migration 1 copies into `…/storage` the
+            // next time opencode starts. Read as today's layout it would import sessions
+            // without messages and refuse nothing.
+            anyhow::bail!(
+                "{} is opencode's old per-project layout (session/info/, session/message/); \
+                 start opencode once so that it moves it into …/opencode/storage, and import \
+                 that",
+                path.display()
+            );
+        }
         if path.join("session").is_dir() || path.join("message").is_dir() {
             return Ok(Box::new(Files::new(path.to_owned())));
         }
-        let db = path.join("opencode.db");
-        if db.is_file() {
+        if let Some(db) = channel_database(path)? {
             return Ok(Box::new(Database::open(&db)?));
         }
         let storage = path.join("storage");
@@ -133,6 +143,86 @@ fn open(path: &Path) -> anyhow::Result<Box<dyn Source>> {
         return Ok(Box::new(Database::open(path)?));
     }
     anyhow::bail!("{} does not exist", path.display())
+}
+
+/// The database in opencode's data directory `dir`: `opencode.db` (the latest and beta
+/// channels), else the one `opencode-<channel>.db` (other channels); several of those and no
+/// `opencode.db` is ambiguous, and the user names the file.
+fn channel_database(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let db = dir.join("opencode.db");
+    if db.is_file() {
+        return Ok(Some(db));
+    }
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
+        let channel = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("opencode-"))
+            .and_then(|n| n.strip_suffix(".db"));
+        if channel.is_some_and(|c| !c.is_empty()) && path.is_file() {
+            found.push(path);
+        }
+    }
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => anyhow::bail!(
+            "{} holds several opencode databases ({}); name the one to import",
+            dir.display(),
+            found
+                .iter()
+                .filter_map(|p| p.file_name().and_then(|n| n.to_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Keeps one record of each session id, the most recently updated; opencode's own migrations
+/// and users moving files by hand can leave a session's file in two project folders, and both
+/// copies would otherwise import the same messages twice.
+fn dedupe_sessions(sessions: &mut Vec<SourceSession>, refused: &mut Vec<Refusal>) {
+    let mut newest: HashMap<String, (i64, String)> = HashMap::with_capacity(sessions.len());
+    for session in sessions.iter() {
+        let candidate = (session.updated, session.location.clone());
+        newest
+            .entry(session.id.clone())
+            .and_modify(|kept| {
+                if candidate > *kept {
+                    *kept = candidate.clone();
+                }
+            })
+            .or_insert(candidate);
+    }
+    if newest.len() == sessions.len() {
+        return;
+    }
+    sessions.retain(|session| {
+        let Some((_, kept)) = newest.get(&session.id) else {
+            return true;
+        };
+        if *kept == session.location {
+            return true;
+        }
+        refused.push(Refusal {
+            location: session.location.clone(),
+            reason: format!(
+                "another file of session {} was imported instead (the more recently updated \
+                 one, {kept})",
+                session.id
+            ),
+        });
+        false
+    });
 }
 
 /// What the reader sends the writer.
@@ -204,6 +294,7 @@ fn read(
         Ok(())
     };
     let mut sessions = source.sessions(&mut refused)?;
+    dedupe_sessions(&mut sessions, &mut refused);
     flush(&mut refused)?;
     // Creation order (the hex part of opencode ids wraps, so never the id alone).
     sessions.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
@@ -433,6 +524,9 @@ struct Files {
     root: PathBuf,
     /// Message ids seen, to find parts whose message is missing.
     messages: HashSet<String>,
+    /// Session files that were refused, by id: their messages are refused for that reason,
+    /// not as if their session did not exist.
+    refused_sessions: HashMap<String, String>,
 }
 
 impl Files {
@@ -440,6 +534,7 @@ impl Files {
         Files {
             root,
             messages: HashSet::new(),
+            refused_sessions: HashMap::new(),
         }
     }
 
@@ -515,7 +610,10 @@ impl Source for Files {
                     Ok(data) => {
                         sessions.push(session_from_json(id, project.clone(), location, data))
                     }
-                    Err(reason) => refused.push(Refusal { location, reason }),
+                    Err(reason) => {
+                        self.refused_sessions.insert(id, location.clone());
+                        refused.push(Refusal { location, reason });
+                    }
                 }
             }
         }
@@ -562,6 +660,7 @@ impl Source for Files {
         sessions: &HashSet<String>,
         refused: &mut Vec<Refusal>,
     ) -> anyhow::Result<()> {
+        let mut refused_messages: HashMap<String, String> = HashMap::new();
         for dir in Self::subdirs(&self.root.join("message"))? {
             let Some(session) = dir.file_name().and_then(|n| n.to_str()) else {
                 continue;
@@ -569,10 +668,18 @@ impl Source for Files {
             if sessions.contains(session) {
                 continue;
             }
+            let reason = match self.refused_sessions.get(session) {
+                Some(file) => format!("its session's file {file} was refused"),
+                None => format!("its session {session} is not in the storage"),
+            };
             for path in Self::json_files(&dir)? {
+                // Its parts are refused with it, for the same reason.
+                if let Some(id) = stem(&path) {
+                    refused_messages.insert(id, self.location(&path));
+                }
                 refused.push(Refusal {
                     location: self.location(&path),
-                    reason: format!("its session {session} is not in the storage"),
+                    reason: reason.clone(),
                 });
             }
         }
@@ -583,10 +690,14 @@ impl Source for Files {
             if self.messages.contains(message) {
                 continue;
             }
+            let reason = match refused_messages.get(message) {
+                Some(file) => format!("its message's file {file} was refused"),
+                None => format!("its message {message} is not in the storage"),
+            };
             for path in Self::json_files(&dir)? {
                 refused.push(Refusal {
                     location: self.location(&path),
-                    reason: format!("its message {message} is not in the storage"),
+                    reason: reason.clone(),
                 });
             }
         }

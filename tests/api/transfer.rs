@@ -922,3 +922,125 @@ async fn a_running_server_sees_imported_sessions() {
     assert_eq!(body["items"].as_array().unwrap().len(), 4);
     app.stop().await;
 }
+
+/// Storage a real installation can hold beside the common case: one session's file in two
+/// project folders, a session file that does not parse (with messages and parts under it), a
+/// database named for its release channel, and the layout that predates storage migration 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn import_opencode_copes_with_duplicate_files_refused_sessions_and_channel_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |path: PathBuf, value: &Value| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, serde_json::to_string_pretty(value).unwrap()).unwrap();
+    };
+
+    // The JSON files.
+    let root = dir.path().join("files/storage");
+    let (dup, bad) = (oc_id("ses", 0xd00), oc_id("ses", 0xbad));
+    let (m1, m_bad) = (oc_id("msg", 0xd01), oc_id("msg", 0xd02));
+    let mut older = session_json(&dup, PROJECT, "Älter", T0, json!({}));
+    older["time"]["updated"] = json!(T0 + 1_000);
+    let mut newer = session_json(&dup, "global", "Neuer Titel", T0, json!({}));
+    newer["time"]["updated"] = json!(T0 + 2_000);
+    write(
+        root.join("session")
+            .join(PROJECT)
+            .join(format!("{dup}.json")),
+        &older,
+    );
+    write(
+        root.join("session/global").join(format!("{dup}.json")),
+        &newer,
+    );
+    write(
+        root.join("message").join(&dup).join(format!("{m1}.json")),
+        &user(&m1, &dup, T0 + 10),
+    );
+    write(
+        root.join("part").join(&m1).join("prt_a.json"),
+        &text("prt_a", &dup, &m1, "nur einmal"),
+    );
+    let bad_file = root.join("session/global").join(format!("{bad}.json"));
+    std::fs::write(&bad_file, "{\"id\": ").unwrap();
+    write(
+        root.join("message")
+            .join(&bad)
+            .join(format!("{m_bad}.json")),
+        &user(&m_bad, &bad, T0 + 20),
+    );
+    write(
+        root.join("part").join(&m_bad).join("prt_b.json"),
+        &text("prt_b", &bad, &m_bad, "verloren"),
+    );
+
+    let data = dir.path().join("data-files");
+    let out = sessiond(&data, &["import", "opencode", root.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
+    assert_eq!(counts(&out.stdout, "imported:"), (1, 1), "{}", out.stdout);
+    let refused = refused_lines(&out.stdout);
+    let line = |needle: &str| {
+        refused
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no refusal of {needle} in {refused:?}"))
+            .clone()
+    };
+    assert!(
+        line(&format!("session/{PROJECT}/{dup}.json")).contains("another file of session"),
+        "{refused:?}"
+    );
+    assert!(
+        line(&format!("message/{bad}/{m_bad}.json")).contains(&format!(
+            "its session's file session/global/{bad}.json was refused"
+        )),
+        "{refused:?}"
+    );
+    assert!(
+        line(&format!("part/{m_bad}/prt_b.json")).contains("its message's file"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    let app = server(&data).await;
+    let sessions = imported_sessions(&app).await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[&dup]["title"], "Neuer Titel");
+    assert_eq!(sessions[&dup]["message_count"], 1);
+    assert_eq!(
+        messages(&app, &sessions[&dup]).await[0]["parts"][0]["text"],
+        "nur einmal"
+    );
+    app.stop().await;
+
+    // A data directory whose only database is named for its channel.
+    let home = dir.path().join("opencode-home");
+    std::fs::create_dir_all(&home).unwrap();
+    drop(Fixture::new().write_db(&home.join("opencode-dev.db")));
+    let data = dir.path().join("data-db");
+    let out = sessiond(&data, &["import", "opencode", home.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
+    assert_eq!(counts(&out.stdout, "imported:").0, 4, "{}", out.stdout);
+    // Two of them, and no opencode.db: the user names one.
+    std::fs::copy(home.join("opencode-dev.db"), home.join("opencode-local.db")).unwrap();
+    let out = sessiond(&data, &["import", "opencode", home.to_str().unwrap()]);
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("several opencode databases")
+            && out.stderr.contains("opencode-dev.db, opencode-local.db"),
+        "{}",
+        out.stderr
+    );
+
+    // The per-project layout before storage migration 1.
+    let old = dir.path().join("project/home-zoe/storage");
+    write(old.join("session/info").join(format!("{dup}.json")), &older);
+    let out = sessiond(
+        &dir.path().join("data-old"),
+        &["import", "opencode", old.to_str().unwrap()],
+    );
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("old per-project layout"),
+        "{}",
+        out.stderr
+    );
+}
