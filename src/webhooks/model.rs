@@ -508,7 +508,7 @@ pub struct Webhook {
     pub description: Option<String>,
     pub ordered: bool,
     pub enabled: bool,
-    /// Why the server disabled it (a 410, or failing for the whole retry schedule).
+    /// Why the server disabled it (a 410, or failing for twice the retry schedule).
     pub disabled_reason: Option<String>,
     pub circuit: Circuit,
     pub created_at: i64,

@@ -8,7 +8,7 @@
 //! in one place: the breaker is advanced (its state is written with the delivery's, so it
 //! survives a restart), a failure is rescheduled on the retry schedule with ±20% jitter
 //! (`Retry-After` on 429/503 honoured within the schedule's bounds) or marked `failed` past its
-//! end, a 410 disables the endpoint, and so does failing continuously for the whole schedule.
+//! end, a 410 disables the endpoint, and so does failing continuously for twice the schedule.
 //! A delivery stays `pending` in the database until its outcome is committed, so a crash at any
 //! point means a redelivery, never a loss.
 
@@ -479,11 +479,15 @@ fn settle(
                 None => {
                     record.status = DeliveryStatus::Failed;
                     metrics::counter!(m::WEBHOOK_ATTEMPTS, "outcome" => "failed").increment(1);
+                    // Twice the schedule: longer than any one delivery's retries (each wait
+                    // is at most 20% longer than planned), so a delivery that merely ran out
+                    // leaves the endpoint enabled and can be replayed; an endpoint that kept
+                    // failing while new deliveries kept running out is disabled.
                     let failing_for = endpoint.failing_since.map(|since| now - since);
-                    if failing_for.is_some_and(|f| f >= ms(schedule.total())) {
+                    if failing_for.is_some_and(|f| f >= ms(schedule.total()).saturating_mul(2)) {
                         disable = Some((
                             "failing",
-                            "every attempt failed for the whole retry schedule".to_owned(),
+                            "every attempt failed for twice the retry schedule".to_owned(),
                         ));
                     }
                 }

@@ -313,6 +313,26 @@ async fn a_410_disables_the_endpoint_and_exhausted_retries_fail() {
     assert_eq!(deliveries["items"][0]["attempts"], 2);
     assert_eq!(deliveries["items"][0]["last_status"], 502);
     assert_eq!(deliveries["items"][0]["next_attempt_at"], Value::Null);
+    // One delivery running out does not disable its endpoint: it can be replayed.
+    let detail = app.get_json(&format!("/v1/webhooks/{failing}")).await;
+    assert_eq!(detail["enabled"], true, "{detail}");
+    let seq: i64 = a.id.strip_prefix("evt_").unwrap().parse().unwrap();
+    let replay = app
+        .post_json(
+            &format!("/v1/webhooks/{failing}/replay"),
+            &json!({"since": seq - 1}),
+        )
+        .await;
+    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    let again = receiver.answer(200).await;
+    assert_eq!(again.id, a.id, "the replay carries the same event");
+    wait_for(
+        &app,
+        &format!("/v1/webhooks/{failing}/deliveries?status=delivered"),
+        "the replay delivered",
+        |d| d["items"].as_array().is_some_and(|i| i.len() == 1),
+    )
+    .await;
     app.stop().await;
 }
 
