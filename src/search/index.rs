@@ -240,6 +240,25 @@ fn commit(writer: &mut IndexWriter, database: &str, heads: Heads) -> anyhow::Res
     Ok(())
 }
 
+/// Merges of the disk index running at once. tantivy's default is 4 threads per writer; on a
+/// small machine more than two only compete with the requests, and each is a thread that sits
+/// idle most of the time.
+const MERGE_THREADS: usize = 2;
+
+/// A writer with `threads` indexing threads of `memory_per_thread` bytes each and
+/// `merge_threads` merge threads.
+fn writer_options(
+    threads: usize,
+    memory_per_thread: usize,
+    merge_threads: usize,
+) -> tantivy::indexer::IndexWriterOptions {
+    tantivy::indexer::IndexWriterOptions::builder()
+        .num_worker_threads(threads)
+        .memory_budget_per_thread(memory_per_thread)
+        .num_merge_threads(merge_threads)
+        .build()
+}
+
 /// Feeds messages `after < seq <= upto` to `writer`; returns how many were added.
 fn feed_messages(
     fields: &Fields,
@@ -427,7 +446,7 @@ impl TantivyIndex {
         };
         let opened = existing.and_then(|(index, committed)| {
             let writer = index
-                .writer_with_num_threads(1, options.writer_memory)
+                .writer_with_options(writer_options(1, options.writer_memory, MERGE_THREADS))
                 .ok()?;
             let reader = index
                 .reader_builder()
@@ -455,7 +474,7 @@ impl TantivyIndex {
                     .context("creating the search index")?;
                 register(&index);
                 let mut writer = index
-                    .writer_with_num_threads(1, options.writer_memory)
+                    .writer_with_options(writer_options(1, options.writer_memory, MERGE_THREADS))
                     .context("opening the index writer")?;
                 // Deletions before now are already reflected in what the database holds.
                 let start = Heads {
@@ -490,7 +509,11 @@ impl TantivyIndex {
             if threads > 1 {
                 drop(writer);
                 writer = index
-                    .writer_with_num_threads(threads, options.writer_memory * threads)
+                    .writer_with_options(writer_options(
+                        threads,
+                        options.writer_memory,
+                        MERGE_THREADS,
+                    ))
                     .context("opening the index writer for a build")?;
             }
         } else if !committed.covers(&heads) {
@@ -517,7 +540,7 @@ impl TantivyIndex {
         let tail_index = Index::create_in_ram(schema);
         register(&tail_index);
         let tail_writer = tail_index
-            .writer_with_num_threads(1, 20 << 20)
+            .writer_with_options(writer_options(1, 20 << 20, 1))
             .context("opening the tail index")?;
         let tail_reader = tail_index
             .reader_builder()
