@@ -153,25 +153,14 @@ fn channel_database(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     if db.is_file() {
         return Ok(Some(db));
     }
-    let mut found = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-    };
-    for entry in entries {
-        let path = entry
-            .with_context(|| format!("listing {}", dir.display()))?
-            .path();
+    let mut found = entries(dir, |path| {
         let channel = path
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(|n| n.strip_prefix("opencode-"))
             .and_then(|n| n.strip_suffix(".db"));
-        if channel.is_some_and(|c| !c.is_empty()) && path.is_file() {
-            found.push(path);
-        }
-    }
-    found.sort();
+        channel.is_some_and(|c| !c.is_empty()) && path.is_file()
+    })?;
     match found.len() {
         0 => Ok(None),
         1 => Ok(found.pop()),
@@ -185,6 +174,26 @@ fn channel_database(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
                 .join(", ")
         ),
     }
+}
+
+/// The entries directly in `dir` that `keep` accepts, sorted (none when `dir` does not exist).
+fn entries(dir: &Path, keep: impl Fn(&Path) -> bool) -> anyhow::Result<Vec<PathBuf>> {
+    let listing = match std::fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut kept = Vec::new();
+    for entry in listing {
+        let path = entry
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
+        if keep(&path) {
+            kept.push(path);
+        }
+    }
+    kept.sort();
+    Ok(kept)
 }
 
 /// Keeps one record of each session id, the most recently updated; opencode's own migrations
@@ -540,41 +549,13 @@ impl Files {
 
     /// `*.json` files directly in `dir` (none when it does not exist).
     fn json_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-        };
-        let mut files = Vec::new();
-        for entry in entries {
-            let path = entry
-                .with_context(|| format!("listing {}", dir.display()))?
-                .path();
-            if path.extension().is_some_and(|e| e == "json") && path.is_file() {
-                files.push(path);
-            }
-        }
-        files.sort();
-        Ok(files)
+        entries(dir, |path| {
+            path.extension().is_some_and(|e| e == "json") && path.is_file()
+        })
     }
 
     fn subdirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-        };
-        let mut dirs = Vec::new();
-        for entry in entries {
-            let path = entry
-                .with_context(|| format!("listing {}", dir.display()))?
-                .path();
-            if path.is_dir() {
-                dirs.push(path);
-            }
-        }
-        dirs.sort();
-        Ok(dirs)
+        entries(dir, Path::is_dir)
     }
 
     /// A file's JSON object, or why not.
@@ -673,12 +654,13 @@ impl Source for Files {
                 None => format!("its session {session} is not in the storage"),
             };
             for path in Self::json_files(&dir)? {
+                let location = self.location(&path);
                 // Its parts are refused with it, for the same reason.
                 if let Some(id) = stem(&path) {
-                    refused_messages.insert(id, self.location(&path));
+                    refused_messages.insert(id, location.clone());
                 }
                 refused.push(Refusal {
-                    location: self.location(&path),
+                    location,
                     reason: reason.clone(),
                 });
             }

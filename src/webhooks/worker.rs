@@ -479,10 +479,11 @@ fn settle(
                 None => {
                     record.status = DeliveryStatus::Failed;
                     metrics::counter!(m::WEBHOOK_ATTEMPTS, "outcome" => "failed").increment(1);
-                    // Twice the schedule: longer than any one delivery's retries (each wait
-                    // is at most 20% longer than planned), so a delivery that merely ran out
-                    // leaves the endpoint enabled and can be replayed; an endpoint that kept
-                    // failing while new deliveries kept running out is disabled.
+                    // Twice the schedule: longer than one delivery's retries last (each wait
+                    // is at most 20% longer than planned, unless a `Retry-After` stretches
+                    // it), so a delivery that merely ran out leaves the endpoint enabled and
+                    // can be replayed; an endpoint that kept failing while new deliveries kept
+                    // running out is disabled.
                     let failing_for = endpoint.failing_since.map(|since| now - since);
                     if failing_for.is_some_and(|f| f >= ms(schedule.total()).saturating_mul(2)) {
                         disable = Some((
