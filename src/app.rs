@@ -280,6 +280,7 @@ async fn open_storage(
     let options = SqliteOptions {
         data_dir: config.data_dir.clone(),
         read_connections: config.read_connections,
+        heavy_connections: config.search_concurrency + config.summarize_workers,
         search_index_foreground: config.search_index_foreground,
         writer_queue: config.writer_queue,
         max_batch: config.write_batch,

@@ -11,6 +11,8 @@ use tantivy::tokenizer::{
 pub const TOKENIZER: &str = "sessiond_folded";
 /// The prefix field's tokenizer: [`analyzer`] followed by [`EdgeGrams`].
 pub const PREFIX_TOKENIZER: &str = "sessiond_edge_grams";
+/// The pair field's tokenizer: [`analyzer`] followed by [`Shingles`].
+pub const PAIR_TOKENIZER: &str = "sessiond_pairs";
 
 /// Longer tokens (base64 blobs and the like) are not indexed.
 const MAX_TOKEN_BYTES: usize = 100;
@@ -38,6 +40,27 @@ pub fn prefix_analyzer() -> TextAnalyzer {
         .filter(AsciiFoldingFilter)
         .filter(EdgeGrams)
         .build()
+}
+
+/// What the pair field indexes: every two adjacent tokens of [`analyzer`] as one term, so a
+/// two-word phrase is a single term that prunes like a word instead of a position check of
+/// every document holding both words.
+pub fn pair_analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
+        .filter(LowerCaser)
+        .filter(AsciiFoldingFilter)
+        .filter(Shingles)
+        .build()
+}
+
+/// The pair term of two adjacent tokens. Tokens never hold a space, so the join is unambiguous.
+pub fn pair(first: &str, second: &str) -> String {
+    let mut out = String::with_capacity(first.len() + 1 + second.len());
+    out.push_str(first);
+    out.push(' ');
+    out.push_str(second);
+    out
 }
 
 /// The first [`MAX_INDEXED_BYTES`] of `text`, cut at a character boundary.
@@ -152,6 +175,79 @@ impl<S: TokenStream> TokenStream for EdgeGramStream<S> {
     }
 }
 
+/// A token filter emitting, for every token that directly follows another, the two as one
+/// [`pair`] at the first one's position. Tokens that only look adjacent because a too-long
+/// token between them was dropped do not pair: a phrase query on the text field would not
+/// match them either.
+#[derive(Clone, Copy, Debug)]
+pub struct Shingles;
+
+impl TokenFilter for Shingles {
+    type Tokenizer<T: Tokenizer> = ShingleFilter<T>;
+
+    fn transform<T: Tokenizer>(self, tokenizer: T) -> ShingleFilter<T> {
+        ShingleFilter { tokenizer }
+    }
+}
+
+#[derive(Clone)]
+pub struct ShingleFilter<T> {
+    tokenizer: T,
+}
+
+impl<T: Tokenizer> Tokenizer for ShingleFilter<T> {
+    type TokenStream<'a> = ShingleStream<T::TokenStream<'a>>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> Self::TokenStream<'a> {
+        ShingleStream {
+            tail: self.tokenizer.token_stream(text),
+            token: Token::default(),
+            previous: None,
+        }
+    }
+}
+
+pub struct ShingleStream<S> {
+    tail: S,
+    /// The pair handed out last.
+    token: Token,
+    /// The token before the next one: its text, start offset and position.
+    previous: Option<(String, usize, usize)>,
+}
+
+impl<S: TokenStream> TokenStream for ShingleStream<S> {
+    fn advance(&mut self) -> bool {
+        while self.tail.advance() {
+            let next = self.tail.token();
+            let previous =
+                self.previous
+                    .replace((next.text.clone(), next.offset_from, next.position));
+            if let Some((text, from, position)) = previous
+                && next.position == position + 1
+            {
+                self.token.text.clear();
+                self.token.text.push_str(&text);
+                self.token.text.push(' ');
+                self.token.text.push_str(&next.text);
+                self.token.offset_from = from;
+                self.token.offset_to = next.offset_to;
+                self.token.position = position;
+                self.token.position_length = 2;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn token(&self) -> &Token {
+        &self.token
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        &mut self.token
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +282,23 @@ mod tests {
         assert_eq!(grams[MAX_GRAM_CHARS].text, "z");
         assert_eq!(gram(&"x".repeat(30)), "x".repeat(MAX_GRAM_CHARS));
         assert_eq!(gram("ab"), "ab");
+    }
+
+    #[test]
+    fn pairs_join_adjacent_tokens_only() {
+        let pairs: Vec<(String, usize)> = tokens(&mut pair_analyzer(), "Déjà vu, user_id")
+            .into_iter()
+            .map(|t| (t.text, t.position))
+            .collect();
+        let expected =
+            [("deja vu", 0), ("vu user", 1), ("user id", 2)].map(|(t, p)| (t.to_owned(), p));
+        assert_eq!(pairs, expected);
+        assert_eq!(pair("deja", "vu"), "deja vu");
+        // A dropped (too long) token in between breaks the pair, as it breaks a phrase.
+        let long = "y".repeat(MAX_TOKEN_BYTES + 1);
+        let pairs = tokens(&mut pair_analyzer(), &format!("a {long} b c"));
+        let texts: Vec<String> = pairs.into_iter().map(|t| t.text).collect();
+        assert_eq!(texts, ["b c"]);
+        assert!(tokens(&mut pair_analyzer(), "alone").is_empty());
     }
 }

@@ -29,13 +29,15 @@ use tantivy::{
 };
 
 use super::analysis::{
-    PREFIX_TOKENIZER, TOKENIZER, analyzer, gram, indexed_part, prefix_analyzer, tokens,
+    PAIR_TOKENIZER, PREFIX_TOKENIZER, TOKENIZER, analyzer, gram, indexed_part, pair, pair_analyzer,
+    prefix_analyzer, tokens,
 };
+use super::waiting::{Needs, Waiting};
 use super::{Doc, Heads, Hit, IndexError, Request, SearchIndex, Source, Status, sort_hits};
 use crate::domain::Term;
 
 /// Bumped when the schema or analysis changes: an index of another version is rebuilt.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// Messages read from the source at a time.
 const BATCH: usize = 2000;
 /// The longest wait between indexing attempts after failures.
@@ -83,6 +85,8 @@ struct Fields {
     created_at: Field,
     text: Field,
     prefix: Field,
+    /// Adjacent token pairs ([`pair_analyzer`]): a two-word phrase is one term of it.
+    pairs: Field,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -108,6 +112,14 @@ fn schema() -> (Schema, Fields) {
                 .set_index_option(IndexRecordOption::WithFreqs),
         ),
     );
+    let pairs = builder.add_text_field(
+        "pairs",
+        TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(PAIR_TOKENIZER)
+                .set_index_option(IndexRecordOption::WithFreqs),
+        ),
+    );
     (
         builder.build(),
         Fields {
@@ -118,6 +130,7 @@ fn schema() -> (Schema, Fields) {
             created_at,
             text,
             prefix,
+            pairs,
         },
     )
 }
@@ -140,6 +153,9 @@ struct View {
     /// The tail as last committed, and the heads it covers (the same as [`Tail::fed`]).
     tail: Searcher,
     tail_fed: Heads,
+    /// [`Tail::waiting`] and [`Tail::read`] as last published.
+    waiting: Arc<[Arc<Waiting>]>,
+    read: i64,
     /// Sessions deleted since the last commit of the disk index.
     excluded: Arc<[String]>,
 }
@@ -153,9 +169,15 @@ struct Tail {
     fed: Heads,
     writer: IndexWriter,
     reader: IndexReader,
-    seqs: Vec<i64>,
+    /// The messages the tail index holds (to rebuild it from when the disk index took some).
+    docs: Vec<Arc<Waiting>>,
     /// `(event seq, session)` of deletions the disk index has not committed.
     deleted: Vec<(i64, String)>,
+    /// The messages `fed.messages < seq <= read`: read from the database, not yet in the
+    /// tail index. A search that none of them can match answers without them; the first one
+    /// that may match gives them all to the tail index in one commit.
+    waiting: Vec<Arc<Waiting>>,
+    read: i64,
     /// The tail's own connection: a search that feeds the tail reads everything written so
     /// far through it, not only up to its own snapshot, so the searches queued behind it find
     /// themselves covered and one commit serves them all. `None` while a feed uses it, and
@@ -168,6 +190,8 @@ impl Tail {
     fn publish(&self, view: &mut View) {
         view.tail = self.reader.searcher();
         view.tail_fed = self.fed;
+        view.waiting = self.waiting.iter().cloned().collect();
+        view.read = self.read;
         view.excluded = self.deleted.iter().map(|(_, s)| s.clone()).collect();
     }
 }
@@ -189,6 +213,7 @@ fn register(index: &Index) {
     index
         .tokenizers()
         .register(PREFIX_TOKENIZER, prefix_analyzer());
+    index.tokenizers().register(PAIR_TOKENIZER, pair_analyzer());
 }
 
 /// The text goes in as text: the index's own tokenizers (registered by [`register`]) analyse
@@ -203,6 +228,7 @@ fn document(fields: &Fields, doc: &Doc) -> TantivyDocument {
     out.add_i64(fields.created_at, doc.created_at);
     out.add_text(fields.text, text);
     out.add_text(fields.prefix, text);
+    out.add_text(fields.pairs, text);
     out
 }
 
@@ -287,21 +313,57 @@ fn feed_messages(
     Ok(count)
 }
 
-/// Bm25 statistics of the disk index and the tail together.
-struct Combined<'a>(&'a Searcher, &'a Searcher);
+/// Bm25 statistics of the disk index, the tail and the messages waiting outside it together
+/// (as if the tail had been fed them: see [`super::waiting`]).
+struct Combined<'a> {
+    main: &'a Searcher,
+    tail: &'a Searcher,
+    waiting: &'a [Arc<Waiting>],
+    fields: &'a Fields,
+}
+
+impl Combined<'_> {
+    fn waiting_tokens(&self, field: Field) -> u64 {
+        let count = |pick: fn(&Waiting) -> u64| self.waiting.iter().map(|w| pick(w)).sum();
+        match field {
+            f if f == self.fields.text => count(|w| w.counts.text),
+            f if f == self.fields.prefix => count(|w| w.counts.prefix),
+            f if f == self.fields.pairs => count(|w| w.counts.pairs),
+            _ => 0,
+        }
+    }
+
+    fn waiting_with(&self, term: &tantivy::Term) -> u64 {
+        let value = term.value();
+        let Some(text) = value.as_str() else {
+            return 0;
+        };
+        let field = term.field();
+        let holds = |w: &Waiting| match field {
+            f if f == self.fields.text => w.has(text),
+            f if f == self.fields.prefix => w.has_prefix(text),
+            f if f == self.fields.pairs => w.has_pair(text),
+            _ => false,
+        };
+        self.waiting.iter().filter(|w| holds(w)).count() as u64
+    }
+}
 
 impl Bm25StatisticsProvider for Combined<'_> {
     fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
-        Ok(self.0.total_num_tokens(field)? + self.1.total_num_tokens(field)?)
+        Ok(self.main.total_num_tokens(field)?
+            + self.tail.total_num_tokens(field)?
+            + self.waiting_tokens(field))
     }
 
     fn total_num_docs(&self) -> tantivy::Result<u64> {
-        Ok(Bm25StatisticsProvider::total_num_docs(self.0)?
-            + Bm25StatisticsProvider::total_num_docs(self.1)?)
+        Ok(Bm25StatisticsProvider::total_num_docs(self.main)?
+            + Bm25StatisticsProvider::total_num_docs(self.tail)?
+            + self.waiting.len() as u64)
     }
 
     fn doc_freq(&self, term: &tantivy::Term) -> tantivy::Result<u64> {
-        Ok(self.0.doc_freq(term)? + self.1.doc_freq(term)?)
+        Ok(self.main.doc_freq(term)? + self.tail.doc_freq(term)? + self.waiting_with(term))
     }
 }
 
@@ -389,12 +451,21 @@ fn kind(request: &Request<'_>) -> &'static str {
 struct Snapshot {
     main: Searcher,
     tail: Searcher,
+    waiting: Arc<[Arc<Waiting>]>,
     excluded: Arc<[String]>,
 }
 
+/// Whether a search up to `heads` needs any of the `waiting` messages in the tail index.
+fn needed(waiting: &[Arc<Waiting>], heads: Heads, needs: &Needs<'_>) -> bool {
+    waiting
+        .iter()
+        .any(|w| w.doc.seq <= heads.messages && needs.may_match(w))
+}
+
 impl View {
-    /// What a search up to `heads` reads, when this view holds it.
-    fn snapshot(&self, heads: Heads) -> Result<Option<Snapshot>, IndexError> {
+    /// What a search up to `heads` reads, when this view holds it: the tail covers `heads`, or
+    /// what it lacks is read and cannot match.
+    fn snapshot(&self, heads: Heads, needs: &Needs<'_>) -> Result<Option<Snapshot>, IndexError> {
         if self.building.is_some() {
             // A build that already covers the caller's heads could serve, but it is only
             // published at its end; until then the answer would be partial.
@@ -402,9 +473,14 @@ impl View {
                 progress: self.progress,
             });
         }
-        Ok(self.tail_fed.covers(&heads).then(|| Snapshot {
+        let covered = self.tail_fed.covers(&heads)
+            || (heads.events <= self.tail_fed.events
+                && heads.messages <= self.read
+                && !needed(&self.waiting, heads, needs));
+        Ok(covered.then(|| Snapshot {
             main: self.main.clone(),
             tail: self.tail.clone(),
+            waiting: self.waiting.clone(),
             excluded: self.excluded.clone(),
         }))
     }
@@ -555,14 +631,18 @@ impl TantivyIndex {
             progress: if building.is_some() { 0.0 } else { 1.0 },
             tail: tail_reader.searcher(),
             tail_fed: committed,
+            waiting: Arc::new([]),
+            read: committed.messages,
             excluded: Arc::new([]),
         };
         let tail = Tail {
             fed: committed,
             writer: tail_writer,
             reader: tail_reader,
-            seqs: Vec::new(),
+            docs: Vec::new(),
             deleted: Vec::new(),
+            waiting: Vec::new(),
+            read: committed.messages,
             source: Some(tail_source),
         };
         let index = Arc::new(TantivyIndex {
@@ -594,14 +674,20 @@ impl TantivyIndex {
         Ok(index)
     }
 
-    /// Brings the tail up to `heads` and takes what one search reads.
-    fn snapshot(&self, source: &dyn Source, heads: Heads) -> Result<Snapshot, IndexError> {
-        if let Some(snapshot) = lock(&self.view).snapshot(heads)? {
+    /// Brings the tail up to `heads` (as far as `needs` requires) and takes what one search
+    /// reads.
+    fn snapshot(
+        &self,
+        source: &dyn Source,
+        heads: Heads,
+        needs: &Needs<'_>,
+    ) -> Result<Snapshot, IndexError> {
+        if let Some(snapshot) = lock(&self.view).snapshot(heads, needs)? {
             return Ok(snapshot);
         }
         let mut tail = lock(&self.tail);
         // Whoever fed the tail while this search waited may have covered it already.
-        if let Some(snapshot) = lock(&self.view).snapshot(heads)? {
+        if let Some(snapshot) = lock(&self.view).snapshot(heads, needs)? {
             return Ok(snapshot);
         }
         let own = tail.source.take();
@@ -610,61 +696,88 @@ impl TantivyIndex {
         // exactly this search's snapshot.
         let newest = own.as_deref().and_then(|own| {
             let newest = own.heads().ok().filter(|n| n.covers(&heads))?;
-            self.catch_up(&mut tail, own, newest).ok()
+            self.catch_up(&mut tail, own, newest, heads, needs).ok()
         });
         tail.source = own;
         if newest.is_none() {
-            self.catch_up(&mut tail, source, heads)
+            self.catch_up(&mut tail, source, heads, heads, needs)
                 .map_err(IndexError::Internal)?;
         }
         let mut view = lock(&self.view);
         tail.publish(&mut view);
-        view.snapshot(heads)?.ok_or_else(|| {
+        view.snapshot(heads, needs)?.ok_or_else(|| {
             IndexError::Internal(anyhow::anyhow!("the tail was not brought up to date"))
         })
     }
 
-    /// Feeds the tail up to `heads` through `source` and commits it; on failure nothing
-    /// half-fed stays behind (the next search feeds the same range again).
-    fn catch_up(&self, tail: &mut Tail, source: &dyn Source, heads: Heads) -> anyhow::Result<()> {
-        let before = tail.seqs.len();
-        let fed = self.feed_tail(tail, source, heads);
+    /// Reads what was written up to `upto` through `source` and, when a search up to `heads`
+    /// may match any of it (or sessions were deleted), gives everything read to the tail index
+    /// in one commit. On failure nothing half-fed stays behind (the next search feeds the same
+    /// range again).
+    fn catch_up(
+        &self,
+        tail: &mut Tail,
+        source: &dyn Source,
+        upto: Heads,
+        heads: Heads,
+        needs: &Needs<'_>,
+    ) -> anyhow::Result<()> {
+        if upto.messages > tail.read {
+            let mut read = Vec::new();
+            let mut after = tail.read;
+            loop {
+                let docs = source.messages(after, upto.messages, BATCH)?;
+                let full = docs.len() == BATCH;
+                after = docs.last().map_or(after, |d| d.seq);
+                read.extend(docs.into_iter().map(|doc| Arc::new(Waiting::new(doc))));
+                if !full {
+                    break;
+                }
+            }
+            tail.waiting.extend(read);
+            tail.read = upto.messages;
+        }
+        let deleted = if upto.events > tail.fed.events {
+            source.deletions(tail.fed.events, upto.events)?
+        } else {
+            Vec::new()
+        };
+        if deleted.is_empty() && !needed(&tail.waiting, heads, needs) {
+            // Nothing was deleted in between, so the tail covers those events as it is.
+            tail.fed.events = tail.fed.events.max(upto.events);
+            metrics::counter!(crate::telemetry::metrics::SEARCH_TAIL_FEEDS, "outcome" => "skipped")
+                .increment(1);
+            return Ok(());
+        }
+        let fed = self.feed_tail(tail, &deleted);
         if fed.is_err() {
             let _ = tail.writer.rollback();
-            tail.seqs.truncate(before);
+            return fed;
         }
-        fed
+        metrics::counter!(crate::telemetry::metrics::SEARCH_TAIL_FEEDS, "outcome" => "fed")
+            .increment(1);
+        let fed = std::mem::take(&mut tail.waiting);
+        tail.docs.extend(fed);
+        tail.deleted.extend(deleted);
+        tail.fed = tail.fed.max(Heads {
+            messages: tail.read,
+            events: upto.events,
+        });
+        Ok(())
     }
 
-    fn feed_tail(&self, tail: &mut Tail, source: &dyn Source, heads: Heads) -> anyhow::Result<()> {
-        let mut changed = false;
-        if heads.messages > tail.fed.messages {
-            let seqs = &mut tail.seqs;
-            let added = feed_messages(
-                &self.fields,
-                &tail.writer,
-                source,
-                tail.fed.messages,
-                heads.messages,
-                |seq| seqs.push(seq),
-            )?;
-            changed |= added > 0;
+    fn feed_tail(&self, tail: &mut Tail, deleted: &[(i64, String)]) -> anyhow::Result<()> {
+        for waiting in &tail.waiting {
+            tail.writer
+                .add_document(document(&self.fields, &waiting.doc))
+                .context("indexing a message")?;
         }
-        let mut deleted = Vec::new();
-        if heads.events > tail.fed.events {
-            deleted = source.deletions(tail.fed.events, heads.events)?;
-            for (_, session) in &deleted {
-                tail.writer
-                    .delete_term(tantivy::Term::from_field_text(self.fields.session, session));
-            }
-            changed |= !deleted.is_empty();
+        for (_, session) in deleted {
+            tail.writer
+                .delete_term(tantivy::Term::from_field_text(self.fields.session, session));
         }
-        if changed {
-            tail.writer.commit().context("committing the tail index")?;
-            tail.reader.reload().context("reloading the tail index")?;
-        }
-        tail.deleted.extend(deleted);
-        tail.fed = tail.fed.max(heads);
+        tail.writer.commit().context("committing the tail index")?;
+        tail.reader.reload().context("reloading the tail index")?;
         Ok(())
     }
 
@@ -702,9 +815,33 @@ impl TantivyIndex {
                     text_term(word),
                     IndexRecordOption::WithFreqs,
                 )),
-                (_, words) => Box::new(PhraseQuery::new(
-                    words.iter().map(|w| text_term(w)).collect(),
+                (_, [first, second]) => Box::new(TermQuery::new(
+                    tantivy::Term::from_field_text(fields.pairs, &pair(first, second)),
+                    IndexRecordOption::WithFreqs,
                 )),
+                (_, words) => {
+                    // Scored as a phrase; the pairs it must hold only narrow the candidates
+                    // (each is far rarer than its words), so positions are checked for few.
+                    let mut parts: Vec<(Occur, Box<dyn Query>)> = words
+                        .windows(2)
+                        .map(|w| {
+                            let term = TermQuery::new(
+                                tantivy::Term::from_field_text(fields.pairs, &pair(&w[0], &w[1])),
+                                IndexRecordOption::Basic,
+                            );
+                            let filter: Box<dyn Query> =
+                                Box::new(ConstScoreQuery::new(Box::new(term), 0.0));
+                            (Occur::Must, filter)
+                        })
+                        .collect();
+                    parts.push((
+                        Occur::Must,
+                        Box::new(PhraseQuery::new(
+                            words.iter().map(|w| text_term(w)).collect(),
+                        )),
+                    ));
+                    Box::new(BooleanQuery::new(parts))
+                }
             };
             clauses.push((Occur::Must, query));
         }
@@ -762,14 +899,19 @@ impl TantivyIndex {
         collector: &C,
         to_hits: impl Fn(&Searcher, C::Fruit) -> tantivy::Result<Vec<Hit>>,
     ) -> Result<Vec<Hit>, IndexError> {
-        let snapshot = self.snapshot(source, heads)?;
+        let snapshot = self.snapshot(source, heads, &Needs::of(request))?;
         let (Some(main_query), Some(tail_query)) = (
             self.query(request, &snapshot.excluded, None),
             self.query(request, &[], Some(heads.messages)),
         ) else {
             return Ok(Vec::new());
         };
-        let stats = Combined(&snapshot.main, &snapshot.tail);
+        let stats = Combined {
+            main: &snapshot.main,
+            tail: &snapshot.tail,
+            waiting: &snapshot.waiting,
+            fields: &self.fields,
+        };
         let search = |searcher: &Searcher, query: &dyn Query| -> anyhow::Result<Vec<Hit>> {
             let fruit = searcher
                 .search_with_statistics_provider(query, collector, &stats)
@@ -832,6 +974,34 @@ impl SearchIndex for TantivyIndex {
             let _ = thread.join();
         }
     }
+}
+
+/// Rebuilds the tail index from the messages it still holds, rather than deleting those the
+/// disk index took: deleted documents would go on counting in the tail's term statistics (doc
+/// frequencies, token totals) until merged away, on top of the same messages on disk, and so
+/// move every score (and a page continuing by rank would skip or repeat hits).
+fn rebuild_tail(fields: &Fields, tail: &mut Tail, kept: &[Arc<Waiting>]) -> anyhow::Result<()> {
+    let rebuilt = (|| -> anyhow::Result<()> {
+        tail.writer
+            .delete_all_documents()
+            .context("emptying the tail index")?;
+        for kept in kept {
+            tail.writer
+                .add_document(document(fields, &kept.doc))
+                .context("indexing a message")?;
+        }
+        for (_, session) in &tail.deleted {
+            tail.writer
+                .delete_term(tantivy::Term::from_field_text(fields.session, session));
+        }
+        tail.writer.commit().context("rebuilding the tail index")?;
+        Ok(())
+    })();
+    if rebuilt.is_err() {
+        let _ = tail.writer.rollback();
+    }
+    rebuilt?;
+    tail.reader.reload().context("reloading the tail index")
 }
 
 /// The background writer of the disk index.
@@ -954,18 +1124,22 @@ impl Indexer {
         let committed = self.committed;
         let complete = building.is_none_or(|target| committed.covers(&target));
         if complete {
-            let before = tail.seqs.len();
-            for seq in tail.seqs.iter().filter(|s| **s <= committed.messages) {
-                tail.writer
-                    .delete_term(tantivy::Term::from_field_i64(self.fields.seq, *seq));
-            }
-            tail.seqs.retain(|s| *s > committed.messages);
             tail.deleted.retain(|(seq, _)| *seq > committed.events);
-            tail.fed = tail.fed.max(committed);
-            if tail.seqs.len() != before {
-                tail.writer.commit().context("trimming the tail index")?;
-                tail.reader.reload().context("reloading the tail index")?;
+            let kept: Vec<Arc<Waiting>> = tail
+                .docs
+                .iter()
+                .filter(|w| w.doc.seq > committed.messages)
+                .cloned()
+                .collect();
+            if kept.len() != tail.docs.len() {
+                // On failure the tail stays as it was (with the old disk searcher published
+                // beside it), and the next commit trims it again.
+                rebuild_tail(&self.fields, &mut tail, &kept)?;
+                tail.docs = kept;
             }
+            tail.waiting.retain(|w| w.doc.seq > committed.messages);
+            tail.read = tail.read.max(committed.messages);
+            tail.fed = tail.fed.max(committed);
         }
         let mut view = lock(&index.view);
         view.seen = heads;
@@ -1058,14 +1232,21 @@ mod tests {
     }
 
     fn random_query(rng: &mut fastrand::Rng, docs: &[Doc]) -> String {
-        match rng.u8(0..4) {
+        match rng.u8(0..5) {
             0 => word(rng, 300),
             1 => format!("{} {}", word(rng, 300), word(rng, 300)),
-            2 => {
+            // Phrases of two (one pair term) and three words (a phrase narrowed by its pairs),
+            // taken from a document so that they match; or ending in a random word, which mostly
+            // does not.
+            2 | 3 => {
                 let doc = &docs[rng.usize(..docs.len())];
-                let words: Vec<&str> = doc.text.split(' ').collect();
-                let at = rng.usize(..words.len() - 1);
-                format!("\"{} {}\"", words[at], words[at + 1])
+                let mut words: Vec<String> = doc.text.split(' ').map(str::to_owned).collect();
+                let len = rng.usize(2..4).min(words.len());
+                let at = rng.usize(..=words.len() - len);
+                if rng.u8(0..4) == 0 {
+                    words[at + len - 1] = word(rng, 300);
+                }
+                format!("\"{}\"", words[at..at + len].join(" "))
             }
             _ => format!("{}*", &word(rng, 300)[..2]),
         }
@@ -1101,6 +1282,7 @@ mod tests {
 
         let mut analyzer = analyzer();
         let mut compared = 0;
+        let mut phrases = 0;
         for _ in 0..300 {
             let q = random_query(&mut rng, &all);
             let terms = SearchTerms::parse(&q).unwrap();
@@ -1132,25 +1314,37 @@ mod tests {
                 assert_eq!(above(&top), above(&every[..top.len()]), "{q}");
                 compared += 1;
             }
-            // The unpruned side against a plain scan of the corpus (words only).
-            if let [Term::Word(a)] | [Term::Word(a), Term::Word(_)] = terms.terms() {
-                let wanted: Vec<String> =
-                    terms.terms().iter().map(|t| t.text().to_owned()).collect();
-                let expected = all
-                    .iter()
+            // The unpruned side against a plain scan of the corpus (words and phrases).
+            let mut scan = |matches: &dyn Fn(&[String]) -> bool| {
+                all.iter()
                     .filter(|d| request.session_id.is_none_or(|s| s == d.session_id))
                     .filter(|d| {
                         let words: Vec<String> = tokens(&mut analyzer, &d.text)
                             .into_iter()
                             .map(|t| t.text)
                             .collect();
-                        wanted.iter().all(|w| words.contains(w))
+                        matches(&words)
                     })
-                    .count();
-                assert_eq!(every.len(), expected, "{q} ({a})");
+                    .count()
+            };
+            match terms.terms() {
+                [Term::Word(_)] | [Term::Word(_), Term::Word(_)] => {
+                    let wanted: Vec<String> =
+                        terms.terms().iter().map(|t| t.text().to_owned()).collect();
+                    let expected = scan(&|words| wanted.iter().all(|w| words.contains(w)));
+                    assert_eq!(every.len(), expected, "{q}");
+                }
+                [Term::Phrase(phrase)] => {
+                    let wanted: Vec<String> = phrase.split(' ').map(str::to_owned).collect();
+                    let expected = scan(&|words| words.windows(wanted.len()).any(|w| w == wanted));
+                    assert_eq!(every.len(), expected, "{q}");
+                    phrases += usize::from(expected > 0);
+                }
+                _ => {}
             }
         }
         assert!(compared > 100, "only {compared} queries matched anything");
+        assert!(phrases > 50, "only {phrases} phrases matched anything");
 
         // A deleted session leaves every answer at once, in the index and in the tail.
         lock(&memory.deletions).push((1, "s7".into()));
@@ -1166,6 +1360,91 @@ mod tests {
         assert!(hits.iter().all(|h| h.seq % 40 != 7), "{hits:?}");
         let top = index.top(&source, heads, &request, 3000).unwrap();
         assert_eq!(top.len(), hits.len());
+        index.close();
+    }
+
+    /// New messages that a search cannot match wait outside the tail index; the first search
+    /// that may match one of them commits them all, and a deletion always does.
+    #[test]
+    fn messages_no_search_can_match_wait_outside_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = fastrand::Rng::with_seed(3);
+        let memory = Arc::new(Memory::default());
+        lock(&memory.docs).extend(corpus(&mut rng, 1..501));
+        let index = open_without_commits(dir.path(), &memory);
+        let source = Shared(memory.clone());
+        lock(&memory.docs).extend((501..511).map(|seq| Doc {
+            seq,
+            session_id: format!("n{}", seq % 2),
+            directory: "/new".into(),
+            role: "user".into(),
+            created_at: seq,
+            text: format!("Alpha beta number{seq}"),
+        }));
+        let heads = source.heads().unwrap();
+        let every = |query: &str| {
+            let terms = SearchTerms::parse(query).unwrap();
+            let request = Request {
+                terms: &terms,
+                session_id: None,
+                directory: None,
+            };
+            index.every(&source, heads, &request).unwrap()
+        };
+        let count = |query: &str| every(query).len();
+        let waiting_w0 = every("w0");
+        let old_w0 = waiting_w0.len();
+        assert!(old_w0 > 0);
+        let tail = |index: &TantivyIndex| {
+            let tail = lock(&index.tail);
+            (tail.fed.messages, tail.read, tail.waiting.len())
+        };
+        // Read, but not committed to the tail: none of them holds w0 or a word starting "w1".
+        assert_eq!(tail(&index), (500, 510, 10));
+        assert!(count("w1*") > 0);
+        assert_eq!(tail(&index), (500, 510, 10));
+        // A query they may match commits them all, and finds them.
+        assert_eq!(count("alpha \"beta number505\""), 1);
+        assert_eq!(tail(&index), (510, 510, 0));
+        assert_eq!(count("alph*"), 10);
+        // The waiting messages counted in the statistics already: the scores are the same.
+        let fed_w0 = every("w0");
+        assert_eq!(fed_w0.len(), old_w0);
+        for (waiting, fed) in waiting_w0.iter().zip(&fed_w0) {
+            assert_eq!(waiting.seq, fed.seq);
+            assert!(
+                (waiting.score - fed.score).abs() < 1e-5,
+                "{waiting:?} {fed:?}"
+            );
+        }
+        // More new messages; a deletion feeds the tail even for a query they cannot match.
+        lock(&memory.docs).push(Doc {
+            seq: 511,
+            session_id: "n1".into(),
+            directory: "/new".into(),
+            role: "user".into(),
+            created_at: 511,
+            text: "gamma".into(),
+        });
+        lock(&memory.deletions).push((1, "n1".into()));
+        let heads = source.heads().unwrap();
+        let terms = SearchTerms::parse("w0").unwrap();
+        let request = Request {
+            terms: &terms,
+            session_id: None,
+            directory: None,
+        };
+        assert_eq!(index.every(&source, heads, &request).unwrap().len(), old_w0);
+        assert_eq!(tail(&index), (511, 511, 0));
+        let terms = SearchTerms::parse("alpha").unwrap();
+        let request = Request {
+            terms: &terms,
+            session_id: None,
+            directory: None,
+        };
+        let hits = index.every(&source, heads, &request).unwrap();
+        assert_eq!(hits.len(), 5, "{hits:?}");
+        assert!(hits.iter().all(|h| h.seq % 2 == 0), "{hits:?}");
         index.close();
     }
 

@@ -15,6 +15,7 @@ mod analysis;
 mod index;
 pub mod paging;
 mod snippet;
+mod waiting;
 
 pub use analysis::analyzer;
 pub use index::{IndexOptions, TantivyIndex};

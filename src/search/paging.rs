@@ -97,10 +97,12 @@ pub fn rank(
         });
     }
     // A later page of a kept ranking: the same order as the first page, whatever was written
-    // since (no hit skipped or repeated).
+    // since (no hit skipped or repeated). A cursor at its very end, with more hits below it,
+    // continues by rank from its last hit (the cursor's boundary) like an expired one.
     if let Some(cursor) = &query.after
         && cursor.token != 0
         && let Some(kept) = rankings.find(cursor.token)
+        && ((cursor.offset as usize) < kept.hits.len() || !kept.more)
     {
         let usable = kept.hits.len();
         let start = (cursor.offset as usize).min(usable);

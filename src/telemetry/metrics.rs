@@ -52,6 +52,9 @@ pub const SEARCH_INDEX_COMMIT: &str = "sessiond_search_index_commit_seconds";
 /// Index searches by kind of query (`word`, `conjunction`, `phrase`, `prefix`, `mixed`, and
 /// `unpruned` for pages continuing past a kept ranking).
 pub const SEARCHES: &str = "sessiond_searches_total";
+/// Searches that found messages newer than the in-memory tail index, by `outcome`: `fed` (one
+/// of them may match, so all were committed to the tail) or `skipped` (none can match).
+pub const SEARCH_TAIL_FEEDS: &str = "sessiond_search_tail_feeds_total";
 /// Webhook attempts by `outcome`: `delivered`, `retry`, `failed`, `refused`.
 pub const WEBHOOK_ATTEMPTS: &str = "sessiond_webhook_attempts_total";
 /// Duration of webhook attempts that got an answer or failed to connect.

@@ -294,6 +294,50 @@ async fn pages_cover_every_hit_once_in_one_order_even_while_others_write() {
     );
 }
 
+/// A first page ranks and keeps 200 hits; pages of any size, the largest included, go on past
+/// them to the last hit.
+#[tokio::test]
+async fn pages_of_every_size_reach_past_the_kept_ranking_to_the_last_hit() {
+    let app = TestApp::spawn().await;
+    let sid = app.create_session("/d", "s").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut expected = HashSet::new();
+    for i in 0..430 {
+        let text = format!("{} number {i}", "needle ".repeat(1 + i % 3));
+        let m = app.append(&sid, "user", &text).await;
+        expected.insert(m["id"].as_str().unwrap().to_owned());
+    }
+    for limit in [200, 250, 150, 100, 7] {
+        let mut seen = Vec::new();
+        let mut url = format!("/v1/search?q=needle&limit={limit}");
+        loop {
+            let page = app.get_json(&url).await;
+            let items = page["items"].as_array().unwrap();
+            assert!(items.len() <= limit, "limit {limit}: {} items", items.len());
+            seen.extend(
+                items
+                    .iter()
+                    .map(|h| h["message_id"].as_str().unwrap().to_owned()),
+            );
+            match page["next_cursor"].as_str() {
+                Some(cursor) => {
+                    assert!(
+                        !items.is_empty(),
+                        "limit {limit}: an empty page with a cursor"
+                    );
+                    url = format!("/v1/search?q=needle&limit={limit}&cursor={cursor}");
+                }
+                None => break,
+            }
+        }
+        let unique: HashSet<String> = seen.iter().cloned().collect();
+        assert_eq!(unique.len(), seen.len(), "limit {limit}: no hit repeated");
+        assert_eq!(unique, expected, "limit {limit}: every hit, once");
+    }
+}
+
 /// bm25 weighs term counts against document length relative to the corpus average, so writes
 /// elsewhere can swap two hits. Page 1 must not decide what page 2 leaves out.
 #[tokio::test]

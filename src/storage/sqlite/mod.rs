@@ -57,6 +57,11 @@ pub struct SqliteOptions {
     pub data_dir: PathBuf,
     /// Read-only connections in the pool.
     pub read_connections: usize,
+    /// Read-only connections of the reads that run under a worker turn (searches, and the
+    /// text of a summary), as many as may run at once. A turn is scarce: waiting for a
+    /// connection in the queue of the cheap reads would hold it tens of milliseconds longer
+    /// under a mixed load, and the turns' pools, not the CPU, would become the bottleneck.
+    pub heavy_connections: usize,
     /// Writes that may wait for the writer before callers are made to wait.
     pub writer_queue: usize,
     /// Most writes committed in one transaction.
@@ -72,6 +77,7 @@ impl SqliteOptions {
         SqliteOptions {
             data_dir: data_dir.into(),
             read_connections: 8,
+            heavy_connections: 5,
             writer_queue: 4096,
             max_batch: 512,
             on_commit: None,
@@ -87,6 +93,8 @@ pub struct SqliteStorage {
     index: Arc<TantivyIndex>,
     writer: WriterHandle,
     readers: ReadPool,
+    /// See [`SqliteOptions::heavy_connections`].
+    heavy: ReadPool,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     /// Held (locked) until the storage is dropped.
     _lock: File,
@@ -132,6 +140,9 @@ impl SqliteStorage {
         let readers = (0..options.read_connections.max(1))
             .map(|_| open_reader(&path))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let heavy = (0..options.heavy_connections.max(1))
+            .map(|_| open_reader(&path))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let (writer, thread) = writer::spawn(
             conn,
             ids,
@@ -148,6 +159,7 @@ impl SqliteStorage {
             index,
             writer,
             readers: ReadPool::new(readers),
+            heavy: ReadPool::new(heavy),
             writer_thread: Mutex::new(Some(thread)),
             _lock: lock,
         })
@@ -285,14 +297,14 @@ impl Storage for SqliteStorage {
     async fn search(&self, query: SearchQuery) -> StorageResult<Page<SearchHit, SearchCursor>> {
         let rankings = self.rankings.clone();
         let index = self.index.clone();
-        self.readers
+        self.heavy
             .read(move |conn| reads::search(conn, &query, &rankings, &*index))
             .await
     }
 
     async fn session_text(&self, id: &SessionId, max_bytes: usize) -> StorageResult<SessionText> {
         let id = id.clone();
-        self.readers
+        self.heavy
             .read(move |conn| reads::session_text(conn, &id, max_bytes))
             .await
     }
@@ -432,6 +444,7 @@ impl Storage for SqliteStorage {
     async fn close(&self) {
         self.writer.close().await;
         self.readers.close();
+        self.heavy.close();
         let thread = self
             .writer_thread
             .lock()
