@@ -113,8 +113,8 @@ pub struct MessageCursor {
 /// Position after the last hit of a search page. `cap` is the newest message the first page
 /// could see: later pages ignore messages written after it. `floor` is the oldest message in
 /// the ranking window (0 when every match is ranked). `token` names the first page's kept
-/// ranking (0: none) and `offset` the position in it; without it, pages continue by `rank`
-/// after `seq`.
+/// ranking (0: none) and `offset` the position in it ([`SearchCursor::PAST_KEPT`] once pages
+/// continue by rank past it); without it, pages continue by `rank` after `seq`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SearchCursor {
     pub rank: f64,
@@ -123,6 +123,11 @@ pub struct SearchCursor {
     pub floor: i64,
     pub token: u64,
     pub offset: u32,
+}
+
+impl SearchCursor {
+    /// The `offset` of a page continuing by rank after the end of its kept ranking.
+    pub const PAST_KEPT: u32 = u32::MAX;
 }
 
 const VERSION: u8 = 1;

@@ -8,7 +8,7 @@
 //! among the messages that existed when paging started (`cap`), ranked under today's
 //! statistics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{Heads, IndexError, Request, SearchIndex, Source};
@@ -96,27 +96,30 @@ pub fn rank(
             next: None,
         });
     }
+    // The first page's kept ranking, while this instance still holds it.
+    let kept = query
+        .after
+        .as_ref()
+        .filter(|c| c.token != 0)
+        .and_then(|c| rankings.find(c.token));
     // A later page of a kept ranking: the same order as the first page, whatever was written
-    // since (no hit skipped or repeated). A cursor at its very end, with more hits below it,
-    // continues by rank from its last hit (the cursor's boundary) like an expired one.
+    // since (no hit skipped or repeated). At its end, with more hits below it, pages continue
+    // by rank (below).
     if let Some(cursor) = &query.after
-        && cursor.token != 0
-        && let Some(kept) = rankings.find(cursor.token)
+        && let Some(kept) = &kept
         && ((cursor.offset as usize) < kept.hits.len() || !kept.more)
     {
         let usable = kept.hits.len();
         let start = (cursor.offset as usize).min(usable);
         let end = (start + limit).min(usable);
         let page = &kept.hits[start..end];
-        let next = if end < usable {
+        // More hits than were kept: the page after the last kept one continues by rank.
+        let next = if end < usable || kept.more {
             page.last().map(|&(seq, rank)| SearchCursor {
                 token: cursor.token,
                 offset: end as u32,
                 ..boundary(cursor, seq, rank)
             })
-        } else if kept.more {
-            // More hits than were kept: continue by rank after the last kept one.
-            page.last().map(|&(seq, rank)| boundary(cursor, seq, rank))
         } else {
             None
         };
@@ -132,10 +135,10 @@ pub fn rank(
         directory: query.directory.as_deref(),
     };
     let first_page = query.after.is_none();
-    let kept = limit.max(RANKING_KEPT);
+    let keep = limit.max(RANKING_KEPT);
     let (ranking, cap): (Ranking, i64) = match &query.after {
         None => {
-            let hits = index.top(source, heads, &request, kept + 1)?;
+            let hits = index.top(source, heads, &request, keep + 1)?;
             let newest = hits.iter().map(|h| h.seq).max().unwrap_or(0);
             let ranking = hits
                 .into_iter()
@@ -144,20 +147,36 @@ pub fn rank(
             (ranking, heads.messages.max(newest))
         }
         Some(cursor) => {
-            // No kept ranking (expired, beyond it, or kept by another instance): continue by
-            // rank among what existed when paging started. Scores depend on corpus
-            // statistics, which move as messages are written, so the boundary hit is ranked
-            // under today's statistics rather than cut at a stale value.
+            // Past the kept ranking, or without it (expired, or kept by another instance):
+            // continue by rank among what existed when paging started. Scores depend on
+            // corpus statistics, which move as messages are written, so the boundary hit is
+            // ranked under today's statistics rather than cut at a stale value.
+            //
+            // While the kept ranking is here, its hits are left out: it holds the best hits,
+            // but of those tied with its last one, whichever the pruned ranking met first, not
+            // the lowest `seq`s. So right after it, every tied hit it does not hold comes next;
+            // later pages continue after `seq` among the rest, in `seq` order.
             let hits = index.every(source, heads, &request)?;
             let rank = hits
                 .iter()
                 .find(|h| h.seq == cursor.seq)
                 .map_or(cursor.rank, |h| -f64::from(h.score));
+            let shown: HashSet<i64> = kept
+                .as_ref()
+                .map(|k| k.hits.iter().map(|&(seq, _)| seq).collect())
+                .unwrap_or_default();
+            let after = if kept.is_some() && cursor.offset != SearchCursor::PAST_KEPT {
+                i64::MIN
+            } else {
+                cursor.seq
+            };
             let ranking = hits
                 .into_iter()
                 .map(|h| (h.seq, -f64::from(h.score)))
                 .filter(|&(seq, r)| {
-                    seq <= cursor.cap && (r > rank || (r == rank && seq > cursor.seq))
+                    seq <= cursor.cap
+                        && !shown.contains(&seq)
+                        && (r > rank || (r == rank && seq > after))
                 })
                 .take(limit + 1)
                 .collect();
@@ -178,8 +197,8 @@ pub fn rank(
     } else if first_page {
         let (seq, rank) = ranking[page_len - 1];
         let token = rankings.keep(Kept {
-            hits: ranking[..kept.min(ranking.len())].to_vec(),
-            more: ranking.len() > kept,
+            hits: ranking[..keep.min(ranking.len())].to_vec(),
+            more: ranking.len() > keep,
         });
         Some(SearchCursor {
             token,
@@ -188,7 +207,13 @@ pub fn rank(
         })
     } else {
         let (seq, rank) = ranking[page_len - 1];
-        Some(boundary(&base, seq, rank))
+        // Past a kept ranking, the cursor keeps naming it, so later pages still leave it out.
+        let past = query.after.as_ref().filter(|_| kept.is_some());
+        Some(SearchCursor {
+            token: past.map_or(0, |c| c.token),
+            offset: past.map_or(0, |_| SearchCursor::PAST_KEPT),
+            ..boundary(&base, seq, rank)
+        })
     };
     let mut page = ranking;
     page.truncate(page_len);
