@@ -2,6 +2,7 @@
 //! token is: runs of letters and digits, lowercased and folded to ASCII (the case- and
 //! accent-insensitivity FTS5's `unicode61 remove_diacritics 2` gave).
 
+use crate::domain::{SearchTerms, Term};
 use tantivy::tokenizer::{
     AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer, Token,
     TokenFilter, TokenStream, Tokenizer,
@@ -73,6 +74,39 @@ pub fn indexed_part(text: &str) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+/// The tokens a query's terms stand for, as snippets and the tail's match test read them.
+#[derive(Debug, Default)]
+pub struct QueryWords {
+    /// Tokens a match must hold exactly.
+    pub words: Vec<String>,
+    /// The last token of each `prefix*` term: a match holds a token starting with it.
+    pub prefixes: Vec<String>,
+    /// Some term has no token at all (only a too-long one), so nothing matches.
+    pub empty_term: bool,
+}
+
+impl QueryWords {
+    pub fn of(terms: &SearchTerms) -> QueryWords {
+        let mut analyzer = analyzer();
+        let mut out = QueryWords::default();
+        for term in terms.terms() {
+            let mut parts: Vec<String> = tokens(&mut analyzer, term.text())
+                .into_iter()
+                .map(|t| t.text)
+                .collect();
+            if matches!(term, Term::Prefix(_))
+                && let Some(stem) = parts.pop()
+            {
+                out.prefixes.push(stem);
+            } else if parts.is_empty() {
+                out.empty_term = true;
+            }
+            out.words.extend(parts);
+        }
+        out
+    }
 }
 
 pub fn tokens(analyzer: &mut TextAnalyzer, text: &str) -> Vec<Token> {

@@ -285,6 +285,31 @@ fn writer_options(
         .build()
 }
 
+/// Hands every message `after < seq <= upto` to `each` in `seq` order, read [`BATCH`] at a
+/// time; returns how many there were.
+fn read_messages(
+    source: &dyn Source,
+    after: i64,
+    upto: i64,
+    mut each: impl FnMut(Doc) -> anyhow::Result<()>,
+) -> anyhow::Result<usize> {
+    let mut after = after;
+    let mut count = 0;
+    while after < upto {
+        let docs = source.messages(after, upto, BATCH)?;
+        let full = docs.len() == BATCH;
+        count += docs.len();
+        for doc in docs {
+            after = doc.seq;
+            each(doc)?;
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(count)
+}
+
 /// Feeds messages `after < seq <= upto` to `writer`; returns how many were added.
 fn feed_messages(
     fields: &Fields,
@@ -292,25 +317,32 @@ fn feed_messages(
     source: &dyn Source,
     after: i64,
     upto: i64,
-    mut added: impl FnMut(i64),
 ) -> anyhow::Result<usize> {
-    let mut after = after;
-    let mut count = 0;
-    while after < upto {
-        let docs = source.messages(after, upto, BATCH)?;
-        for doc in &docs {
-            writer
-                .add_document(document(fields, doc))
-                .context("indexing a message")?;
-            added(doc.seq);
-        }
-        count += docs.len();
-        match docs.last() {
-            Some(last) if docs.len() == BATCH => after = last.seq,
-            _ => break,
-        }
+    read_messages(source, after, upto, |doc| {
+        writer
+            .add_document(document(fields, &doc))
+            .context("indexing a message")?;
+        Ok(())
+    })
+}
+
+/// Gives `docs` to the tail index, then deletes the sessions in `deleted` from it (not
+/// committed).
+fn add_to_tail(
+    fields: &Fields,
+    writer: &IndexWriter,
+    docs: &[Arc<Waiting>],
+    deleted: &[(i64, String)],
+) -> anyhow::Result<()> {
+    for waiting in docs {
+        writer
+            .add_document(document(fields, &waiting.doc))
+            .context("indexing a message")?;
     }
-    Ok(count)
+    for (_, session) in deleted {
+        writer.delete_term(tantivy::Term::from_field_text(fields.session, session));
+    }
+    Ok(())
 }
 
 /// Bm25 statistics of the disk index, the tail and the messages waiting outside it together
@@ -601,7 +633,6 @@ impl TantivyIndex {
                 &*source,
                 committed.messages,
                 heads.messages,
-                |_| {},
             )?;
             if heads.events > committed.events {
                 for (_, session) in source.deletions(committed.events, heads.events)? {
@@ -724,16 +755,10 @@ impl TantivyIndex {
     ) -> anyhow::Result<()> {
         if upto.messages > tail.read {
             let mut read = Vec::new();
-            let mut after = tail.read;
-            loop {
-                let docs = source.messages(after, upto.messages, BATCH)?;
-                let full = docs.len() == BATCH;
-                after = docs.last().map_or(after, |d| d.seq);
-                read.extend(docs.into_iter().map(|doc| Arc::new(Waiting::new(doc))));
-                if !full {
-                    break;
-                }
-            }
+            read_messages(source, tail.read, upto.messages, |doc| {
+                read.push(Arc::new(Waiting::new(doc)));
+                Ok(())
+            })?;
             tail.waiting.extend(read);
             tail.read = upto.messages;
         }
@@ -767,15 +792,7 @@ impl TantivyIndex {
     }
 
     fn feed_tail(&self, tail: &mut Tail, deleted: &[(i64, String)]) -> anyhow::Result<()> {
-        for waiting in &tail.waiting {
-            tail.writer
-                .add_document(document(&self.fields, &waiting.doc))
-                .context("indexing a message")?;
-        }
-        for (_, session) in deleted {
-            tail.writer
-                .delete_term(tantivy::Term::from_field_text(self.fields.session, session));
-        }
+        add_to_tail(&self.fields, &tail.writer, &tail.waiting, deleted)?;
         tail.writer.commit().context("committing the tail index")?;
         tail.reader.reload().context("reloading the tail index")?;
         Ok(())
@@ -819,29 +836,9 @@ impl TantivyIndex {
                     tantivy::Term::from_field_text(fields.pairs, &pair(first, second)),
                     IndexRecordOption::WithFreqs,
                 )),
-                (_, words) => {
-                    // Scored as a phrase; the pairs it must hold only narrow the candidates
-                    // (each is far rarer than its words), so positions are checked for few.
-                    let mut parts: Vec<(Occur, Box<dyn Query>)> = words
-                        .windows(2)
-                        .map(|w| {
-                            let term = TermQuery::new(
-                                tantivy::Term::from_field_text(fields.pairs, &pair(&w[0], &w[1])),
-                                IndexRecordOption::Basic,
-                            );
-                            let filter: Box<dyn Query> =
-                                Box::new(ConstScoreQuery::new(Box::new(term), 0.0));
-                            (Occur::Must, filter)
-                        })
-                        .collect();
-                    parts.push((
-                        Occur::Must,
-                        Box::new(PhraseQuery::new(
-                            words.iter().map(|w| text_term(w)).collect(),
-                        )),
-                    ));
-                    Box::new(BooleanQuery::new(parts))
-                }
+                (_, words) => Box::new(PhraseQuery::new(
+                    words.iter().map(|w| text_term(w)).collect(),
+                )),
             };
             clauses.push((Occur::Must, query));
         }
@@ -985,15 +982,7 @@ fn rebuild_tail(fields: &Fields, tail: &mut Tail, kept: &[Arc<Waiting>]) -> anyh
         tail.writer
             .delete_all_documents()
             .context("emptying the tail index")?;
-        for kept in kept {
-            tail.writer
-                .add_document(document(fields, &kept.doc))
-                .context("indexing a message")?;
-        }
-        for (_, session) in &tail.deleted {
-            tail.writer
-                .delete_term(tantivy::Term::from_field_text(fields.session, session));
-        }
+        add_to_tail(fields, &tail.writer, kept, &tail.deleted)?;
         tail.writer.commit().context("rebuilding the tail index")?;
         Ok(())
     })();
@@ -1073,7 +1062,6 @@ impl Indexer {
                 &*self.source,
                 self.fed.messages,
                 upto,
-                |_| {},
             )?;
             self.fed.messages = upto;
             self.pending += added.max(1);
@@ -1235,9 +1223,8 @@ mod tests {
         match rng.u8(0..5) {
             0 => word(rng, 300),
             1 => format!("{} {}", word(rng, 300), word(rng, 300)),
-            // Phrases of two (one pair term) and three words (a phrase narrowed by its pairs),
-            // taken from a document so that they match; or ending in a random word, which mostly
-            // does not.
+            // Phrases of two (one pair term) and three words (a phrase query), taken from a
+            // document so that they match; or ending in a random word, which mostly does not.
             2 | 3 => {
                 let doc = &docs[rng.usize(..docs.len())];
                 let mut words: Vec<String> = doc.text.split(' ').map(str::to_owned).collect();
@@ -1373,16 +1360,22 @@ mod tests {
         lock(&memory.docs).extend(corpus(&mut rng, 1..501));
         let index = open_without_commits(dir.path(), &memory);
         let source = Shared(memory.clone());
-        lock(&memory.docs).extend((501..511).map(|seq| Doc {
+        let doc = |seq: i64, session: &str, text: String| Doc {
             seq,
-            session_id: format!("n{}", seq % 2),
+            session_id: session.into(),
             directory: "/new".into(),
             role: "user".into(),
             created_at: seq,
-            text: format!("Alpha beta number{seq}"),
+            text,
+        };
+        lock(&memory.docs).extend((501..511).map(|seq| {
+            doc(
+                seq,
+                &format!("n{}", seq % 2),
+                format!("Alpha beta number{seq}"),
+            )
         }));
-        let heads = source.heads().unwrap();
-        let every = |query: &str| {
+        let every = |heads: Heads, query: &str| {
             let terms = SearchTerms::parse(query).unwrap();
             let request = Request {
                 terms: &terms,
@@ -1391,8 +1384,9 @@ mod tests {
             };
             index.every(&source, heads, &request).unwrap()
         };
-        let count = |query: &str| every(query).len();
-        let waiting_w0 = every("w0");
+        let heads = source.heads().unwrap();
+        let count = |query: &str| every(heads, query).len();
+        let waiting_w0 = every(heads, "w0");
         let old_w0 = waiting_w0.len();
         assert!(old_w0 > 0);
         let tail = |index: &TantivyIndex| {
@@ -1408,7 +1402,7 @@ mod tests {
         assert_eq!(tail(&index), (510, 510, 0));
         assert_eq!(count("alph*"), 10);
         // The waiting messages counted in the statistics already: the scores are the same.
-        let fed_w0 = every("w0");
+        let fed_w0 = every(heads, "w0");
         assert_eq!(fed_w0.len(), old_w0);
         for (waiting, fed) in waiting_w0.iter().zip(&fed_w0) {
             assert_eq!(waiting.seq, fed.seq);
@@ -1418,31 +1412,12 @@ mod tests {
             );
         }
         // More new messages; a deletion feeds the tail even for a query they cannot match.
-        lock(&memory.docs).push(Doc {
-            seq: 511,
-            session_id: "n1".into(),
-            directory: "/new".into(),
-            role: "user".into(),
-            created_at: 511,
-            text: "gamma".into(),
-        });
+        lock(&memory.docs).push(doc(511, "n1", "gamma".into()));
         lock(&memory.deletions).push((1, "n1".into()));
         let heads = source.heads().unwrap();
-        let terms = SearchTerms::parse("w0").unwrap();
-        let request = Request {
-            terms: &terms,
-            session_id: None,
-            directory: None,
-        };
-        assert_eq!(index.every(&source, heads, &request).unwrap().len(), old_w0);
+        assert_eq!(every(heads, "w0").len(), old_w0);
         assert_eq!(tail(&index), (511, 511, 0));
-        let terms = SearchTerms::parse("alpha").unwrap();
-        let request = Request {
-            terms: &terms,
-            session_id: None,
-            directory: None,
-        };
-        let hits = index.every(&source, heads, &request).unwrap();
+        let hits = every(heads, "alpha");
         assert_eq!(hits.len(), 5, "{hits:?}");
         assert!(hits.iter().all(|h| h.seq % 2 == 0), "{hits:?}");
         index.close();

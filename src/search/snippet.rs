@@ -2,8 +2,8 @@
 //! in `<mark>`…`</mark>`, built from the stored text with the index's own analyzer (the index
 //! stores no text).
 
-use super::analysis::{analyzer, indexed_part, tokens};
-use crate::domain::{SearchTerms, Term};
+use super::analysis::{QueryWords, analyzer, indexed_part, tokens};
+use crate::domain::SearchTerms;
 
 /// Tokens in a snippet (as FTS5's `snippet(…, 24)` gave).
 const WINDOW: usize = 24;
@@ -11,21 +11,12 @@ const WINDOW: usize = 24;
 const LEAD: usize = 4;
 
 pub fn snippet(text: &str, terms: &SearchTerms) -> String {
+    let QueryWords {
+        words: exact,
+        prefixes,
+        ..
+    } = QueryWords::of(terms);
     let mut analyzer = analyzer();
-    let mut exact: Vec<String> = Vec::new();
-    let mut prefixes: Vec<String> = Vec::new();
-    for term in terms.terms() {
-        let mut parts: Vec<String> = tokens(&mut analyzer, term.text())
-            .into_iter()
-            .map(|t| t.text)
-            .collect();
-        if matches!(term, Term::Prefix(_))
-            && let Some(last) = parts.pop()
-        {
-            prefixes.push(last);
-        }
-        exact.extend(parts);
-    }
     let text = indexed_part(text);
     let all = tokens(&mut analyzer, text);
     let matches = |t: &str| {

@@ -14,10 +14,10 @@
 //! does not depend on whether the tail was fed: what the tail lacks cannot match, and
 //! everything else scores as if it had been fed.
 
-use super::Doc;
-use super::Request;
-use super::analysis::{analyzer, gram, indexed_part, pair_analyzer, prefix_analyzer, tokens};
-use crate::domain::Term;
+use super::analysis::{
+    QueryWords, analyzer, gram, indexed_part, pair_analyzer, prefix_analyzer, tokens,
+};
+use super::{Doc, Request};
 
 /// A message read from the database, with the distinct terms its text is indexed under.
 #[derive(Debug)]
@@ -98,29 +98,15 @@ pub struct Needs<'a> {
 
 impl<'a> Needs<'a> {
     pub fn of(request: &Request<'a>) -> Needs<'a> {
-        let mut analyzer = analyzer();
-        let mut needs = Needs {
-            words: Vec::new(),
-            prefixes: Vec::new(),
+        let words = QueryWords::of(request.terms);
+        Needs {
+            // A prefix query looks up the stem's edge gram, which may be shorter than the stem.
+            prefixes: words.prefixes.iter().map(|p| gram(p).to_owned()).collect(),
+            words: words.words,
             session_id: request.session_id,
             directory: request.directory,
-            nothing: false,
-        };
-        for term in request.terms.terms() {
-            let mut parts: Vec<String> = tokens(&mut analyzer, term.text())
-                .into_iter()
-                .map(|t| t.text)
-                .collect();
-            if matches!(term, Term::Prefix(_))
-                && let Some(stem) = parts.pop()
-            {
-                needs.prefixes.push(gram(&stem).to_owned());
-            } else if parts.is_empty() {
-                needs.nothing = true;
-            }
-            needs.words.extend(parts);
+            nothing: words.empty_term,
         }
-        needs
     }
 
     /// False only when `message` cannot match (a match needs every word and every prefix).
