@@ -271,6 +271,59 @@ fn commit(writer: &mut IndexWriter, database: &str, heads: Heads) -> anyhow::Res
 /// idle most of the time.
 const MERGE_THREADS: usize = 2;
 
+/// How much less CPU priority the disk index's threads (analysis, merges, commits) get than
+/// the requests. Under a write burst tantivy's merges took 40% of the server's CPU on a two-core
+/// machine (a profile of `message_burst` on the 1M seed, BENCHMARKS.md); nothing waits for them,
+/// since searches read the old segments and the tail until they are done. The tail's writer
+/// keeps the normal priority: a search waits for it.
+const BACKGROUND_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's CPU priority by [`BACKGROUND_NICENESS`]; threads it starts
+/// inherit it. Linux only (elsewhere `setpriority` applies to the whole process); a failure
+/// only costs the requests some CPU, so it is logged and ignored.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let lowered = rustix::process::getpriority_process(None).and_then(|now| {
+            rustix::process::setpriority_process(None, (now + BACKGROUND_NICENESS).min(19))
+        });
+        if let Err(error) = lowered {
+            tracing::debug!(%error, "could not lower the search indexer's priority");
+        }
+    }
+}
+
+/// Runs `work` on a thread of lowered priority ([`lower_thread_priority`]) and waits for it.
+/// Whatever starts tantivy's threads for the disk index goes through here (opening its writer,
+/// which starts the merge threads; the commits before the indexer runs, which start the next
+/// indexing threads), so they inherit the lower priority.
+fn in_background<T: Send>(work: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("search-index-setup".into())
+            .spawn_scoped(scope, || {
+                lower_thread_priority();
+                work()
+            })
+            .context("starting a search index thread")?
+            .join()
+            .map_err(|_| anyhow::anyhow!("a search index thread panicked"))?
+    })
+}
+
+/// The disk index's writer, its threads of lowered priority.
+fn background_writer(
+    index: &Index,
+    threads: usize,
+    memory_per_thread: usize,
+) -> anyhow::Result<IndexWriter> {
+    in_background(|| {
+        index
+            .writer_with_options(writer_options(threads, memory_per_thread, MERGE_THREADS))
+            .context("opening the index writer")
+    })
+}
+
 /// A writer with `threads` indexing threads of `memory_per_thread` bytes each and
 /// `merge_threads` merge threads.
 fn writer_options(
@@ -553,9 +606,7 @@ impl TantivyIndex {
             Err(_) => None,
         };
         let opened = existing.and_then(|(index, committed)| {
-            let writer = index
-                .writer_with_options(writer_options(1, options.writer_memory, MERGE_THREADS))
-                .ok()?;
+            let writer = background_writer(&index, 1, options.writer_memory).ok()?;
             let reader = index
                 .reader_builder()
                 .reload_policy(ReloadPolicy::Manual)
@@ -581,15 +632,13 @@ impl TantivyIndex {
                 let index = Index::create_in_dir(&options.dir, schema.clone())
                     .context("creating the search index")?;
                 register(&index);
-                let mut writer = index
-                    .writer_with_options(writer_options(1, options.writer_memory, MERGE_THREADS))
-                    .context("opening the index writer")?;
+                let mut writer = background_writer(&index, 1, options.writer_memory)?;
                 // Deletions before now are already reflected in what the database holds.
                 let start = Heads {
                     messages: 0,
                     events: heads.events,
                 };
-                commit(&mut writer, &options.database, start)?;
+                in_background(|| commit(&mut writer, &options.database, start))?;
                 let reader = index
                     .reader_builder()
                     .reload_policy(ReloadPolicy::Manual)
@@ -616,12 +665,7 @@ impl TantivyIndex {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
             if threads > 1 {
                 drop(writer);
-                writer = index
-                    .writer_with_options(writer_options(
-                        threads,
-                        options.writer_memory,
-                        MERGE_THREADS,
-                    ))
+                writer = background_writer(&index, threads, options.writer_memory)
                     .context("opening the index writer for a build")?;
             }
         } else if !committed.covers(&heads) {
@@ -640,7 +684,7 @@ impl TantivyIndex {
                 }
             }
             committed = committed.max(heads);
-            commit(&mut writer, &options.database, committed)?;
+            in_background(|| commit(&mut writer, &options.database, committed))?;
             reader.reload().context("reloading the index reader")?;
         }
 
@@ -699,7 +743,11 @@ impl TantivyIndex {
         };
         let thread = std::thread::Builder::new()
             .name("search-indexer".into())
-            .spawn(move || indexer.run())
+            .spawn(move || {
+                // Its commits start tantivy's next indexing threads, which inherit this.
+                lower_thread_priority();
+                indexer.run()
+            })
             .context("starting the search indexer")?;
         *lock(&index.thread) = Some(thread);
         Ok(index)
