@@ -1044,3 +1044,80 @@ async fn import_opencode_copes_with_duplicate_files_refused_sessions_and_channel
         out.stderr
     );
 }
+
+/// A part that breaks the rules every part keeps (a string `type`; a `text` part's string
+/// `text`) is refused on its own, with its file and why; its message keeps the parts that are
+/// fine, and a message left with none is refused whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn import_opencode_refuses_parts_that_break_the_part_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |path: PathBuf, value: &Value| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, serde_json::to_string(value).unwrap()).unwrap();
+    };
+    let root = dir.path().join("storage");
+    let s = oc_id("ses", 0xe00);
+    let (good, empty) = (oc_id("msg", 0xe01), oc_id("msg", 0xe02));
+    write(
+        root.join("session").join(PROJECT).join(format!("{s}.json")),
+        &session_json(&s, PROJECT, "Teile", T0, json!({})),
+    );
+    write(
+        root.join("message").join(&s).join(format!("{good}.json")),
+        &user(&good, &s, T0 + 10),
+    );
+    write(
+        root.join("message").join(&s).join(format!("{empty}.json")),
+        &user(&empty, &s, T0 + 20),
+    );
+    let part = |message: &str, id: &str, value: Value| {
+        write(
+            root.join("part").join(message).join(format!("{id}.json")),
+            &value,
+        )
+    };
+    part(&good, "prt_a", text("prt_a", &s, &good, "bleibt"));
+    part(
+        &good,
+        "prt_b",
+        json!({"type": 7, "text": "typ ist eine Zahl"}),
+    );
+    part(&good, "prt_c", json!({"type": "text", "text": 5}));
+    part(&good, "prt_d", json!({"text": "ohne Typ"}));
+    part(
+        &good,
+        "prt_e",
+        json!({"type": "file", "url": "file:///ä.png"}),
+    );
+    part(&empty, "prt_f", json!({"type": "text"}));
+
+    let data = dir.path().join("data");
+    let out = sessiond(&data, &["import", "opencode", root.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
+    assert_eq!(counts(&out.stdout, "imported:"), (1, 1), "{}", out.stdout);
+    let refused = refused_lines(&out.stdout);
+    let reason = |needle: &str| {
+        refused
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no refusal of {needle} in {refused:?}"))
+            .clone()
+    };
+    assert!(reason(&format!("part/{good}/prt_b.json")).contains("`type` must be a string"));
+    assert!(reason(&format!("part/{good}/prt_c.json")).contains("`text` must be a string"));
+    assert!(reason(&format!("part/{good}/prt_d.json")).contains("missing field `type`"));
+    assert!(reason(&format!("part/{empty}/prt_f.json")).contains("without a `text` string"));
+    assert!(reason(&format!("message/{s}/{empty}.json")).contains("no parts"));
+    assert_eq!(refused.len(), 5, "{refused:?}");
+
+    let app = server(&data).await;
+    let sessions = imported_sessions(&app).await;
+    let listed = messages(&app, &sessions[&s]).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let parts = listed[0]["parts"].as_array().unwrap();
+    let ids: Vec<&str> = parts.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["prt_a", "prt_e"]);
+    assert_eq!(parts[0]["text"], "bleibt");
+    assert_eq!(parts[1]["url"], "file:///ä.png");
+    app.stop().await;
+}
