@@ -327,12 +327,13 @@ async fn migrate_command(args: MigrateArgs) -> ExitCode {
             .await
             .context("opening --from")?;
         let target = open_database(&to_dir, &to).await.context("opening --to")?;
+        let progress = crate::transfer::Progress::new(None);
         let result =
             crate::transfer::migrate::migrate_data(source.clone(), target.clone(), |done| {
-                eprint!("\rcopied {done} sessions");
+                progress.set(done, "copied");
             })
             .await;
-        eprintln!();
+        progress.done();
         source.close().await;
         target.close().await;
         result
@@ -590,11 +591,12 @@ async fn seed_command(args: SeedArgs) -> ExitCode {
         ..SeedOptions::default()
     };
     let total = options.sessions;
+    let progress = crate::transfer::Progress::new(Some(total as u64));
     let result = seed(storage.clone(), &options, |done| {
-        eprint!("\rseeding: {done}/{total} sessions");
+        progress.set(done as u64, "written");
     })
     .await;
-    eprintln!();
+    progress.done();
     storage.close().await;
     match result {
         Ok(report) => {

@@ -120,7 +120,7 @@ fn message(line: MessageLine, session: &SessionId) -> Result<ImportMessage, Stri
 /// Imports the JSON Lines of `input` into `storage`.
 pub async fn import(storage: Arc<dyn Storage>, input: impl BufRead) -> ImportReport {
     let started = Instant::now();
-    let mut pipeline = Pipeline::new(storage, None);
+    let mut pipeline = Pipeline::new(storage);
     let mut input = input;
     let mut current: Option<Current> = None;
     let mut refused_session: Option<RefusedSession> = None;

@@ -16,7 +16,6 @@ pub mod opencode;
 pub mod seed;
 
 use std::fmt;
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,16 +106,24 @@ pub struct Pipeline {
     in_flight: FuturesOrdered<Write>,
     pub report: ImportReport,
     progress: Progress,
+    /// Sessions whose write failed (each is also a refusal).
+    failed: u64,
 }
 
 impl Pipeline {
-    pub fn new(storage: Arc<dyn Storage>, total_hint: Option<u64>) -> Pipeline {
+    pub fn new(storage: Arc<dyn Storage>) -> Pipeline {
         Pipeline {
             storage,
             in_flight: FuturesOrdered::new(),
             report: ImportReport::default(),
-            progress: Progress::new(total_hint),
+            progress: Progress::new(None),
+            failed: 0,
         }
+    }
+
+    /// The number of sessions to come, once the source knows it.
+    pub fn set_total(&self, sessions: u64) {
+        self.progress.set_total(sessions);
     }
 
     /// Queues `pending`, first waiting for an answer when the window is full.
@@ -148,12 +155,16 @@ impl Pipeline {
                 self.report.messages.imported += written.messages;
                 self.report.messages.skipped += messages - written.messages;
             }
-            Err(error) => self.report.refuse(
-                location,
-                format!("the session and its {messages} messages were not written: {error}"),
-            ),
+            Err(error) => {
+                self.failed += 1;
+                self.report.refuse(
+                    location,
+                    format!("the session and its {messages} messages were not written: {error}"),
+                )
+            }
         }
-        self.progress.show(&self.report);
+        let done = self.report.sessions.imported + self.report.sessions.skipped + self.failed;
+        self.progress.show(done, &self.report);
     }
 
     /// Waits for every queued session and returns the report.
@@ -167,61 +178,61 @@ impl Pipeline {
     }
 }
 
-/// A progress line on standard error, only when it is a terminal: counts and rate, redrawn at
-/// most ten times a second.
+/// Progress on standard error (indicatif, which draws nothing when it is not a terminal): a
+/// bar of sessions when their number is known, a spinner with the count when not, and whatever
+/// the command adds (messages written, their rate, refusals) after it.
 pub struct Progress {
-    terminal: bool,
-    total: Option<u64>,
-    started: Instant,
-    last: Option<Instant>,
+    bar: indicatif::ProgressBar,
 }
 
 impl Progress {
     pub fn new(total: Option<u64>) -> Progress {
-        Progress {
-            terminal: std::io::stderr().is_terminal(),
-            total,
-            started: Instant::now(),
-            last: None,
-        }
-    }
-
-    fn show(&mut self, report: &ImportReport) {
-        if !self.terminal {
-            return;
-        }
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|at| now.duration_since(at) < Duration::from_millis(100))
-        {
-            return;
-        }
-        self.last = Some(now);
-        let done = report.sessions.imported + report.sessions.skipped + report.refused.len() as u64;
-        let bar = match self.total {
-            Some(total) if total > 0 => {
-                let filled = (done.min(total) * 30 / total) as usize;
-                format!(
-                    "[{}{}] {done}/{total}",
-                    "#".repeat(filled),
-                    "-".repeat(30 - filled)
-                )
-            }
-            _ => format!("{done}"),
+        let progress = Progress {
+            bar: indicatif::ProgressBar::new_spinner(),
         };
-        let secs = now.duration_since(self.started).as_secs_f64().max(1e-9);
-        eprint!(
-            "\r{bar} sessions, {} messages written ({:.0}/s), {} refused   ",
-            report.messages.imported,
-            report.messages.imported as f64 / secs,
-            report.refused.len()
-        );
+        if let Some(total) = total {
+            progress.set_total(total);
+        } else {
+            progress.style("{spinner} {pos} sessions {msg} [{elapsed}]");
+        }
+        progress
     }
 
-    fn done(&self) {
-        if self.terminal && self.last.is_some() {
-            eprintln!();
-        }
+    /// From here on a bar out of `total` sessions.
+    pub fn set_total(&self, total: u64) {
+        self.bar.set_length(total);
+        self.style("[{bar:30}] {pos}/{len} sessions {msg} [{elapsed}, {eta} left]");
+    }
+
+    fn style(&self, template: &str) {
+        // The templates are constants; one that did not parse would only lose the layout.
+        let style = indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("#>-");
+        self.bar.set_style(style);
+    }
+
+    /// `done` sessions so far, and what to show after them.
+    pub fn set(&self, done: u64, message: impl Into<std::borrow::Cow<'static, str>>) {
+        self.bar.set_position(done);
+        self.bar.set_message(message);
+    }
+
+    /// Clears it: the report that follows says the same, and more.
+    pub fn done(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    fn show(&self, done: u64, report: &ImportReport) {
+        let secs = self.bar.elapsed().as_secs_f64().max(1e-9);
+        self.set(
+            done,
+            format!(
+                "{} messages written ({:.0}/s), {} refused",
+                report.messages.imported,
+                report.messages.imported as f64 / secs,
+                report.refused.len()
+            ),
+        );
     }
 }

@@ -249,6 +249,8 @@ fn dedupe_sessions(sessions: &mut Vec<SourceSession>, refused: &mut Vec<Refusal>
 
 /// What the reader sends the writer.
 enum Item {
+    /// How many sessions there are to import.
+    Total(u64),
     Session(Box<Pending>),
     Refused(Refusal),
     /// Counts of records read and found already imported.
@@ -273,9 +275,10 @@ pub async fn import(storage: Arc<dyn Storage>, path: &Path) -> anyhow::Result<Im
     let runtime = tokio::runtime::Handle::current();
     let reader_storage = storage.clone();
     let reader = tokio::task::spawn_blocking(move || read(source, reader_storage, runtime, tx));
-    let mut pipeline = Pipeline::new(storage, None);
+    let mut pipeline = Pipeline::new(storage);
     while let Some(item) = rx.recv().await {
         match item {
+            Item::Total(sessions) => pipeline.set_total(sessions),
             Item::Session(pending) => pipeline.write(*pending).await,
             Item::Refused(refusal) => pipeline.report.refused.push(refusal),
             Item::Counted {
@@ -318,6 +321,7 @@ fn read(
     let mut sessions = source.sessions(&mut refused)?;
     dedupe_sessions(&mut sessions, &mut refused);
     flush(&mut refused)?;
+    send(Item::Total(sessions.len() as u64))?;
     // Creation order (the hex part of opencode ids wraps, so never the id alone).
     sessions.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
     let known: HashSet<String> = sessions.iter().map(|s| s.id.clone()).collect();
