@@ -20,10 +20,11 @@ pub type Ranking = Vec<(i64, f64)>;
 
 /// How many hits a first page ranks and keeps at least (more when its `limit` is larger):
 /// later pages within them are exact slices; beyond them a page continues by rank, which scores
-/// every match. Top-k pruning gets weaker as `k` grows (top-2001 first pages served 3.3× fewer
-/// uncached searches/s than top-201 on the 1M-message seed), so this is a few pages, not every
-/// page anyone might read.
-pub const RANKING_KEPT: usize = 200;
+/// every match. Top-k pruning gets weaker as `k` grows (on the 1M-message seed, uncached: top-2001
+/// first pages served 3.3× fewer searches/s than top-201; top-101 served 1.28× more than top-201
+/// and top-51 1.52×, BENCHMARKS.md), so this is two pages of the default size (50) or five of
+/// 20, not every page anyone might read.
+pub const RANKING_KEPT: usize = 100;
 
 /// A first page's ranking, kept for the pages after it, and whether more hits ranked below
 /// its last one.

@@ -294,8 +294,8 @@ async fn pages_cover_every_hit_once_in_one_order_even_while_others_write() {
     );
 }
 
-/// A first page ranks and keeps 200 hits; pages of any size, the largest included, go on past
-/// them to the last hit.
+/// A first page ranks and keeps 100 hits (or `limit`, when larger); pages of any size, the
+/// largest included, go on past them to the last hit.
 #[tokio::test]
 async fn pages_of_every_size_reach_past_the_kept_ranking_to_the_last_hit() {
     let app = TestApp::spawn().await;
@@ -309,7 +309,7 @@ async fn pages_of_every_size_reach_past_the_kept_ranking_to_the_last_hit() {
         let m = app.append(&sid, "user", &text).await;
         expected.insert(m["id"].as_str().unwrap().to_owned());
     }
-    for limit in [200, 250, 150, 100, 7] {
+    for limit in [200, 250, 150, 100, 60, 7] {
         let mut seen = Vec::new();
         let mut url = format!("/v1/search?q=needle&limit={limit}");
         loop {
