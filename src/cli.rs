@@ -266,22 +266,28 @@ async fn import_command(args: ImportArgs) -> ExitCode {
                 crate::transfer::opencode::import(storage.clone(), path).await
             }
         };
-        // Closing waits for the search index to take in what was imported: part of what the
-        // import costs, so it is reported, not hidden behind the import's own rate.
+        // Closing waits for this process's search index (SQLite) to take in what was
+        // imported: part of what the import costs, so it is reported, not hidden behind the
+        // import's own rate. (A rebuild that was under way is left to the next start.)
+        let indexed = storage
+            .search_status()
+            .is_some_and(|status| !status.building);
         let closing = std::time::Instant::now();
         storage.close().await;
-        result.map(|report| (report, closing.elapsed()))
+        result.map(|report| (report, indexed.then(|| closing.elapsed())))
     };
     match run.await {
         Ok((report, closing)) => {
             println!("{report}");
-            let total = report.elapsed + closing;
-            println!(
-                "search index caught up {:.1}s later: {:.1}s in all ({:.0} messages/s)",
-                closing.as_secs_f64(),
-                total.as_secs_f64(),
-                report.messages.read as f64 / total.as_secs_f64().max(1e-9)
-            );
+            if let Some(closing) = closing {
+                let total = report.elapsed + closing;
+                println!(
+                    "search index caught up {:.1}s later: {:.1}s in all ({:.0} messages/s)",
+                    closing.as_secs_f64(),
+                    total.as_secs_f64(),
+                    report.messages.read as f64 / total.as_secs_f64().max(1e-9)
+                );
+            }
             if report.refused.is_empty() {
                 ExitCode::SUCCESS
             } else {

@@ -155,7 +155,7 @@ pub fn part_text(
     match part.get("text") {
         Some(Value::String(text)) => Ok(Some(text)),
         Some(_) => Err(Invalid::new("`text` must be a string")),
-        None => Err(Invalid::new("a text part without a `text` string")),
+        None => Err(Invalid::new("a text part needs a string `text`")),
     }
 }
 

@@ -276,6 +276,7 @@ const MERGE_THREADS: usize = 2;
 /// machine (a profile of `message_burst` on the 1M seed, BENCHMARKS.md); nothing waits for them,
 /// since searches read the old segments and the tail until they are done. The tail's writer
 /// keeps the normal priority: a search waits for it.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const BACKGROUND_NICENESS: i32 = 10;
 
 /// Lowers the calling thread's CPU priority by [`BACKGROUND_NICENESS`]; threads it starts
@@ -295,8 +296,9 @@ fn lower_thread_priority() {
 
 /// Runs `work` on a thread of lowered priority ([`lower_thread_priority`]) and waits for it.
 /// Whatever starts tantivy's threads for the disk index goes through here (opening its writer,
-/// which starts the merge threads; the commits before the indexer runs, which start the next
-/// indexing threads), so they inherit the lower priority.
+/// which starts the merge threads; every commit and rollback, which start the next indexing
+/// threads), so they inherit the lower priority. A thread's priority cannot be raised again
+/// without privileges, so no thread that also works for searches lowers its own.
 fn in_background<T: Send>(work: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
     std::thread::scope(|scope| {
         std::thread::Builder::new()
@@ -743,11 +745,7 @@ impl TantivyIndex {
         };
         let thread = std::thread::Builder::new()
             .name("search-indexer".into())
-            .spawn(move || {
-                // Its commits start tantivy's next indexing threads, which inherit this.
-                lower_thread_priority();
-                indexer.run()
-            })
+            .spawn(move || indexer.run())
             .context("starting the search indexer")?;
         *lock(&index.thread) = Some(thread);
         Ok(index)
@@ -1089,7 +1087,9 @@ impl Indexer {
                     "search indexing failed; retrying"
                 );
                 // What was fed but not committed is fed again from the last commit.
-                let _ = self.writer.rollback();
+                // A rollback starts the writer's threads again: at the lower priority.
+                let writer = &mut self.writer;
+                let _ = in_background(|| writer.rollback().map_err(anyhow::Error::from));
                 self.fed = self.committed;
                 self.pending = 0;
             }
@@ -1145,7 +1145,11 @@ impl Indexer {
     }
 
     fn commit(&mut self, building: Option<Heads>, heads: Heads) -> anyhow::Result<()> {
-        commit(&mut self.writer, &self.options.database, self.fed)?;
+        // A commit starts the writer's next indexing threads; they inherit the committing
+        // thread's priority. This thread keeps the normal one, because it also commits the
+        // tail's writer (which searches wait for) and holds the tail's lock meanwhile.
+        let (writer, database, fed) = (&mut self.writer, &self.options.database, self.fed);
+        in_background(|| commit(writer, database, fed))?;
         self.committed = self.fed;
         self.pending = 0;
         self.last_commit = Instant::now();

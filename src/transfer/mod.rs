@@ -1,7 +1,7 @@
 //! Moving data in and out: `sessiond export`, `import jsonl`, `import opencode`,
 //! `migrate-data` and `seed`, each in a module of its own, and what the imports share: the
-//! pipeline that writes one session per transaction, the report every import prints, and its
-//! progress line.
+//! pipeline that writes one session per transaction, the report every import prints, and the
+//! progress bar they show on a terminal.
 //!
 //! Imports write through [`Storage::import_session`], so every session lands whole (with every
 //! message of it that could be read) or not at all, and running instances hear of it through
@@ -163,6 +163,11 @@ impl Pipeline {
                 )
             }
         }
+        self.counted();
+    }
+
+    /// Shows the progress, after the report's counts changed.
+    pub fn counted(&self) {
         let done = self.report.sessions.imported + self.report.sessions.skipped + self.failed;
         self.progress.show(done, &self.report);
     }

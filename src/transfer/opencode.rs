@@ -192,9 +192,12 @@ fn entries(
     for entry in listing {
         let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
         let path = entry.path();
-        let mut kind = entry
-            .file_type()
-            .with_context(|| format!("reading {}", path.display()))?;
+        let mut kind = match entry.file_type() {
+            Ok(kind) => kind,
+            // Gone since the listing (a live opencode moves files): as if never listed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
         if kind.is_symlink() {
             match std::fs::metadata(&path) {
                 Ok(target) => kind = target.file_type(),
@@ -292,6 +295,7 @@ pub async fn import(storage: Arc<dyn Storage>, path: &Path) -> anyhow::Result<Im
                 report.sessions.skipped += sessions_skipped;
                 report.messages.read += messages_read;
                 report.messages.skipped += messages_skipped;
+                pipeline.counted();
             }
         }
     }
@@ -526,7 +530,10 @@ fn convert_message(
     // Straight from the values, not parsed again as `RawValue::from_string` would.
     let raw = |value: &Value| serde_json::value::to_raw_value(value).map_err(|e| e.to_string());
     let parts = Value::Array(kept);
-    let metadata = serde_json::json!({ "opencode": info });
+    let metadata = Value::Object(Map::from_iter([(
+        "opencode".to_owned(),
+        Value::Object(info),
+    )]));
     Ok(ImportMessage {
         message: Message {
             id: MessageId::from_value(ids.next(message.created).1),

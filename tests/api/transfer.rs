@@ -1106,7 +1106,9 @@ async fn import_opencode_refuses_parts_that_break_the_part_rules() {
     assert!(reason(&format!("part/{good}/prt_b.json")).contains("`type` must be a string"));
     assert!(reason(&format!("part/{good}/prt_c.json")).contains("`text` must be a string"));
     assert!(reason(&format!("part/{good}/prt_d.json")).contains("missing field `type`"));
-    assert!(reason(&format!("part/{empty}/prt_f.json")).contains("without a `text` string"));
+    assert!(
+        reason(&format!("part/{empty}/prt_f.json")).contains("a text part needs a string `text`")
+    );
     assert!(reason(&format!("message/{s}/{empty}.json")).contains("no parts"));
     assert_eq!(refused.len(), 5, "{refused:?}");
 
