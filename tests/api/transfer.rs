@@ -56,6 +56,21 @@ fn counts(report: &str, name: &str) -> (u64, u64) {
     (numbers[0], numbers[1])
 }
 
+/// Writes `value` as a JSON file at `path`, making its directories (as opencode writes its
+/// storage: pretty-printed).
+fn write_json(path: PathBuf, value: &Value) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, serde_json::to_string_pretty(value).unwrap()).unwrap();
+}
+
+/// The refusal line among `refused` that names `needle`.
+fn refusal<'a>(refused: &'a [String], needle: &str) -> &'a str {
+    refused
+        .iter()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no refusal of {needle} in {refused:?}"))
+}
+
 fn refused_lines(report: &str) -> Vec<String> {
     report
         .lines()
@@ -259,18 +274,14 @@ impl Fixture {
 
     /// Writes the JSON-file form under `root` (the `storage` directory), with broken files.
     fn write_files(&self, root: &Path) {
-        let write = |path: PathBuf, value: &Value| {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, serde_json::to_string_pretty(value).unwrap()).unwrap();
-        };
         std::fs::create_dir_all(root).unwrap();
         std::fs::write(root.join("migration"), "2").unwrap();
-        write(
+        write_json(
             root.join("project").join(format!("{PROJECT}.json")),
             &json!({"id": PROJECT, "worktree": "/home/zoë/プロジェクト", "vcs": "git", "time": {"created": T0}}),
         );
         for (project, id, session) in &self.sessions {
-            write(
+            write_json(
                 root.join("session")
                     .join(project)
                     .join(format!("{id}.json")),
@@ -278,7 +289,7 @@ impl Fixture {
             );
         }
         for (session, id, info) in &self.messages {
-            write(
+            write_json(
                 root.join("message")
                     .join(session)
                     .join(format!("{id}.json")),
@@ -286,7 +297,7 @@ impl Fixture {
             );
         }
         for (message, id, part) in &self.parts {
-            write(
+            write_json(
                 root.join("part").join(message).join(format!("{id}.json")),
                 part,
             );
@@ -649,32 +660,28 @@ async fn opencode_import_of(form: &str) {
     let later = T0 + 100_000;
     match &conn {
         None => {
-            let write = |path: PathBuf, value: Value| {
-                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                std::fs::write(path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
-            };
-            write(
+            write_json(
                 source
                     .join("message")
                     .join(&s1)
                     .join(format!("{m_new}.json")),
-                user(&m_new, &s1, later),
+                &user(&m_new, &s1, later),
             );
-            write(
+            write_json(
                 source.join("part").join(&m_new).join("prt_new.json"),
-                text("prt_new", &s1, &m_new, "Noch eine Frage"),
+                &text("prt_new", &s1, &m_new, "Noch eine Frage"),
             );
-            write(
+            write_json(
                 source.join("session/global").join(format!("{s5}.json")),
-                session_json(&s5, "global", "Neu", later, json!({})),
+                &session_json(&s5, "global", "Neu", later, json!({})),
             );
-            write(
+            write_json(
                 source.join("message").join(&s5).join(format!("{m5}.json")),
-                user(&m5, &s5, later + 1),
+                &user(&m5, &s5, later + 1),
             );
-            write(
+            write_json(
                 source.join("part").join(&m5).join("prt_5.json"),
-                text("prt_5", &s5, &m5, "Hallo"),
+                &text("prt_5", &s5, &m5, "Hallo"),
             );
         }
         Some(conn) => {
@@ -929,10 +936,6 @@ async fn a_running_server_sees_imported_sessions() {
 #[tokio::test(flavor = "multi_thread")]
 async fn import_opencode_copes_with_duplicate_files_refused_sessions_and_channel_databases() {
     let dir = tempfile::tempdir().unwrap();
-    let write = |path: PathBuf, value: &Value| {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, serde_json::to_string_pretty(value).unwrap()).unwrap();
-    };
 
     // The JSON files.
     let root = dir.path().join("files/storage");
@@ -942,33 +945,33 @@ async fn import_opencode_copes_with_duplicate_files_refused_sessions_and_channel
     older["time"]["updated"] = json!(T0 + 1_000);
     let mut newer = session_json(&dup, "global", "Neuer Titel", T0, json!({}));
     newer["time"]["updated"] = json!(T0 + 2_000);
-    write(
+    write_json(
         root.join("session")
             .join(PROJECT)
             .join(format!("{dup}.json")),
         &older,
     );
-    write(
+    write_json(
         root.join("session/global").join(format!("{dup}.json")),
         &newer,
     );
-    write(
+    write_json(
         root.join("message").join(&dup).join(format!("{m1}.json")),
         &user(&m1, &dup, T0 + 10),
     );
-    write(
+    write_json(
         root.join("part").join(&m1).join("prt_a.json"),
         &text("prt_a", &dup, &m1, "nur einmal"),
     );
     let bad_file = root.join("session/global").join(format!("{bad}.json"));
     std::fs::write(&bad_file, "{\"id\": ").unwrap();
-    write(
+    write_json(
         root.join("message")
             .join(&bad)
             .join(format!("{m_bad}.json")),
         &user(&m_bad, &bad, T0 + 20),
     );
-    write(
+    write_json(
         root.join("part").join(&m_bad).join("prt_b.json"),
         &text("prt_b", &bad, &m_bad, "verloren"),
     );
@@ -978,13 +981,7 @@ async fn import_opencode_copes_with_duplicate_files_refused_sessions_and_channel
     assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
     assert_eq!(counts(&out.stdout, "imported:"), (1, 1), "{}", out.stdout);
     let refused = refused_lines(&out.stdout);
-    let line = |needle: &str| {
-        refused
-            .iter()
-            .find(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no refusal of {needle} in {refused:?}"))
-            .clone()
-    };
+    let line = |needle: &str| refusal(&refused, needle);
     assert!(
         line(&format!("session/{PROJECT}/{dup}.json")).contains("another file of session"),
         "{refused:?}"
@@ -1032,7 +1029,7 @@ async fn import_opencode_copes_with_duplicate_files_refused_sessions_and_channel
 
     // The per-project layout before storage migration 1.
     let old = dir.path().join("project/home-zoe/storage");
-    write(old.join("session/info").join(format!("{dup}.json")), &older);
+    write_json(old.join("session/info").join(format!("{dup}.json")), &older);
     let out = sessiond(
         &dir.path().join("data-old"),
         &["import", "opencode", old.to_str().unwrap()],
@@ -1051,27 +1048,23 @@ async fn import_opencode_copes_with_duplicate_files_refused_sessions_and_channel
 #[tokio::test(flavor = "multi_thread")]
 async fn import_opencode_refuses_parts_that_break_the_part_rules() {
     let dir = tempfile::tempdir().unwrap();
-    let write = |path: PathBuf, value: &Value| {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, serde_json::to_string(value).unwrap()).unwrap();
-    };
     let root = dir.path().join("storage");
     let s = oc_id("ses", 0xe00);
     let (good, empty) = (oc_id("msg", 0xe01), oc_id("msg", 0xe02));
-    write(
+    write_json(
         root.join("session").join(PROJECT).join(format!("{s}.json")),
         &session_json(&s, PROJECT, "Teile", T0, json!({})),
     );
-    write(
+    write_json(
         root.join("message").join(&s).join(format!("{good}.json")),
         &user(&good, &s, T0 + 10),
     );
-    write(
+    write_json(
         root.join("message").join(&s).join(format!("{empty}.json")),
         &user(&empty, &s, T0 + 20),
     );
     let part = |message: &str, id: &str, value: Value| {
-        write(
+        write_json(
             root.join("part").join(message).join(format!("{id}.json")),
             &value,
         )
@@ -1096,13 +1089,7 @@ async fn import_opencode_refuses_parts_that_break_the_part_rules() {
     assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
     assert_eq!(counts(&out.stdout, "imported:"), (1, 1), "{}", out.stdout);
     let refused = refused_lines(&out.stdout);
-    let reason = |needle: &str| {
-        refused
-            .iter()
-            .find(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no refusal of {needle} in {refused:?}"))
-            .clone()
-    };
+    let reason = |needle: &str| refusal(&refused, needle);
     assert!(reason(&format!("part/{good}/prt_b.json")).contains("`type` must be a string"));
     assert!(reason(&format!("part/{good}/prt_c.json")).contains("`text` must be a string"));
     assert!(reason(&format!("part/{good}/prt_d.json")).contains("missing field `type`"));
