@@ -138,24 +138,58 @@ pub fn search_text(parts: &str) -> Result<String, Invalid> {
     inspect_parts(parts)
 }
 
-/// [`inspect_parts`]'s rules for one part that is already a JSON object (imports build parts
-/// as values, and a round trip through text only to check them cost the opencode import a
-/// fifth of its time): `type` must be a string, and a `text` part needs a string `text`, which
-/// is returned.
-pub fn part_text(
+/// Checks one part that is already a JSON object by [`inspect_parts`]' rules and appends its
+/// text to `text` (imports build parts as values, and a round trip through text only to check
+/// them cost the opencode import a fifth of its time). `text` is left as it was when the part
+/// breaks a rule.
+pub fn add_part_text(
     part: &serde_json::Map<String, serde_json::Value>,
-) -> Result<Option<&str>, Invalid> {
-    use serde_json::Value;
-    match part.get("type") {
-        Some(Value::String(kind)) if kind == "text" => {}
-        Some(Value::String(_)) => return Ok(None),
+    text: &mut String,
+) -> Result<(), Invalid> {
+    let kind = match part.get("type") {
+        Some(serde_json::Value::String(kind)) => kind,
         Some(_) => return Err(Invalid::new("`type` must be a string")),
         None => return Err(Invalid::new("missing field `type`")),
+    };
+    match text_of(kind, part.get("text")) {
+        Ok(found) => {
+            append_text(text, found);
+            Ok(())
+        }
+        Err(TextRule::NotAString) => Err(Invalid::new("`text` must be a string")),
+        Err(TextRule::Missing) => Err(Invalid::new("a text part needs a string `text`")),
     }
-    match part.get("text") {
-        Some(Value::String(text)) => Ok(Some(text)),
-        Some(_) => Err(Invalid::new("`text` must be a string")),
-        None => Err(Invalid::new("a text part needs a string `text`")),
+}
+
+/// How a part breaks the rule of [`text_of`].
+enum TextRule {
+    NotAString,
+    Missing,
+}
+
+/// The rule for a part of kind `kind`, whichever form it was read from: a `text` part carries
+/// a string `text`, which is its search text; other parts have none.
+fn text_of<'a>(
+    kind: &str,
+    text: Option<&'a serde_json::Value>,
+) -> Result<Option<&'a str>, TextRule> {
+    if kind != "text" {
+        return Ok(None);
+    }
+    match text {
+        Some(serde_json::Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(TextRule::NotAString),
+        None => Err(TextRule::Missing),
+    }
+}
+
+/// A message's search text is its text parts joined by newlines.
+fn append_text(text: &mut String, part: Option<&str>) {
+    if let Some(part) = part {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(part);
     }
 }
 
@@ -177,24 +211,17 @@ fn inspect_parts(raw: &str) -> Result<String, Invalid> {
                 strip_position(&e.to_string())
             ))
         })?;
-        if info.kind == "text" {
-            match info.text {
-                Some(serde_json::Value::String(s)) => {
-                    if !text.is_empty() {
-                        text.push('\n');
-                    }
-                    text.push_str(&s);
-                }
-                Some(_) => {
-                    return Err(Invalid::new(format!(
-                        "parts[{index}].text must be a string"
-                    )));
-                }
-                None => {
-                    return Err(Invalid::new(format!(
-                        "parts[{index}] is a text part without a `text` string"
-                    )));
-                }
+        match text_of(&info.kind, info.text.as_ref()) {
+            Ok(found) => append_text(&mut text, found),
+            Err(TextRule::NotAString) => {
+                return Err(Invalid::new(format!(
+                    "parts[{index}].text must be a string"
+                )));
+            }
+            Err(TextRule::Missing) => {
+                return Err(Invalid::new(format!(
+                    "parts[{index}] is a text part without a `text` string"
+                )));
             }
         }
     }

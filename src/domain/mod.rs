@@ -12,7 +12,7 @@ pub mod summary;
 
 pub use id::{IdGenerator, MessageId, SessionId, WebhookId, random_token, wall_clock_ms};
 pub use message::{
-    CreateMessage, Message, NewMessage, Part, Role, minify_json, part_text, search_text,
+    CreateMessage, Message, NewMessage, Part, Role, add_part_text, minify_json, search_text,
 };
 pub use pagination::{Limit, MessageCursor, Order, SearchCursor, SessionCursor};
 pub use search::{MAX_QUERY_CHARS, SearchHit, SearchTerms, Term};

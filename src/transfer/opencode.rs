@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use super::{ImportReport, Pending, Pipeline, Refusal};
 use crate::domain::{
     IdGenerator, MAX_SESSION_METADATA_BYTES, Message, MessageId, Role, Session, SessionId,
-    part_text,
+    add_part_text,
 };
 use crate::storage::{ImportMapping, ImportMessage, ImportSession, Storage};
 
@@ -501,16 +501,8 @@ fn convert_message(
         data.remove("sessionID");
         data.remove("messageID");
         data.insert("id".to_owned(), Value::String(part.id));
-        match part_text(&data) {
-            Ok(found) => {
-                if let Some(found) = found {
-                    if !text.is_empty() {
-                        text.push('\n');
-                    }
-                    text.push_str(found);
-                }
-                kept.push(Value::Object(data));
-            }
+        match add_part_text(&data, &mut text) {
+            Ok(()) => kept.push(Value::Object(data)),
             Err(why) => refused.push(Refusal {
                 location: part.location,
                 reason: format!("the part: {}", why.0),
