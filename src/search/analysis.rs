@@ -43,9 +43,9 @@ pub fn prefix_analyzer() -> TextAnalyzer {
         .build()
 }
 
-/// What the pair field indexes: every two adjacent tokens of [`analyzer`] as one term, so a
-/// two-word phrase is a single term that prunes like a word instead of a position check of
-/// every document holding both words.
+/// What the pair field indexes: every two adjacent tokens of [`analyzer`] that are
+/// [`paired`], as one term, so a two-word phrase of them is a single term that prunes like a word
+/// instead of a position check of every document holding both words.
 pub fn pair_analyzer() -> TextAnalyzer {
     TextAnalyzer::builder(SimpleTokenizer::default())
         .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
@@ -53,6 +53,20 @@ pub fn pair_analyzer() -> TextAnalyzer {
         .filter(AsciiFoldingFilter)
         .filter(Shingles)
         .build()
+}
+
+/// Words longer than this are not paired (see [`paired`]).
+pub const PAIRED_WORD_MAX_BYTES: usize = 6;
+
+/// Whether two adjacent tokens are indexed as one pair term, so a two-word phrase of them is one
+/// term query rather than a phrase query on the text field. Only short words pair. Frequent
+/// words are short (in natural language as in code), and a phrase of two frequent words is the
+/// phrase query that checks the positions of very many documents. A phrase with a long word is
+/// cheap as a phrase query, because the longer word's short posting list drives it. Pairing
+/// every two words made the pair field's term dictionary (most pairs occur once) the largest
+/// part of the index and about half of an index build's CPU.
+pub fn paired(first: &str, second: &str) -> bool {
+    first.len() <= PAIRED_WORD_MAX_BYTES && second.len() <= PAIRED_WORD_MAX_BYTES
 }
 
 /// The pair term of two adjacent tokens. Tokens never hold a space, so the join is unambiguous.
@@ -209,8 +223,8 @@ impl<S: TokenStream> TokenStream for EdgeGramStream<S> {
     }
 }
 
-/// A token filter emitting, for every token that directly follows another, the two as one
-/// [`pair`] at the first one's position. Tokens that only look adjacent because a too-long
+/// A token filter emitting, for every token that directly follows another and is [`paired`]
+/// with it, the two as one [`pair`] at the first one's position. Tokens that only look adjacent because a too-long
 /// token between them was dropped do not pair: a phrase query on the text field would not
 /// match them either.
 #[derive(Clone, Copy, Debug)]
@@ -258,6 +272,7 @@ impl<S: TokenStream> TokenStream for ShingleStream<S> {
                     .replace((next.text.clone(), next.offset_from, next.position));
             if let Some((text, from, position)) = previous
                 && next.position == position + 1
+                && paired(&text, &next.text)
             {
                 self.token.text.clear();
                 self.token.text.push_str(&text);
@@ -334,5 +349,12 @@ mod tests {
         let texts: Vec<String> = pairs.into_iter().map(|t| t.text).collect();
         assert_eq!(texts, ["b c"]);
         assert!(tokens(&mut pair_analyzer(), "alone").is_empty());
+        // Only short words pair; a phrase with a longer one is a phrase query.
+        let texts: Vec<String> = tokens(&mut pair_analyzer(), "fix the connection pool in it")
+            .into_iter()
+            .map(|t| t.text)
+            .collect();
+        assert_eq!(texts, ["fix the", "pool in", "in it"]);
+        assert!(paired("sixsix", "ab") && !paired("seven77", "ab"));
     }
 }

@@ -30,14 +30,14 @@ use tantivy::{
 
 use super::analysis::{
     PAIR_TOKENIZER, PREFIX_TOKENIZER, TOKENIZER, analyzer, gram, indexed_part, pair, pair_analyzer,
-    prefix_analyzer, tokens,
+    paired, prefix_analyzer, tokens,
 };
 use super::waiting::{Needs, Waiting};
 use super::{Doc, Heads, Hit, IndexError, Request, SearchIndex, Source, Status, sort_hits};
 use crate::domain::Term;
 
 /// Bumped when the schema or analysis changes: an index of another version is rebuilt.
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 /// Messages read from the source at a time.
 const BATCH: usize = 2000;
 /// The longest wait between indexing attempts after failures.
@@ -878,7 +878,7 @@ impl TantivyIndex {
                     text_term(word),
                     IndexRecordOption::WithFreqs,
                 )),
-                (_, [first, second]) => Box::new(TermQuery::new(
+                (_, [first, second]) if paired(first, second) => Box::new(TermQuery::new(
                     tantivy::Term::from_field_text(fields.pairs, &pair(first, second)),
                     IndexRecordOption::WithFreqs,
                 )),
@@ -1250,10 +1250,16 @@ mod tests {
         }
     }
 
-    /// Zipf-like: word `i` is drawn about `1/(i+1)` as often as word 0.
+    /// Zipf-like: word `i` is drawn about `1/(i+1)` as often as word 0. The hundred most
+    /// frequent words are short and the rest long, so phrases are both pair terms and phrase
+    /// queries ([`paired`]).
     fn word(rng: &mut fastrand::Rng, vocabulary: usize) -> String {
-        let rank = (vocabulary as f64).powf(rng.f64()) as usize - 1;
-        format!("w{}", rank.min(vocabulary - 1))
+        let rank = ((vocabulary as f64).powf(rng.f64()) as usize - 1).min(vocabulary - 1);
+        if rank < 100 {
+            format!("w{rank}")
+        } else {
+            format!("word{rank}")
+        }
     }
 
     fn corpus(rng: &mut fastrand::Rng, seqs: std::ops::Range<i64>) -> Vec<Doc> {
