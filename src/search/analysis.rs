@@ -18,9 +18,12 @@ pub const PAIR_TOKENIZER: &str = "sessiond_pairs";
 /// Longer tokens (base64 blobs and the like) are not indexed.
 const MAX_TOKEN_BYTES: usize = 100;
 
-/// The longest prefix a `prefix*` query matches as one term; longer stems match by their first
-/// this-many characters.
-pub const MAX_GRAM_CHARS: usize = 20;
+/// The longest edge gram. A `prefix*` whose stem is at most this long is one scored term of the
+/// prefix field. A longer stem is scored by its gram (its first this-many characters) and
+/// matched exactly by the range of text-field terms it starts. Short grams are few distinct
+/// terms shared by many words, long ones are mostly distinct terms: grams of up to 20
+/// characters cost an index build 1.7x the CPU of grams of up to 5 (BENCHMARKS.md).
+pub const MAX_GRAM_CHARS: usize = 5;
 
 /// Only the start of a very long text is indexed (the same on both backends).
 pub const MAX_INDEXED_BYTES: usize = 256 * 1024;

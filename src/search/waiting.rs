@@ -100,7 +100,8 @@ impl<'a> Needs<'a> {
     pub fn of(request: &Request<'a>) -> Needs<'a> {
         let words = QueryWords::of(request.terms);
         Needs {
-            // A prefix query looks up the stem's edge gram, which may be shorter than the stem.
+            // A prefix query looks up the stem's edge gram, which may be shorter than the stem
+            // (conservative: a longer stem is matched exactly by the index).
             prefixes: words.prefixes.iter().map(|p| gram(p).to_owned()).collect(),
             words: words.words,
             session_id: request.session_id,
