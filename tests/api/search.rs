@@ -105,6 +105,37 @@ async fn finds_words_phrases_and_prefixes_with_snippets_and_scores() {
     );
 }
 
+/// A `prefix*` longer than an edge gram (5 characters) matches exactly the words it starts,
+/// not every word that shares its gram.
+#[tokio::test]
+async fn long_prefixes_match_exactly_the_words_they_start() {
+    let app = TestApp::spawn().await;
+    let sid = app.create_session("/d", "s").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for n in 0..70 {
+        app.append(&sid, "user", &format!("rolled deployment{n:02} out"))
+            .await;
+    }
+    // Shares the first five characters with every word above, but none of the stems below.
+    let deployed = app.append(&sid, "user", "we deployed it").await;
+    let deployed = deployed["id"].as_str().unwrap();
+    let hits = |q: &str| {
+        let q = encode(q);
+        let app = &app;
+        async move { message_ids(&search(app, &format!("q={q}&limit=1000")).await) }
+    };
+    assert_eq!(hits("deployment*").await.len(), 70);
+    // deployment00 … deployment09.
+    assert_eq!(hits("deployment0*").await.len(), 10);
+    assert_eq!(hits("deploymentx*").await.len(), 0);
+    assert_eq!(hits("deployed*").await, vec![deployed.to_owned()]);
+    // 71 words start with `deplo`, the gram itself.
+    assert_eq!(hits("deplo*").await.len(), 71);
+    assert_eq!(hits("deploym*").await.len(), 70);
+}
+
 #[tokio::test]
 async fn filters_by_session_and_directory() {
     let app = TestApp::spawn().await;
