@@ -227,9 +227,9 @@ impl<S: TokenStream> TokenStream for EdgeGramStream<S> {
 }
 
 /// A token filter emitting, for every token that directly follows another and is [`paired`]
-/// with it, the two as one [`pair`] at the first one's position. Tokens that only look adjacent because a too-long
-/// token between them was dropped do not pair: a phrase query on the text field would not
-/// match them either.
+/// with it, the two as one [`pair`] at the first one's position. Tokens that only look adjacent
+/// because a too-long token between them was dropped do not pair: a phrase query on the text
+/// field would not match them either.
 #[derive(Clone, Copy, Debug)]
 pub struct Shingles;
 

@@ -878,11 +878,12 @@ impl TantivyIndex {
             let query: Box<dyn Query> = match (term, words.as_slice()) {
                 (_, []) => return None,
                 (Term::Prefix(_), [stem]) => {
+                    let gram = gram(stem);
                     let scored = Box::new(TermQuery::new(
-                        tantivy::Term::from_field_text(fields.prefix, gram(stem)),
+                        tantivy::Term::from_field_text(fields.prefix, gram),
                         IndexRecordOption::WithFreqs,
                     ));
-                    if gram(stem).len() == stem.len() {
+                    if gram.len() == stem.len() {
                         scored
                     } else {
                         let exact =
