@@ -95,6 +95,10 @@ pub struct ExportArgs {
     /// Write to this file instead of standard output
     #[arg(long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
+    /// Sessions, and messages, read per database call: memory holds one page of each
+    #[arg(long, value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub page_size: u32,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
@@ -217,10 +221,15 @@ async fn export_command(args: ExportArgs) -> ExitCode {
             Some(path) => {
                 let file = std::fs::File::create(path)
                     .with_context(|| format!("creating {}", path.display()))?;
-                crate::transfer::export::export(storage.clone(), file).await
+                crate::transfer::export::export(storage.clone(), file, args.page_size).await
             }
             None => {
-                crate::transfer::export::export(storage.clone(), std::io::stdout().lock()).await
+                crate::transfer::export::export(
+                    storage.clone(),
+                    std::io::stdout().lock(),
+                    args.page_size,
+                )
+                .await
             }
         };
         storage.close().await;

@@ -96,6 +96,20 @@ pub struct MessageListQuery {
     pub after: Option<MessageCursor>,
 }
 
+/// A stretch of the messages of consecutive sessions, in (session id, `created_at`, id)
+/// order: what `sessiond export` reads, the messages of many sessions per call.
+#[derive(Clone, Debug)]
+pub struct MessageWalk {
+    /// The first session of the stretch.
+    pub from: SessionId,
+    /// Within `from`, only the messages after this (`created_at`, id): where the last call
+    /// stopped.
+    pub after: Option<(i64, MessageId)>,
+    /// The last session of the stretch.
+    pub through: SessionId,
+    pub limit: u32,
+}
+
 #[derive(Clone, Debug)]
 pub struct SearchQuery {
     pub terms: SearchTerms,
@@ -321,6 +335,10 @@ pub trait Storage: Send + Sync + 'static {
         after: Option<SessionId>,
         limit: u32,
     ) -> StorageResult<Vec<Session>>;
+
+    /// Up to `walk.limit` messages of the sessions from `walk.from` through `walk.through`
+    /// (in id order, both included), ordered by session id, then as a session lists them.
+    async fn messages_by_session(&self, walk: MessageWalk) -> StorageResult<Vec<Message>>;
 
     /// Every key with the hash of its secret (copying between backends).
     async fn export_keys(&self) -> StorageResult<Vec<(ApiKey, String)>>;

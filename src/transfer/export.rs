@@ -4,19 +4,20 @@
 //! `{"type":"message",…}` line for each of its messages, oldest first. Sessions go in id order,
 //! which is creation order, so a parent always comes before its children and
 //! [`super::jsonl`] can restore both. Memory stays constant: one page of sessions and one page
-//! of messages are held at a time, whatever the size of the database.
+//! of messages are held at a time, whatever the size of the database. The messages of a page
+//! of sessions are read together, a page at a time across sessions: one storage call per
+//! session cost more than the export's own work.
 
+use std::cmp::Ordering;
+use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::domain::{Limit, Order};
-use crate::storage::{MessageListQuery, Storage};
-
-/// Sessions and messages read per storage call.
-const PAGE: u32 = 1000;
+use crate::domain::{Message, SessionId};
+use crate::storage::{MessageWalk, Storage};
 
 #[derive(Debug, Default)]
 pub struct ExportReport {
@@ -25,63 +26,126 @@ pub struct ExportReport {
     pub elapsed: Duration,
 }
 
-/// Writes `{"type":"<kind>",` and the rest of `record`'s JSON object.
-fn line(out: &mut impl Write, kind: &str, record: &impl serde::Serialize) -> anyhow::Result<()> {
-    let json = serde_json::to_string(record).context("encoding a record")?;
+/// Writes `{"type":"<kind>",` and the rest of `record`'s JSON object, encoded in `buf`.
+fn line(
+    out: &mut impl Write,
+    buf: &mut Vec<u8>,
+    kind: &str,
+    record: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    buf.clear();
+    serde_json::to_writer(&mut *buf, record).context("encoding a record")?;
     // Every record is a JSON object: `{` then its fields.
-    let fields = json
-        .strip_prefix('{')
+    let fields = buf
+        .strip_prefix(b"{")
         .context("a record is not an object")?;
     write!(out, "{{\"type\":\"{kind}\"")?;
-    if fields != "}" {
+    if fields != b"}" {
         out.write_all(b",")?;
     }
-    out.write_all(fields.as_bytes())?;
+    out.write_all(fields)?;
     out.write_all(b"\n")?;
     Ok(())
 }
 
-/// Streams everything in `storage` to `out`.
-pub async fn export(storage: Arc<dyn Storage>, out: impl Write) -> anyhow::Result<ExportReport> {
+/// The messages of one page of sessions, read a page at a time and handed out session by
+/// session, in the sessions' order.
+struct Messages<'a> {
+    storage: &'a dyn Storage,
+    walk: MessageWalk,
+    page: VecDeque<Message>,
+    done: bool,
+}
+
+impl<'a> Messages<'a> {
+    fn new(storage: &'a dyn Storage, from: SessionId, through: SessionId, limit: u32) -> Self {
+        Messages {
+            storage,
+            walk: MessageWalk {
+                from,
+                after: None,
+                through,
+                limit,
+            },
+            page: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// The next message of `session`; `None` once it has no more. Sessions must be asked for
+    /// in id order. Messages of a session the page of sessions did not hold (one created
+    /// since, with an id inside the page's range) are passed over, like the session itself.
+    async fn next_of(&mut self, session: &SessionId) -> anyhow::Result<Option<Message>> {
+        loop {
+            let Some(head) = self.page.front() else {
+                if self.done {
+                    return Ok(None);
+                }
+                self.fill().await?;
+                continue;
+            };
+            match head.session_id.cmp(session) {
+                Ordering::Less => {
+                    self.page.pop_front();
+                }
+                Ordering::Equal => return Ok(self.page.pop_front()),
+                Ordering::Greater => return Ok(None),
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> anyhow::Result<()> {
+        let page = self
+            .storage
+            .messages_by_session(self.walk.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "reading the messages of the sessions from {}",
+                    self.walk.from
+                )
+            })?;
+        self.done = page.len() < self.walk.limit as usize;
+        if let Some(last) = page.last() {
+            self.walk.from = last.session_id.clone();
+            self.walk.after = Some((last.created_at, last.id.clone()));
+        }
+        self.page = page.into();
+        Ok(())
+    }
+}
+
+/// Streams everything in `storage` to `out`, reading `page` sessions, or messages, per
+/// storage call.
+pub async fn export(
+    storage: Arc<dyn Storage>,
+    out: impl Write,
+    page: u32,
+) -> anyhow::Result<ExportReport> {
     let started = Instant::now();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
-    let limit = Limit::new(PAGE).context("the page size")?;
+    let mut buf = Vec::with_capacity(1 << 12);
     let mut report = ExportReport::default();
     let mut after = None;
     loop {
         let sessions = storage
-            .sessions_by_id(after.take(), PAGE)
+            .sessions_by_id(after.take(), page)
             .await
             .context("reading sessions")?;
-        let Some(last) = sessions.last() else { break };
-        after = Some(last.id.clone());
+        let (Some(first), Some(last)) = (sessions.first(), sessions.last()) else {
+            break;
+        };
+        let mut messages = Messages::new(storage.as_ref(), first.id.clone(), last.id.clone(), page);
         for session in &sessions {
-            line(&mut out, "session", session).context("writing the export")?;
+            line(&mut out, &mut buf, "session", session).context("writing the export")?;
             report.sessions += 1;
-            let mut cursor = None;
-            loop {
-                let (page, _) = storage
-                    .list_messages(
-                        &session.id,
-                        MessageListQuery {
-                            order: Order::Asc,
-                            limit,
-                            after: cursor,
-                        },
-                    )
-                    .await
-                    .with_context(|| format!("reading the messages of {}", session.id))?;
-                for message in &page.items {
-                    line(&mut out, "message", message).context("writing the export")?;
-                }
-                report.messages += page.items.len() as u64;
-                cursor = page.next;
-                if cursor.is_none() {
-                    break;
-                }
+            while let Some(message) = messages.next_of(&session.id).await? {
+                line(&mut out, &mut buf, "message", &message).context("writing the export")?;
+                report.messages += 1;
             }
         }
-        if sessions.len() < PAGE as usize {
+        after = Some(last.id.clone());
+        if sessions.len() < page as usize {
             break;
         }
     }

@@ -799,6 +799,17 @@ async fn export_import_export_is_byte_identical_and_a_second_import_skips_everyt
     let second = sessiond(&to, &["export"]);
     assert_eq!(second.code, Some(0), "{}", second.stderr);
     let first_bytes = std::fs::read_to_string(&first).unwrap();
+    // Pages smaller than a session's messages, and pages of messages that span sessions (a
+    // message page of two holds the child's message and the next page starts past it), give
+    // the same lines.
+    for page in ["1", "2", "4"] {
+        let paged = sessiond(&from, &["export", "--page-size", page]);
+        assert_eq!(paged.code, Some(0), "{}", paged.stderr);
+        assert_eq!(paged.stdout, first_bytes, "--page-size {page}");
+    }
+    let zero = sessiond(&from, &["export", "--page-size", "0"]);
+    assert_eq!(zero.code, Some(2), "{}", zero.stderr);
+    assert!(zero.stderr.contains("--page-size"), "{}", zero.stderr);
     assert_eq!(
         second.stdout, first_bytes,
         "export → import → export gives the same bytes"

@@ -33,7 +33,7 @@ use self::writer::Writer;
 use super::CommitHook;
 use super::{
     Counts, EventBounds, ImportMapping, ImportSession, ImportedSession, MessageListQuery,
-    SearchQuery, SessionListQuery, SessionText, Storage, StorageError, StorageResult,
+    MessageWalk, SearchQuery, SessionListQuery, SessionText, Storage, StorageError, StorageResult,
 };
 use crate::domain::keys::{ApiKey, NewKey};
 use crate::domain::{
@@ -524,6 +524,10 @@ impl Storage for PgStorage {
         limit: u32,
     ) -> StorageResult<Vec<Session>> {
         reads::sessions_by_id(&*self.client().await?, after.as_ref(), limit).await
+    }
+
+    async fn messages_by_session(&self, walk: MessageWalk) -> StorageResult<Vec<Message>> {
+        reads::messages_by_session(&*self.client().await?, &walk).await
     }
 
     async fn export_keys(&self) -> StorageResult<Vec<(ApiKey, String)>> {

@@ -13,8 +13,8 @@ use crate::domain::{
 };
 use crate::events::{Event, EventFilter, EventKind};
 use crate::storage::{
-    EventBounds, MessageListQuery, SessionFilter, SessionListQuery, SessionText, StorageError,
-    StorageResult,
+    EventBounds, MessageListQuery, MessageWalk, SessionFilter, SessionListQuery, SessionText,
+    StorageError, StorageResult,
 };
 
 pub const SESSION_COLUMNS: &str = "id, directory, title, parent_id, created_at, updated_at, \
@@ -114,6 +114,49 @@ pub async fn sessions_by_id(
         .iter()
         .map(session)
         .collect()
+}
+
+/// The messages of consecutive sessions (see [`MessageWalk`]).
+pub async fn messages_by_session(client: &Conn, walk: &MessageWalk) -> StorageResult<Vec<Message>> {
+    let from = if walk.after.is_some() {
+        "(session_id, created_at, id) > ($1, $4, $5)"
+    } else {
+        "session_id >= $1"
+    };
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE {from} AND session_id <= $2 \
+             ORDER BY session_id, created_at, id LIMIT $3"
+        ))
+        .await
+        .map_err(db("preparing a message walk"))?;
+    let limit = i64::from(walk.limit);
+    let rows = match &walk.after {
+        Some((created_at, id)) => {
+            client
+                .query(
+                    &statement,
+                    &[
+                        &walk.from.as_str(),
+                        &walk.through.as_str(),
+                        &limit,
+                        created_at,
+                        &id.as_str(),
+                    ],
+                )
+                .await
+        }
+        None => {
+            client
+                .query(
+                    &statement,
+                    &[&walk.from.as_str(), &walk.through.as_str(), &limit],
+                )
+                .await
+        }
+    }
+    .map_err(db("walking messages"))?;
+    rows.iter().map(|row| message_at(row, 0)).collect()
 }
 
 pub async fn get_message(client: &Conn, id: &MessageId) -> StorageResult<Message> {

@@ -31,7 +31,7 @@ use self::pool::ReadPool;
 use self::writer::{WriterHandle, WriterOptions};
 use super::{
     Counts, EventBounds, ImportMapping, ImportSession, ImportedSession, MessageListQuery,
-    SearchQuery, SessionListQuery, SessionText, Storage, StorageResult,
+    MessageWalk, SearchQuery, SessionListQuery, SessionText, Storage, StorageResult,
 };
 use crate::domain::keys::{ApiKey, NewKey};
 use crate::domain::{
@@ -395,6 +395,12 @@ impl Storage for SqliteStorage {
     ) -> StorageResult<Vec<Session>> {
         self.readers
             .read(move |conn| reads::sessions_by_id(conn, after.as_ref(), limit))
+            .await
+    }
+
+    async fn messages_by_session(&self, walk: MessageWalk) -> StorageResult<Vec<Message>> {
+        self.readers
+            .read(move |conn| reads::messages_by_session(conn, &walk))
             .await
     }
 

@@ -146,6 +146,18 @@ fn every_session_list_variant_uses_an_index() {
 fn every_message_list_variant_uses_an_index() {
     let conn = database();
     let (_, message_id) = ids();
+    // The export's walk across sessions, at its start and where a page stopped.
+    for continued in [false, true] {
+        let sql = reads::message_walk_sql(continued);
+        let lines = plan(&conn, &sql);
+        assert!(violations(&lines, false).is_empty(), "{sql}\n{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("USING INDEX messages_session")),
+            "{sql}\n{lines:#?}"
+        );
+    }
     for order in [Order::Asc, Order::Desc] {
         for with_cursor in [false, true] {
             let query = MessageListQuery {

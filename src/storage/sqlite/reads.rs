@@ -16,8 +16,8 @@ use crate::events::{Event, EventFilter, EventKind};
 use crate::search::paging::{self, HitRow, Rankings};
 use crate::search::{SearchIndex, Source};
 use crate::storage::{
-    EventBounds, MessageListQuery, SearchQuery, SessionFilter, SessionListQuery, SessionText,
-    StorageError, StorageResult,
+    EventBounds, MessageListQuery, MessageWalk, SearchQuery, SessionFilter, SessionListQuery,
+    SessionText, StorageError, StorageResult,
 };
 
 /// Runs `body` in one read transaction, so multi-statement reads see one snapshot.
@@ -390,6 +390,40 @@ pub fn sessions_by_id(
     .collect::<Result<Vec<_>, _>>()
     .context("reading sessions")
     .map_err(Into::into)
+}
+
+/// The SQL of a [`MessageWalk`]: its start (`?1` through `?2`, up to `?3` rows), or where
+/// the last call stopped (also `?4`, `?5`: the `created_at` and id of its last message).
+pub fn message_walk_sql(continued: bool) -> String {
+    let from = if continued {
+        "(session_id, created_at, id) > (?1, ?4, ?5)"
+    } else {
+        "session_id >= ?1"
+    };
+    format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE {from} AND session_id <= ?2 \
+         ORDER BY session_id, created_at, id LIMIT ?3"
+    )
+}
+
+/// The messages of consecutive sessions (see [`MessageWalk`]).
+pub fn messages_by_session(conn: &Connection, walk: &MessageWalk) -> StorageResult<Vec<Message>> {
+    let mut params: Vec<Value> = vec![
+        Value::Text(walk.from.as_str().to_owned()),
+        Value::Text(walk.through.as_str().to_owned()),
+        Value::Integer(i64::from(walk.limit)),
+    ];
+    if let Some((created_at, id)) = &walk.after {
+        params.push(Value::Integer(*created_at));
+        params.push(Value::Text(id.as_str().to_owned()));
+    }
+    conn.prepare_cached(&message_walk_sql(walk.after.is_some()))
+        .context("preparing a message walk")?
+        .query_map(params_from_iter(params), rows::message)
+        .context("walking messages")?
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading messages")
+        .map_err(Into::into)
 }
 
 pub fn counts(conn: &Connection) -> StorageResult<crate::storage::Counts> {
