@@ -214,24 +214,44 @@ pub fn main() -> ExitCode {
 }
 
 async fn export_command(args: ExportArgs) -> ExitCode {
+    use std::io::IsTerminal;
     telemetry::init("warn", crate::config::LogFormat::Pretty);
     let run = async {
         let storage = args.database.open().await?;
+        // A bar drawn between lines of the export on the same terminal would garble both.
+        let progress = if args.output.is_none() && std::io::stdout().is_terminal() {
+            crate::transfer::Progress::hidden()
+        } else {
+            crate::transfer::Progress::new(None)
+        };
+        let show = |report: &crate::transfer::export::ExportReport| {
+            let secs = report.elapsed.as_secs_f64().max(1e-9);
+            progress.set(
+                report.sessions,
+                format!(
+                    "{} messages ({:.0}/s)",
+                    report.messages,
+                    report.messages as f64 / secs
+                ),
+            );
+        };
         let result = match &args.output {
             Some(path) => {
                 let file = std::fs::File::create(path)
                     .with_context(|| format!("creating {}", path.display()))?;
-                crate::transfer::export::export(storage.clone(), file, args.page_size).await
+                crate::transfer::export::export(storage.clone(), file, args.page_size, show).await
             }
             None => {
                 crate::transfer::export::export(
                     storage.clone(),
                     std::io::stdout().lock(),
                     args.page_size,
+                    show,
                 )
                 .await
             }
         };
+        progress.done();
         storage.close().await;
         result
     };

@@ -116,11 +116,12 @@ impl<'a> Messages<'a> {
 }
 
 /// Streams everything in `storage` to `out`, reading `page` sessions, or messages, per
-/// storage call.
+/// storage call; `progress` sees the report so far after each page of sessions.
 pub async fn export(
     storage: Arc<dyn Storage>,
     out: impl Write,
     page: u32,
+    mut progress: impl FnMut(&ExportReport),
 ) -> anyhow::Result<ExportReport> {
     let started = Instant::now();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
@@ -145,6 +146,8 @@ pub async fn export(
             }
         }
         after = Some(last.id.clone());
+        report.elapsed = started.elapsed();
+        progress(&report);
         if sessions.len() < page as usize {
             break;
         }

@@ -203,6 +203,13 @@ impl Progress {
         progress
     }
 
+    /// Draws nothing (where standard error shares a terminal with the data written).
+    pub fn hidden() -> Progress {
+        Progress {
+            bar: indicatif::ProgressBar::hidden(),
+        }
+    }
+
     /// From here on a bar out of `total` sessions.
     pub fn set_total(&self, total: u64) {
         self.bar.set_length(total);
