@@ -335,10 +335,7 @@ async fn nul_characters_are_kept_or_refused_clearly_never_a_500() {
         other => panic!("{other}"),
     }
     // In message text it is always kept (the parts are stored as JSON, which escapes it).
-    let id = app.create_session("/nul", "t").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = app.create_session_id("/nul", "t").await;
     let message = app.append(&id, "user", "before\u{0}after words").await;
     let stored = app
         .get_json(&format!("/v1/messages/{}", message["id"].as_str().unwrap()))

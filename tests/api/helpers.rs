@@ -234,6 +234,12 @@ impl TestApp {
         response.json().await.expect("session json")
     }
 
+    /// The id of a new session (see [`TestApp::create_session`]).
+    pub async fn create_session_id(&self, directory: &str, title: &str) -> String {
+        let session = self.create_session(directory, title).await;
+        session["id"].as_str().expect("a session id").to_owned()
+    }
+
     pub async fn append(&self, session_id: &str, role: &str, text: &str) -> Value {
         let response = self
             .post_json(

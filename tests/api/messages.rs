@@ -41,10 +41,7 @@ async fn append_returns_the_message_and_bumps_the_session() {
 #[tokio::test]
 async fn metadata_defaults_to_an_empty_object() {
     let app = TestApp::spawn().await;
-    let sid = app.create_session("/d", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "s").await;
     let message = app.append(&sid, "user", "hi").await;
     assert_eq!(message["metadata"], json!({}));
 }
@@ -52,10 +49,7 @@ async fn metadata_defaults_to_an_empty_object() {
 #[tokio::test]
 async fn every_role_is_accepted_and_others_refused() {
     let app = TestApp::spawn().await;
-    let sid = app.create_session("/d", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "s").await;
     for role in ["user", "assistant", "system", "tool"] {
         assert_eq!(app.append(&sid, role, "x").await["role"], role);
     }
@@ -75,10 +69,7 @@ async fn every_role_is_accepted_and_others_refused() {
 #[tokio::test]
 async fn invalid_messages_are_refused_and_nothing_is_stored() {
     let app = TestApp::spawn().await;
-    let sid = app.create_session("/d", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "s").await;
     let path = format!("/v1/sessions/{sid}/messages");
     for (body, needle) in [
         (json!({"role": "user"}), "parts"),
@@ -153,14 +144,8 @@ async fn append_to_an_unknown_session_is_404() {
 #[tokio::test]
 async fn list_pages_in_both_orders() {
     let app = TestApp::spawn().await;
-    let sid = app.create_session("/d", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let other = app.create_session("/d", "other").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "s").await;
+    let other = app.create_session_id("/d", "other").await;
     let mut written = Vec::new();
     for i in 0..25 {
         written.push(app.append(&sid, "user", &format!("message {i}")).await);
@@ -209,10 +194,7 @@ async fn list_pages_in_both_orders() {
 #[tokio::test]
 async fn cursors_keep_their_order_and_their_list() {
     let app = TestApp::spawn().await;
-    let sid = app.create_session("/d", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "s").await;
     for i in 0..3 {
         app.append(&sid, "user", &format!("m{i}")).await;
     }

@@ -118,10 +118,7 @@ async fn session_pages_while_others_create_and_update_sessions() {
 #[tokio::test]
 async fn message_pages_while_messages_are_appended() {
     let app = Arc::new(TestApp::spawn().await);
-    let sid = app.create_session("/d", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "s").await;
     let mut before = Vec::new();
     for i in 0..60 {
         before.push(

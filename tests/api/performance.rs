@@ -188,10 +188,7 @@ async fn conditional_get_of_a_session_and_its_invalidation() {
 async fn conditional_get_of_lists_follows_every_write() {
     let app = TestApp::spawn().await;
     fill(&app, 3).await;
-    let sid = app.create_session("/lists", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/lists", "s").await;
     app.append(&sid, "user", "hello").await;
     for path in [
         "/v1/sessions?limit=10".to_owned(),
@@ -228,10 +225,7 @@ async fn conditional_get_of_lists_follows_every_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_reads_never_lag_the_clients_own_writes() {
     let app = Arc::new(TestApp::spawn().await);
-    let sid = app.create_session("/ryw", "t0").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/ryw", "t0").await;
     let path = format!("/v1/sessions/{sid}");
     let messages = format!("/v1/sessions/{sid}/messages?limit=1000");
     // Others keep reading (and so re-filling the cache) meanwhile.

@@ -770,10 +770,7 @@ async fn a_stream_opened_on_one_instance_while_another_writes_has_no_gap() {
     let Some((a, b, _url, _dir)) = two_instances(|_| {}).await else {
         return;
     };
-    let id = a.create_session("/g", "gaps").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = a.create_session_id("/g", "gaps").await;
     let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let writer = {
         let (client, url, writing) = (
@@ -887,14 +884,8 @@ async fn a_search_on_one_instance_finds_what_another_wrote_and_not_what_it_delet
     let Some((a, b, _url, _dir)) = two_instances(|_| {}).await else {
         return;
     };
-    let keep = a.create_session("/s", "keep").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let gone = b.create_session("/s", "gone").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let keep = a.create_session_id("/s", "keep").await;
+    let gone = b.create_session_id("/s", "gone").await;
     let mut kept = Vec::new();
     for n in 0..20 {
         // Written alternately on either instance, searched at once on the other.
@@ -979,10 +970,7 @@ async fn a_second_instance_on_the_same_search_index_dir_is_refused() {
     assert!(error.contains("in use by another sessiond"), "{error}");
     assert!(error.contains("search_index_dir"), "{error}");
     // The first keeps serving searches.
-    let sid = a.create_session("/s", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = a.create_session_id("/s", "s").await;
     let id = a.append(&sid, "user", "still searchable").await["id"]
         .as_str()
         .unwrap()

@@ -26,10 +26,7 @@ fn encode(q: &str) -> String {
 #[tokio::test]
 async fn finds_words_phrases_and_prefixes_with_snippets_and_scores() {
     let app = TestApp::spawn().await;
-    let sid = app.create_session("/d", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "s").await;
     let login = app
         .append(
             &sid,
@@ -110,10 +107,7 @@ async fn finds_words_phrases_and_prefixes_with_snippets_and_scores() {
 #[tokio::test]
 async fn long_prefixes_match_exactly_the_words_they_start() {
     let app = TestApp::spawn().await;
-    let sid = app.create_session("/d", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "s").await;
     for n in 0..70 {
         app.append(&sid, "user", &format!("rolled deployment{n:02} out"))
             .await;
@@ -139,14 +133,8 @@ async fn long_prefixes_match_exactly_the_words_they_start() {
 #[tokio::test]
 async fn filters_by_session_and_directory() {
     let app = TestApp::spawn().await;
-    let a = app.create_session("/home/a", "a").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let b = app.create_session("/home/b", "b").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let a = app.create_session_id("/home/a", "a").await;
+    let b = app.create_session_id("/home/b", "b").await;
     let in_a = app.append(&a, "user", "deploy the gateway").await;
     let in_b = app.append(&b, "user", "deploy the gateway again").await;
 
@@ -180,10 +168,7 @@ async fn filters_by_session_and_directory() {
 #[tokio::test]
 async fn hostile_queries_never_error() {
     let app = TestApp::spawn().await;
-    let sid = app.create_session("/d", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "s").await;
     app.append(
         &sid,
         "user",
@@ -279,10 +264,7 @@ async fn query_is_required_and_bounded() {
 #[tokio::test]
 async fn pages_cover_every_hit_once_in_one_order_even_while_others_write() {
     let app = TestApp::spawn().await;
-    let sid = app.create_session("/d", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "s").await;
     let mut expected = HashSet::new();
     for i in 0..60 {
         // Different term counts and lengths: bm25 order moves as the corpus grows.
@@ -330,10 +312,7 @@ async fn pages_cover_every_hit_once_in_one_order_even_while_others_write() {
 #[tokio::test]
 async fn pages_of_every_size_reach_past_the_kept_ranking_to_the_last_hit() {
     let app = TestApp::spawn().await;
-    let sid = app.create_session("/d", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "s").await;
     let mut expected = HashSet::new();
     for i in 0..430 {
         let text = format!("{} number {i}", "needle ".repeat(1 + i % 3));
@@ -374,10 +353,7 @@ async fn pages_of_every_size_reach_past_the_kept_ranking_to_the_last_hit() {
 #[tokio::test]
 async fn a_swap_in_ranking_between_pages_neither_skips_nor_repeats() {
     let app = TestApp::spawn().await;
-    let sid = app.create_session("/d", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "s").await;
     for _ in 0..20 {
         app.append(&sid, "user", &"long filler text ".repeat(33))
             .await;
@@ -418,14 +394,8 @@ async fn a_swap_in_ranking_between_pages_neither_skips_nor_repeats() {
 #[tokio::test]
 async fn deleted_messages_leave_the_index() {
     let app = TestApp::spawn().await;
-    let keep = app.create_session("/d", "keep").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let gone = app.create_session("/d", "gone").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let keep = app.create_session_id("/d", "keep").await;
+    let gone = app.create_session_id("/d", "gone").await;
     app.append(&keep, "user", "quokka sighting").await;
     app.append(&gone, "user", "quokka again").await;
     assert_eq!(search(&app, "q=quokka").await.len(), 2);
@@ -784,10 +754,7 @@ async fn a_message_in_flight_on_postgres_is_found_once_committed() {
         axum::Router::new(),
     )
     .await;
-    let sid = app.create_session("/f", "f").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/f", "f").await;
     app.append(&sid, "user", "committed first").await;
 
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)

@@ -8,10 +8,7 @@ use crate::helpers::{TestApp, assert_problem};
 #[tokio::test]
 async fn summary_extracts_sentences_about_the_main_topic() {
     let app = TestApp::spawn().await;
-    let sid = app.create_session("/d", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "s").await;
     for text in [
         "The database migration failed on the users table. The weather is nice.",
         "Rerun the database migration after locking the users table.",
@@ -52,10 +49,7 @@ async fn summary_extracts_sentences_about_the_main_topic() {
 #[tokio::test]
 async fn a_message_over_the_text_budget_is_summarized_from_its_end() {
     let app = TestApp::spawn_configured(|config| config.summarize_max_bytes = 2000).await;
-    let sid = app.create_session("/d", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "s").await;
     app.append(
         &sid,
         "user",
@@ -87,10 +81,7 @@ async fn a_message_over_the_text_budget_is_summarized_from_its_end() {
 #[tokio::test]
 async fn empty_and_unknown_sessions() {
     let app = TestApp::spawn().await;
-    let sid = app.create_session("/d", "s").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "s").await;
     let summary: Value = app
         .client
         .post(app.url(&format!("/v1/sessions/{sid}/summarize")))
@@ -124,10 +115,7 @@ async fn a_flood_of_summaries_does_not_stall_other_requests() {
         })
         .await,
     );
-    let sid = app.create_session("/d", "big").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "big").await;
     let paragraph = "The scheduler retries failed jobs with exponential backoff. \
         Each worker leases a job, runs it, and reports the outcome to the queue. \
         When a lease expires, another worker picks the job up again. ";
@@ -183,10 +171,7 @@ async fn summaries_past_the_queue_bound_are_refused_with_retry_after() {
         })
         .await,
     );
-    let sid = app.create_session("/d", "big").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = app.create_session_id("/d", "big").await;
     let text = "Workers lease jobs from the queue and report outcomes. ".repeat(200);
     for _ in 0..40 {
         app.append(&sid, "assistant", &text).await;
