@@ -237,9 +237,8 @@ async fn export_command(args: ExportArgs) -> ExitCode {
         };
         let result = match &args.output {
             Some(path) => {
-                let file = std::fs::File::create(path)
-                    .with_context(|| format!("creating {}", path.display()))?;
-                crate::transfer::export::export(storage.clone(), file, args.page_size, show).await
+                crate::transfer::export::export_to_file(storage.clone(), path, args.page_size, show)
+                    .await
             }
             None => {
                 crate::transfer::export::export(

@@ -11,6 +11,7 @@
 use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -154,5 +155,54 @@ pub async fn export(
     }
     out.flush().context("writing the export")?;
     report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// Exports to the file at `path`. A regular file (or a new one) is written beside it under a
+/// temporary name and renamed into place once complete and synced, so an export that fails
+/// half-way leaves the previous backup as it was, never a truncated one. A new file is
+/// readable by its owner only (it holds every session); one replaced keeps its permissions.
+/// Anything else (a symbolic link, a pipe, a device) is written to directly.
+pub async fn export_to_file(
+    storage: Arc<dyn Storage>,
+    path: &Path,
+    page: u32,
+    progress: impl FnMut(&ExportReport),
+) -> anyhow::Result<ExportReport> {
+    let existing = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => Some(metadata),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            return Err(error).with_context(|| format!("looking at {}", path.display()));
+        }
+    };
+    if existing.as_ref().is_some_and(|m| !m.is_file()) {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        return export(storage, file, page, progress).await;
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix(".sessiond-export-")
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating {}", path.display()))?;
+    if let Some(metadata) = &existing {
+        temp.as_file()
+            .set_permissions(metadata.permissions())
+            .with_context(|| format!("keeping the permissions of {}", path.display()))?;
+    }
+    // Dropping `temp` on an error removes it.
+    let report = export(storage, temp.as_file(), page, progress).await?;
+    temp.as_file()
+        .sync_all()
+        .with_context(|| format!("writing {}", path.display()))?;
+    temp.persist(path)
+        .with_context(|| format!("moving the export into place at {}", path.display()))?;
     Ok(report)
 }

@@ -1121,3 +1121,58 @@ async fn import_opencode_refuses_parts_that_break_the_part_rules() {
     assert_eq!(parts[1]["url"], "file:///ä.png");
     app.stop().await;
 }
+
+/// Makes every stored message unreadable (its parts no longer JSON), behind the server's back.
+async fn break_stored_messages(data_dir: &Path) {
+    let sql = "UPDATE messages SET parts = 'not json'";
+    match postgres_database_for(data_dir) {
+        Some(url) => {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            client.execute(sql, &[]).await.unwrap();
+        }
+        None => {
+            let conn = rusqlite::Connection::open(data_dir.join("sessiond.db")).unwrap();
+            conn.execute(sql, []).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_that_fails_half_way_leaves_the_previous_file_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let app = server(&data).await;
+    let sid = app.create_session_id("/d", "s").await;
+    app.append(&sid, "user", "the first backup").await;
+    app.stop().await;
+    let backups = dir.path().join("backups");
+    std::fs::create_dir(&backups).unwrap();
+    let backup = backups.join("backup.jsonl");
+    let path = backup.to_str().unwrap();
+
+    std::fs::write(&backup, "an older backup\n").unwrap();
+    let done = sessiond(&data, &["export", "--output", path]);
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    let good = std::fs::read_to_string(&backup).unwrap();
+    assert_eq!(good.lines().count(), 2, "{good}");
+    assert!(good.contains("the first backup"), "{good}");
+
+    // The session's line is written before its messages are read, and they cannot be.
+    break_stored_messages(&data).await;
+    let failed = sessiond(&data, &["export", "--output", path]);
+    assert_eq!(failed.code, Some(1), "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("sessiond export:") && failed.stderr.contains("messages"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), good);
+    let left: Vec<_> = std::fs::read_dir(&backups)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("backup.jsonl")]);
+}
