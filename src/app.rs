@@ -285,6 +285,7 @@ async fn open_storage(
         writer_queue: config.writer_queue,
         max_batch: config.write_batch,
         on_commit: Some(Arc::new(on_commit)),
+        ..SqliteOptions::new(&config.data_dir)
     };
     let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(options))
         .await

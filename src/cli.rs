@@ -74,19 +74,25 @@ impl DatabaseArgs {
 
     /// Opens the database; a SQLite data dir a running server holds is refused.
     async fn open(&self) -> anyhow::Result<Arc<dyn Storage>> {
+        self.open_for(Reads::Random).await
+    }
+
+    async fn open_for(&self, reads: Reads) -> anyhow::Result<Arc<dyn Storage>> {
         let database =
             Database::parse(&self.database).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
         let data_dir = self.data_dir();
-        open_database(&data_dir, &database).await.map_err(|error| {
-            if matches!(database, Database::Sqlite) && format!("{error:#}").contains("in use") {
-                anyhow::anyhow!(
-                    "{error:#}: a running server holds it; stop the server first (or use \
+        open_database_for(&data_dir, &database, reads)
+            .await
+            .map_err(|error| {
+                if matches!(database, Database::Sqlite) && format!("{error:#}").contains("in use") {
+                    anyhow::anyhow!(
+                        "{error:#}: a running server holds it; stop the server first (or use \
                      PostgreSQL, where imports run beside live servers)"
-                )
-            } else {
-                error
-            }
-        })
+                    )
+                } else {
+                    error
+                }
+            })
     }
 }
 
@@ -217,7 +223,7 @@ async fn export_command(args: ExportArgs) -> ExitCode {
     use std::io::IsTerminal;
     telemetry::init("warn", crate::config::LogFormat::Pretty);
     let run = async {
-        let storage = args.database.open().await?;
+        let storage = args.database.open_for(Reads::Streaming).await?;
         // A bar drawn between lines of the export on the same terminal would garble both.
         let progress = if args.output.is_none() && std::io::stdout().is_terminal() {
             crate::transfer::Progress::hidden()
@@ -516,14 +522,35 @@ fn keys_command(args: KeysArgs) -> ExitCode {
 
 /// Opens `database` (`sqlite`: the database in `data_dir`; or a `postgres://` URL) for a
 /// command, creating and migrating it when needed.
+/// How a command reads the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reads {
+    /// Here and there, again and again (serving, imports): SQLite's read connections map the
+    /// database file.
+    Random,
+    /// Once, from end to end (`export`): no map (see [`SqliteOptions::read_mmap_bytes`]).
+    Streaming,
+}
+
 pub async fn open_database(
     data_dir: &std::path::Path,
     database: &Database,
 ) -> anyhow::Result<Arc<dyn Storage>> {
+    open_database_for(data_dir, database, Reads::Random).await
+}
+
+pub async fn open_database_for(
+    data_dir: &std::path::Path,
+    database: &Database,
+    reads: Reads,
+) -> anyhow::Result<Arc<dyn Storage>> {
     use crate::storage::postgres::{PgOptions, PgStorage};
     match database {
         Database::Sqlite => {
-            let options = SqliteOptions::new(data_dir);
+            let mut options = SqliteOptions::new(data_dir);
+            if reads == Reads::Streaming {
+                options.read_mmap_bytes = 0;
+            }
             let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(options))
                 .await
                 .map_err(|e| anyhow::anyhow!("opening the database: {e}"))??;

@@ -70,6 +70,11 @@ pub struct SqliteOptions {
     pub on_commit: Option<CommitHook>,
     /// A search index rebuilt over at most this many messages is built before `open` returns.
     pub search_index_foreground: u64,
+    /// Bytes of the database file each read connection maps (SQLite's `mmap_size`). Pages
+    /// read through the map cost no copy, but every page touched counts in the process's
+    /// RSS: a command that reads the whole database once (`export`) sets 0, which took the
+    /// same time there and a sixth of the memory (BENCHMARKS.md).
+    pub read_mmap_bytes: u64,
 }
 
 impl SqliteOptions {
@@ -82,6 +87,7 @@ impl SqliteOptions {
             max_batch: 512,
             on_commit: None,
             search_index_foreground: 20_000,
+            read_mmap_bytes: 256 << 20,
         }
     }
 }
@@ -129,19 +135,20 @@ impl SqliteStorage {
                 |row| row.get(0),
             )
             .context("reading the database id")?;
+        let mmap = options.read_mmap_bytes;
         let mut index_options = IndexOptions::new(dir.join(SEARCH_DIR), database_id);
         index_options.build_in_foreground =
             i64::try_from(options.search_index_foreground).unwrap_or(i64::MAX);
         let index = TantivyIndex::open(
             index_options,
-            Box::new(indexing::OwnedSource(open_reader(&path)?)),
-            Box::new(indexing::OwnedSource(open_reader(&path)?)),
+            Box::new(indexing::OwnedSource(open_reader(&path, mmap)?)),
+            Box::new(indexing::OwnedSource(open_reader(&path, mmap)?)),
         )?;
         let readers = (0..options.read_connections.max(1))
-            .map(|_| open_reader(&path))
+            .map(|_| open_reader(&path, mmap))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let heavy = (0..options.heavy_connections.max(1))
-            .map(|_| open_reader(&path))
+            .map(|_| open_reader(&path, mmap))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let (writer, thread) = writer::spawn(
             conn,
@@ -201,7 +208,7 @@ fn open_writer(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
-fn open_reader(path: &Path) -> anyhow::Result<Connection> {
+fn open_reader(path: &Path, mmap_bytes: u64) -> anyhow::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -211,10 +218,15 @@ fn open_reader(path: &Path) -> anyhow::Result<Connection> {
         "PRAGMA busy_timeout = 5000;
          PRAGMA query_only = ON;
          PRAGMA cache_size = -16384;
-         PRAGMA mmap_size = 268435456;
          PRAGMA temp_store = MEMORY;",
     )
     .context("configuring a read connection")?;
+    conn.pragma_update(
+        None,
+        "mmap_size",
+        i64::try_from(mmap_bytes).unwrap_or(i64::MAX),
+    )
+    .context("configuring a read connection's map")?;
     // Enough for every list, search and filter variant to stay prepared.
     conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
