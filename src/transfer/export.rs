@@ -162,28 +162,34 @@ pub async fn export(
 /// temporary name and renamed into place once complete and synced, so an export that fails
 /// half-way leaves the previous backup as it was, never a truncated one. A new file is
 /// readable by its owner only (it holds every session); one replaced keeps its permissions.
-/// Anything else (a symbolic link, a pipe, a device) is written to directly.
+/// A symbolic link to a regular file has its target replaced that way; anything else (a pipe,
+/// a device, a link to nothing) is written to directly, as `File::create` would.
 pub async fn export_to_file(
     storage: Arc<dyn Storage>,
     path: &Path,
     page: u32,
     progress: impl FnMut(&ExportReport),
 ) -> anyhow::Result<ExportReport> {
-    let existing = match std::fs::symlink_metadata(path) {
-        Ok(metadata) => Some(metadata),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+    let direct =
+        || std::fs::File::create(path).with_context(|| format!("opening {}", path.display()));
+    let (target, existing) = match std::fs::metadata(path) {
+        Ok(metadata) if metadata.is_file() => {
+            let target = std::fs::canonicalize(path)
+                .with_context(|| format!("resolving {}", path.display()))?;
+            (target, Some(metadata))
+        }
+        Ok(_) => return export(storage, direct()?, page, progress).await,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            if std::fs::symlink_metadata(path).is_ok() {
+                return export(storage, direct()?, page, progress).await;
+            }
+            (path.to_owned(), None)
+        }
         Err(error) => {
             return Err(error).with_context(|| format!("looking at {}", path.display()));
         }
     };
-    if existing.as_ref().is_some_and(|m| !m.is_file()) {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        return export(storage, file, page, progress).await;
-    }
-    let dir = match path.parent() {
+    let dir = match target.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
@@ -202,7 +208,7 @@ pub async fn export_to_file(
     temp.as_file()
         .sync_all()
         .with_context(|| format!("writing {}", path.display()))?;
-    temp.persist(path)
+    temp.persist(&target)
         .with_context(|| format!("moving the export into place at {}", path.display()))?;
     Ok(report)
 }
