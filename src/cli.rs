@@ -231,15 +231,7 @@ async fn export_command(args: ExportArgs) -> ExitCode {
             crate::transfer::Progress::new(None)
         };
         let show = |report: &crate::transfer::export::ExportReport| {
-            let secs = report.elapsed.as_secs_f64().max(1e-9);
-            progress.set(
-                report.sessions,
-                format!(
-                    "{} messages ({:.0}/s)",
-                    report.messages,
-                    report.messages as f64 / secs
-                ),
-            );
+            progress.written(report.sessions, report.messages, "");
         };
         let result = match &args.output {
             Some(path) => {
@@ -520,18 +512,18 @@ fn keys_command(args: KeysArgs) -> ExitCode {
     }
 }
 
-/// Opens `database` (`sqlite`: the database in `data_dir`; or a `postgres://` URL) for a
-/// command, creating and migrating it when needed.
 /// How a command reads the database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reads {
-    /// Here and there, again and again (serving, imports): SQLite's read connections map the
-    /// database file.
+    /// Here and there, again and again (imports, `migrate-data`, `seed`): SQLite's read
+    /// connections map the database file, as the server's do.
     Random,
     /// Once, from end to end (`export`): no map (see [`SqliteOptions::read_mmap_bytes`]).
     Streaming,
 }
 
+/// Opens `database` (`sqlite`: the database in `data_dir`; or a `postgres://` URL) for a
+/// command, creating and migrating it when needed.
 pub async fn open_database(
     data_dir: &std::path::Path,
     database: &Database,
@@ -539,6 +531,7 @@ pub async fn open_database(
     open_database_for(data_dir, database, Reads::Random).await
 }
 
+/// [`open_database`], for a command that reads as `reads` says.
 pub async fn open_database_for(
     data_dir: &std::path::Path,
     database: &Database,

@@ -117,7 +117,7 @@ impl<'a> Messages<'a> {
 }
 
 /// Streams everything in `storage` to `out`, reading `page` sessions, or messages, per
-/// storage call; `progress` sees the report so far after each page of sessions.
+/// storage call; `progress` sees the counts so far after each page of sessions.
 pub async fn export(
     storage: Arc<dyn Storage>,
     out: impl Write,
@@ -147,7 +147,6 @@ pub async fn export(
             }
         }
         after = Some(last.id.clone());
-        report.elapsed = started.elapsed();
         progress(&report);
         if sessions.len() < page as usize {
             break;

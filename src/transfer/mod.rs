@@ -235,16 +235,20 @@ impl Progress {
         self.bar.finish_and_clear();
     }
 
-    fn show(&self, done: u64, report: &ImportReport) {
+    /// `done` sessions so far, `messages` written with their rate, then `more`.
+    pub fn written(&self, done: u64, messages: u64, more: &str) {
         let secs = self.bar.elapsed().as_secs_f64().max(1e-9);
         self.set(
             done,
             format!(
-                "{} messages written ({:.0}/s), {} refused",
-                report.messages.imported,
-                report.messages.imported as f64 / secs,
-                report.refused.len()
+                "{messages} messages written ({:.0}/s){more}",
+                messages as f64 / secs
             ),
         );
+    }
+
+    fn show(&self, done: u64, report: &ImportReport) {
+        let refused = format!(", {} refused", report.refused.len());
+        self.written(done, report.messages.imported, &refused);
     }
 }

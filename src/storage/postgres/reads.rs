@@ -118,45 +118,32 @@ pub async fn sessions_by_id(
 
 /// The messages of consecutive sessions (see [`MessageWalk`]).
 pub async fn messages_by_session(client: &Conn, walk: &MessageWalk) -> StorageResult<Vec<Message>> {
-    let from = if walk.after.is_some() {
-        "(session_id, created_at, id) > ($1, $4, $5)"
-    } else {
-        "session_id >= $1"
+    let mut params = Params::default();
+    let from = params.push(walk.from.as_str().to_owned());
+    let through = params.push(walk.through.as_str().to_owned());
+    let limit = params.push(i64::from(walk.limit));
+    let start = match &walk.after {
+        Some((created_at, id)) => format!(
+            "(session_id, created_at, id) > ({from}, {}, {})",
+            params.push(*created_at),
+            params.push(id.as_str().to_owned())
+        ),
+        None => format!("session_id >= {from}"),
     };
     let statement = client
         .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE {from} AND session_id <= $2 \
-             ORDER BY session_id, created_at, id LIMIT $3"
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE {start} AND session_id <= {through} \
+             ORDER BY session_id, created_at, id LIMIT {limit}"
         ))
         .await
         .map_err(db("preparing a message walk"))?;
-    let limit = i64::from(walk.limit);
-    let rows = match &walk.after {
-        Some((created_at, id)) => {
-            client
-                .query(
-                    &statement,
-                    &[
-                        &walk.from.as_str(),
-                        &walk.through.as_str(),
-                        &limit,
-                        created_at,
-                        &id.as_str(),
-                    ],
-                )
-                .await
-        }
-        None => {
-            client
-                .query(
-                    &statement,
-                    &[&walk.from.as_str(), &walk.through.as_str(), &limit],
-                )
-                .await
-        }
-    }
-    .map_err(db("walking messages"))?;
-    rows.iter().map(|row| message_at(row, 0)).collect()
+    client
+        .query(&statement, &params.refs())
+        .await
+        .map_err(db("walking messages"))?
+        .iter()
+        .map(|row| message_at(row, 0))
+        .collect()
 }
 
 pub async fn get_message(client: &Conn, id: &MessageId) -> StorageResult<Message> {
