@@ -49,6 +49,18 @@ fn violations(lines: &[String], allow_sort: bool) -> Vec<String> {
         .collect()
 }
 
+/// Fails unless `sql`'s plan has no [`violations`] and a line containing `needle` (the index
+/// that must serve it); `what` names the variant in the failure.
+fn assert_served_by(conn: &Connection, sql: &str, needle: &str, what: &str) {
+    let lines = plan(conn, sql);
+    let bad = violations(&lines, false);
+    assert!(bad.is_empty(), "{what}\n{sql}\n{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains(needle)),
+        "{what}\n{sql}\n{lines:#?}"
+    );
+}
+
 fn database() -> Connection {
     let mut conn = Connection::open_in_memory().unwrap();
     migrations::migrate(&mut conn).unwrap();
@@ -129,13 +141,7 @@ fn every_session_list_variant_uses_an_index() {
                 }),
             };
             let (sql, _) = reads::session_list_sql(&query);
-            let lines = plan(&conn, &sql);
-            let bad = violations(&lines, false);
-            assert!(bad.is_empty(), "{query:?}\n{sql}\n{lines:#?}");
-            assert!(
-                lines.iter().any(|l| l.contains("USING INDEX sessions_")),
-                "{sql}\n{lines:#?}"
-            );
+            assert_served_by(&conn, &sql, "USING INDEX sessions_", &format!("{query:?}"));
             checked += 1;
         }
     }
@@ -149,13 +155,11 @@ fn every_message_list_variant_uses_an_index() {
     // The export's walk across sessions, at its start and where a page stopped.
     for continued in [false, true] {
         let sql = reads::message_walk_sql(continued);
-        let lines = plan(&conn, &sql);
-        assert!(violations(&lines, false).is_empty(), "{sql}\n{lines:#?}");
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.contains("USING INDEX messages_session")),
-            "{sql}\n{lines:#?}"
+        assert_served_by(
+            &conn,
+            &sql,
+            "USING INDEX messages_session",
+            "an export walk",
         );
     }
     for order in [Order::Asc, Order::Desc] {
@@ -170,14 +174,11 @@ fn every_message_list_variant_uses_an_index() {
                 }),
             };
             let sql = reads::message_list_sql(&query);
-            let lines = plan(&conn, &sql);
-            let bad = violations(&lines, false);
-            assert!(bad.is_empty(), "{sql}\n{lines:#?}");
-            assert!(
-                lines
-                    .iter()
-                    .any(|l| l.contains("USING INDEX messages_session")),
-                "{sql}\n{lines:#?}"
+            assert_served_by(
+                &conn,
+                &sql,
+                "USING INDEX messages_session",
+                &format!("{query:?}"),
             );
         }
     }
@@ -203,12 +204,7 @@ fn search_reads_walk_primary_keys() {
         ),
         (super::indexing::HEADS_SQL, ""),
     ] {
-        let lines = plan(&conn, sql);
-        assert!(violations(&lines, false).is_empty(), "{sql}\n{lines:#?}");
-        assert!(
-            lines.iter().any(|l| l.contains(needle)),
-            "{sql}\n{lines:#?}"
-        );
+        assert_served_by(&conn, sql, needle, "a search read");
     }
 }
 
@@ -221,13 +217,11 @@ fn event_replay_and_pruning_walk_the_log_by_seq() {
             directory: directory.then(|| "/d".to_owned()),
         };
         let sql = reads::events_after_sql(&filter);
-        let lines = plan(&conn, &sql);
-        assert!(violations(&lines, false).is_empty(), "{sql}\n{lines:#?}");
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.contains("INTEGER PRIMARY KEY (rowid>?)")),
-            "{sql}\n{lines:#?}"
+        assert_served_by(
+            &conn,
+            &sql,
+            "INTEGER PRIMARY KEY (rowid>?)",
+            "an event replay",
         );
     }
 }
