@@ -20,7 +20,7 @@ use crate::cluster::Broadcast;
 use crate::config::{Config, Database};
 use crate::events::{Event, EventKind, Hub};
 use crate::http::auth::KeyCache;
-use crate::http::{self, AppState, HttpSettings, SharedState, StreamCounts};
+use crate::http::{self, AppState, HttpService, HttpSettings, SharedState, StreamCounts};
 use crate::ratelimit::{Limiter, LocalLimits};
 use crate::server::{self, ServeOptions};
 use crate::storage::Storage;
@@ -31,7 +31,7 @@ use crate::workers::WorkPool;
 
 pub struct Application {
     listener: TcpListener,
-    router: Router,
+    router: HttpService,
     state: SharedState,
     config: Config,
     stopping: watch::Sender<bool>,

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::http::HeaderValue;
 use bytes::Bytes;
 use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
@@ -41,10 +42,34 @@ pub struct Entry {
     pub body: Bytes,
     /// The strong ETag value, without quotes.
     pub etag: Arc<str>,
+    /// The `ETag` header (the value quoted), made once for every response that serves it.
+    pub tag: Option<HeaderValue>,
     /// The session the data belongs to (a deleted session's messages are not served).
     pub session: Option<Arc<str>>,
     /// The version of the data (a session's version; 0 for immutable messages).
     pub version: i64,
+}
+
+impl Entry {
+    pub fn new(body: Bytes, etag: Arc<str>, session: Option<Arc<str>>, version: i64) -> Entry {
+        Entry {
+            tag: quoted(&etag),
+            body,
+            etag,
+            session,
+            version,
+        }
+    }
+}
+
+/// An ETag value as its header: quoted. Tags are made of id and digest characters; should one
+/// not be a valid header value, the response goes without a validator.
+pub fn quoted(etag: &str) -> Option<HeaderValue> {
+    let mut text = Vec::with_capacity(etag.len() + 2);
+    text.push(b'"');
+    text.extend_from_slice(etag.as_bytes());
+    text.push(b'"');
+    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }
 
 /// What a key holds.
@@ -207,12 +232,12 @@ mod tests {
     use super::*;
 
     fn entry(body: &str, session: Option<&str>, version: i64) -> Entry {
-        Entry {
-            body: Bytes::from(body.to_owned()),
-            etag: Arc::from("v1"),
-            session: session.map(Arc::from),
+        Entry::new(
+            Bytes::from(body.to_owned()),
+            Arc::from("v1"),
+            session.map(Arc::from),
             version,
-        }
+        )
     }
 
     #[test]

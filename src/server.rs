@@ -11,36 +11,86 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::ConnectInfo;
+use axum::body::Body;
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 
 use tokio::sync::{Notify, mpsc, watch};
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
-/// Lets a handler drop its connection outright (a stream whose client stopped reading cannot
-/// be ended politely: nothing more can be written to it). In request extensions.
-#[derive(Clone, Debug, Default)]
-pub struct ConnectionControl {
-    kill: Arc<Notify>,
-    finish: Arc<Notify>,
+use crate::http::HttpService;
+
+/// The connection a request came on, in request extensions: the peer's address, and a way for
+/// a handler to drop the connection outright (a stream whose client stopped reading cannot be
+/// ended politely: nothing more can be written to it).
+#[derive(Clone, Debug)]
+pub struct Connection(Arc<ConnectionShared>);
+
+#[derive(Debug)]
+struct ConnectionShared {
+    peer: SocketAddr,
+    kill: Notify,
+    finish: Notify,
 }
 
-impl ConnectionControl {
+impl Connection {
+    fn new(peer: SocketAddr) -> Connection {
+        Connection(Arc::new(ConnectionShared {
+            peer,
+            kill: Notify::new(),
+            finish: Notify::new(),
+        }))
+    }
+
+    /// The address of the client (or of the proxy in front of it).
+    pub fn peer(&self) -> SocketAddr {
+        self.0.peer
+    }
+
     /// Closes the connection now, abandoning whatever it was writing.
     pub fn close(&self) {
-        self.kill.notify_one();
+        self.0.kill.notify_one();
     }
 
     /// Closes the connection once the response in progress is complete (no keep-alive).
     pub fn close_after_response(&self) {
-        self.finish.notify_one();
+        self.0.finish.notify_one();
+    }
+}
+
+/// One connection's requests, served by its own copy of the service.
+///
+/// hyper calls a service through `&self`, so hyper_util's adapter clones the whole tower stack
+/// for every request. The requests of an HTTP/1.1 connection come one after another, so this
+/// keeps one copy behind an uncontended lock and clones only when the stack is not ready.
+struct PerConnection {
+    service: Mutex<HttpService>,
+    connection: Connection,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for PerConnection {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = Either<
+        <HttpService as tower::Service<axum::extract::Request>>::Future,
+        tower::util::Oneshot<HttpService, axum::extract::Request>,
+    >;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(self.connection.clone());
+        let mut service = self.service.lock().unwrap_or_else(|e| e.into_inner());
+        // The stack is always ready (limits live inside the router's routes); should a layer
+        // ever wait, the request waits on a copy of its own.
+        match service.poll_ready(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(Ok(())) => Either::Left(service.call(request)),
+            _ => Either::Right(service.clone().oneshot(request)),
+        }
     }
 }
 
@@ -68,11 +118,11 @@ impl Default for ServeOptions {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then drains. Returns `true` when
+/// Serves `service` on `listener` until `shutdown` completes, then drains. Returns `true` when
 /// every connection finished within the drain timeout.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    service: HttpService,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> bool {
@@ -109,19 +159,14 @@ pub async fn serve(
             continue;
         }
         let slot = ConnectionSlot::take(&live);
-        let control = ConnectionControl::default();
-        let kill = control.kill.clone();
-        let finish = control.finish.clone();
-        let service =
-            router
-                .clone()
-                .map_request(move |mut request: axum::http::Request<Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    request.extensions_mut().insert(control.clone());
-                    request
-                });
+        let connection = Connection::new(peer);
+        let shared = connection.0.clone();
+        let served = PerConnection {
+            service: Mutex::new(service.clone()),
+            connection,
+        };
         let connection = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+            .serve_connection(TokioIo::new(stream), served)
             .with_upgrades();
         let mut stop = stop_rx.clone();
         let alive = alive_tx.clone();
@@ -138,11 +183,11 @@ pub async fn serve(
                         break;
                     }
                     // Dropping the connection closes the socket, whatever is pending on it.
-                    () = kill.notified() => {
+                    () = shared.kill.notified() => {
                         tracing::debug!(%peer, "connection closed by its handler");
                         break;
                     }
-                    () = finish.notified(), if !closing => {
+                    () = shared.finish.notified(), if !closing => {
                         connection.as_mut().graceful_shutdown();
                         closing = true;
                     }

@@ -86,6 +86,17 @@ pub fn random_token() -> String {
     encode(fastrand::u128(..), "")
 }
 
+/// [`random_token`] as bytes, made without an allocation (a request id per request).
+pub fn random_token_bytes() -> [u8; ENCODED_LEN] {
+    let value = fastrand::u128(..);
+    let mut out = [0; ENCODED_LEN];
+    for (i, byte) in out.iter_mut().enumerate() {
+        let digit = (value >> ((ENCODED_LEN - 1 - i) * 5)) & 0x1f;
+        *byte = ALPHABET[digit as usize];
+    }
+    out
+}
+
 fn encode(value: u128, prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + ENCODED_LEN);
     out.push_str(prefix);
@@ -200,6 +211,19 @@ mod tests {
         let (ms, value) = after.next(4_000);
         assert!(ms > 5_000);
         assert!(value > newest);
+    }
+
+    #[test]
+    fn token_bytes_encode_a_value_as_ids_do() {
+        for _ in 0..100 {
+            let bytes = random_token_bytes();
+            let token = std::str::from_utf8(&bytes).unwrap();
+            assert!(is_encoded(token), "{token}");
+        }
+        fastrand::seed(7);
+        let expected = encode(fastrand::u128(..), "");
+        fastrand::seed(7);
+        assert_eq!(random_token_bytes(), expected.as_bytes());
     }
 
     #[test]

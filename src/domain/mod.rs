@@ -10,7 +10,9 @@ mod search;
 mod session;
 pub mod summary;
 
-pub use id::{IdGenerator, MessageId, SessionId, WebhookId, random_token, wall_clock_ms};
+pub use id::{
+    IdGenerator, MessageId, SessionId, WebhookId, random_token, random_token_bytes, wall_clock_ms,
+};
 pub use message::{
     CreateMessage, Message, NewMessage, Part, Role, add_part_text, minify_json, search_text,
 };

@@ -1,5 +1,5 @@
 //! Who is calling, and may they: API-key authentication, scopes, and rate limiting, as one
-//! middleware ([`guard`]) around every route, in two steps.
+//! layer ([`GuardLayer`]) around every route, in two steps.
 //!
 //! - [`authorize`]: reads `Authorization: Bearer <key>`, finds the key (through a cache:
 //!   60 s for known keys, 5 s for unknown ones, and revocations on this instance take effect
@@ -12,21 +12,26 @@
 //! `/health` is never authenticated or limited; `/ready`, `/openapi.json` and `/docs` are
 //! public too. Keys never reach the logs: only their ids do.
 
-use std::net::{IpAddr, SocketAddr};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::{BoxFuture, Either};
+use tower::{Layer, Service};
 
 use super::SharedState;
 use crate::domain::keys::{self, ApiKey, Scope};
 use crate::domain::wall_clock_ms;
 use crate::error::ApiError;
 use crate::ratelimit::{Decision, Limiter, Tier};
+use crate::server::Connection;
 use crate::storage::Storage;
 
 /// Whether callers must present a key.
@@ -148,21 +153,104 @@ fn unauthorized(detail: String) -> Response {
     response
 }
 
-/// Authenticates, then rate-limits: the middleware every route sits behind.
-pub async fn guard(
-    State(state): State<SharedState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match authorize(&state, request).await {
-        Ok(request) => rate_limit(&state, peer, request, next).await,
-        Err(refused) => refused,
+/// Authenticates, then rate-limits: the layer every route sits behind. With auth off and no
+/// rate limits (the loopback default) there is nothing to check or wait for, and a request goes
+/// straight through.
+#[derive(Clone)]
+pub struct GuardLayer(pub SharedState);
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            inner,
+            state: self.0.clone(),
+        }
     }
 }
 
+#[derive(Clone)]
+pub struct Guard<S> {
+    inner: S,
+    state: SharedState,
+}
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = WithRoute<Either<S::Future, BoxFuture<'static, Result<Response, Infallible>>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let response = if self.state.settings.auth == AuthMode::Off && self.state.limiter.is_none()
+        {
+            Either::Left(self.inner.call(request))
+        } else {
+            // The service polled ready serves this request once the checks are done; a clone
+            // takes its place.
+            let clone = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, clone);
+            Either::Right(Box::pin(guarded(self.state.clone(), request, inner)) as BoxFuture<_>)
+        };
+        WithRoute { response, route }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response with the template of the route that served it in its extensions, for the
+    /// access log and metrics outside the router.
+    pub struct WithRoute<F> {
+        #[pin]
+        response: F,
+        route: Option<MatchedPath>,
+    }
+}
+
+impl<F> Future for WithRoute<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut response) = std::task::ready!(this.response.poll(cx));
+        if let Some(route) = this.route.take() {
+            response.extensions_mut().insert(route);
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+async fn guarded<S>(
+    state: SharedState,
+    request: Request,
+    mut inner: S,
+) -> Result<Response, Infallible>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    let request = match authorize(&state, request).await {
+        Ok(request) => request,
+        Err(refused) => return Ok(refused),
+    };
+    Ok(rate_limit(&state, request, |request| inner.call(request)).await)
+}
+
 /// The request with its [`Caller`] in its extensions, or the refusal to answer with.
-async fn authorize(state: &SharedState, mut request: Request) -> Result<Request, Response> {
+pub(crate) async fn authorize(
+    state: &SharedState,
+    mut request: Request,
+) -> Result<Request, Response> {
     let route = request.extensions().get::<MatchedPath>().cloned();
     let needed = required_scope(request.method(), route.as_ref().map(MatchedPath::as_str));
     let caller = match (state.settings.auth, needed) {
@@ -306,28 +394,39 @@ fn rate_headers(
     }
 }
 
-async fn rate_limit(
+async fn rate_limit<F>(
     state: &SharedState,
-    peer: SocketAddr,
     request: Request,
-    next: Next,
-) -> Response {
+    next: impl FnOnce(Request) -> F,
+) -> Response
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    let run = |request| async move {
+        match next(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    };
     let Some(limiter) = state.limiter.as_deref() else {
-        return next.run(request).await;
+        return run(request).await;
     };
     let route = request.extensions().get::<MatchedPath>().cloned();
     let Some(tier) = tier(request.method(), route.as_ref().map(MatchedPath::as_str)) else {
-        return next.run(request).await;
+        return run(request).await;
     };
+    // Always there behind the server's connection loop; a bare service test has no peer.
+    let peer = request
+        .extensions()
+        .get::<Connection>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |connection| {
+            connection.peer().ip()
+        });
     let caller = match request.extensions().get::<Caller>() {
         Some(Caller::Key { id, .. }) => format!("key:{id}"),
         _ => format!(
             "ip:{}",
-            client_ip(
-                peer.ip(),
-                request.headers(),
-                &state.settings.trusted_proxies
-            )
+            client_ip(peer, request.headers(), &state.settings.trusted_proxies)
         ),
     };
     match limiter.check(tier, &caller).await {
@@ -335,7 +434,7 @@ async fn rate_limit(
             remaining,
             reset_seconds,
         } => {
-            let mut response = next.run(request).await;
+            let mut response = run(request).await;
             rate_headers(
                 response.headers_mut(),
                 tier,

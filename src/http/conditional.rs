@@ -58,16 +58,19 @@ pub fn not_modified(tag: &str) -> Response {
     response
 }
 
-/// `200 OK` with a JSON body and its ETag.
-pub fn fresh(body: Bytes, etag: &str) -> Response {
+/// `200 OK` with a JSON body and its ETag (see [`crate::cache::quoted`]).
+pub fn fresh(body: Bytes, tag: Option<HeaderValue>) -> Response {
     let mut response = Response::new(Body::from(body));
+    // Room for what the layers outside add (`Vary` twice, CORS, `X-Request-Id`,
+    // `Content-Length`), so the map is allocated once.
+    *response.headers_mut() = HeaderMap::with_capacity(12);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Ok(value) = HeaderValue::from_str(&format!("\"{etag}\"")) {
-        headers.insert(header::ETAG, value);
+    if let Some(tag) = tag {
+        headers.insert(header::ETAG, tag);
     }
     // Clients may keep it, but must revalidate (cheaply, with If-None-Match) before use.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -78,7 +81,7 @@ pub fn fresh(body: Bytes, etag: &str) -> Response {
 pub fn respond(headers: &HeaderMap, entry: &Entry) -> Response {
     match matching_tag(headers, &entry.etag) {
         Some(tag) => not_modified(&tag),
-        None => fresh(entry.body.clone(), &entry.etag),
+        None => fresh(entry.body.clone(), entry.tag.clone()),
     }
 }
 

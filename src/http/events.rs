@@ -27,7 +27,7 @@ use super::extract::{NonEmpty, NonNegative, Query, Text};
 use crate::domain::{Invalid, clip};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::events::{EventFilter, Feed, Item, sse_frame};
-use crate::server::ConnectionControl;
+use crate::server::Connection;
 
 /// Frames waiting between a stream's task and the socket; the real bound is the hub's, in bytes.
 const BODY_FRAMES: usize = 16;
@@ -153,7 +153,7 @@ pub async fn sse(
     State(state): State<SharedState>,
     headers: HeaderMap,
     Query(params): Query<EventParams>,
-    control: Option<axum::Extension<ConnectionControl>>,
+    control: Option<axum::Extension<Connection>>,
 ) -> ApiResult<Response> {
     let filter = params.filter();
     let last_event_id = headers
@@ -201,7 +201,7 @@ struct SseStream {
     sender: mpsc::Sender<Bytes>,
     stopping: watch::Receiver<bool>,
     keepalive: Duration,
-    control: Option<ConnectionControl>,
+    control: Option<Connection>,
     done: oneshot::Receiver<()>,
     /// The `seq` of the last frame handed to the body: where a lagged client resumes.
     sent: i64,

@@ -102,17 +102,17 @@ pub async fn list(
     if let Some(tag) = conditional::matching_tag(&headers, &etag) {
         return Ok(conditional::not_modified(&tag));
     }
-    let entry = Entry {
-        body: encode(&PageBody {
+    let entry = Entry::new(
+        encode(&PageBody {
             items: page.items,
             next_cursor: page.next.map(|c| c.encode()),
         })?,
-        etag: Arc::from(etag),
-        session: Some(session_key.clone()),
+        Arc::from(etag),
+        Some(session_key.clone()),
         version,
-    };
+    );
     state.cache.insert(page_key(version), entry.clone());
-    Ok(conditional::fresh(entry.body, &entry.etag))
+    Ok(conditional::fresh(entry.body, entry.tag))
 }
 
 fn message_list_query(params: ListParams) -> Result<MessageListQuery, Invalid> {
@@ -160,16 +160,16 @@ pub async fn get(
     }
     let message = state.storage.get_message(&id).await?;
     // Messages never change: the creation time is version enough.
-    let entry = Entry {
-        body: encode(&message)?,
-        etag: Arc::from(format!(
+    let entry = Entry::new(
+        encode(&message)?,
+        Arc::from(format!(
             "{}-m{}",
             state.storage.identity(),
             message.created_at
         )),
-        session: Some(Arc::from(message.session_id.as_str())),
-        version: 0,
-    };
+        Some(Arc::from(message.session_id.as_str())),
+        0,
+    );
     state.cache.insert(key, entry.clone());
     Ok(conditional::respond(&headers, &entry))
 }

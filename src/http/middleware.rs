@@ -1,36 +1,39 @@
-//! Per-request context: the request id and the access log line.
+//! The layers every request passes through around the router: the request context (id,
+//! metrics, access log), the browser guard, and compression for clients that accept it.
 //!
 //! Every response carries `X-Request-Id`: a valid incoming one is echoed (so a proxy's id
 //! follows the request through), anything else is replaced by a fresh random id. Each request
 //! is logged once with its id, route template (never the raw path: ids stay out of metrics and
 //! logs' cardinality), status, latency and size; a 500 is logged with its whole cause chain.
+//!
+//! They are plain tower services rather than `axum::middleware::from_fn`: a `from_fn` layer
+//! clones and boxes the whole stack below it for every request, and none of these needs to
+//! wait for anything before calling the next service.
 
-use std::time::Instant;
-
-use axum::body::HttpBody;
+use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
-use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::body::{Body, HttpBody};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures_util::future::{Either, Ready, ready};
+use tower::{Layer, Service};
+use tower_http::compression::{self, Compression, Predicate};
 
 use super::SharedState;
 use super::auth::AuthMode;
 use super::origin::origin_allowed;
 use crate::domain::clip;
-use crate::domain::random_token;
+use crate::domain::random_token_bytes;
 use crate::error::{ApiError, InternalCause};
-use crate::telemetry::metrics as names;
+use crate::telemetry::metrics::HttpMetrics;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The id of the request being served, in request extensions.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub HeaderValue);
 
 /// An incoming id is kept when it is short and made of URL-safe characters, so it can never
 /// inject anything into logs.
@@ -42,106 +45,127 @@ fn is_acceptable(value: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b))
 }
 
-pub async fn request_context(
-    State(state): State<SharedState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let id = request
-        .headers()
-        .get(&X_REQUEST_ID)
-        .filter(|v| is_acceptable(v))
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&random_token()).unwrap_or(HeaderValue::from_static("-"))
-        });
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    state.live.begin();
-    let in_flight = metrics::gauge!(names::HTTP_IN_FLIGHT);
-    in_flight.increment(1.0);
+/// Gives every request its id, and counts and logs it once it has its response.
+#[derive(Clone)]
+pub struct RequestContextLayer(pub SharedState);
 
-    let mut response = next.run(request).await;
+impl<S> Layer<S> for RequestContextLayer {
+    type Service = RequestContext<S>;
 
-    let latency = started.elapsed();
-    in_flight.decrement(1.0);
-    response.headers_mut().insert(X_REQUEST_ID, id.clone());
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let request_id = id.to_str().unwrap_or("-");
-    let status = response.status().as_u16();
-    state.live.end(latency, status);
-    let method_label = names::method_label(&method);
-    metrics::counter!(
-        names::HTTP_REQUESTS,
-        "method" => method_label,
-        "route" => route.to_owned(),
-        "status" => status_label(status),
-    )
-    .increment(1);
-    metrics::histogram!(names::HTTP_DURATION, "method" => method_label, "route" => route.to_owned())
-        .record(latency.as_secs_f64());
-    if let Some(InternalCause(cause)) = response.extensions().get::<InternalCause>() {
-        tracing::error!(
-            request_id,
-            method = %method,
-            route,
-            status,
-            error = format!("{cause:#}"),
-            "request failed"
-        );
+    fn layer(&self, inner: S) -> RequestContext<S> {
+        RequestContext {
+            inner,
+            state: self.0.clone(),
+        }
     }
-    let bytes = response.body().size_hint().exact();
-    let sampled = {
-        let share = state.settings.access_log_sample;
-        share >= 1.0 || status >= 500 || fastrand::f64() < share
-    };
-    if sampled {
-        tracing::info!(
-        target: "sessiond::access",
-        request_id,
-        method = %method,
-        route,
-        status,
-        latency_us = latency.as_micros() as u64,
-        bytes,
-        "request"
-        );
-    }
-    count_body(response, names::HTTP_SENT_BYTES)
 }
 
-/// Status codes as static labels (a bounded set; anything else is `other`).
-fn status_label(status: u16) -> &'static str {
-    const KNOWN: &[(u16, &str)] = &[
-        (101, "101"),
-        (200, "200"),
-        (201, "201"),
-        (204, "204"),
-        (304, "304"),
-        (400, "400"),
-        (401, "401"),
-        (403, "403"),
-        (404, "404"),
-        (405, "405"),
-        (408, "408"),
-        (413, "413"),
-        (415, "415"),
-        (429, "429"),
-        (431, "431"),
-        (500, "500"),
-        (503, "503"),
-    ];
-    KNOWN
-        .iter()
-        .find(|(code, _)| *code == status)
-        .map_or("other", |(_, label)| label)
+#[derive(Clone)]
+pub struct RequestContext<S> {
+    inner: S,
+    state: SharedState,
 }
 
-/// Counts the bytes of a response body into `counter` as they flow (streams included).
-fn count_body(response: Response, counter: &'static str) -> Response {
-    let counter = metrics::counter!(counter);
+impl<S> Service<Request> for RequestContext<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        let id = request
+            .headers()
+            .get(&X_REQUEST_ID)
+            .filter(|v| is_acceptable(v))
+            .cloned()
+            .unwrap_or_else(|| {
+                HeaderValue::from_bytes(&random_token_bytes())
+                    .unwrap_or(HeaderValue::from_static("-"))
+            });
+        let method = request.method().clone();
+        // The CORS layer answers a preflight before the router sees it.
+        let preflight = method == Method::OPTIONS
+            && request.headers().contains_key(header::ORIGIN)
+            && request
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let state = self.state.clone();
+        let metrics = HttpMetrics::get();
+        state.live.begin();
+        metrics.in_flight.increment(1.0);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            let latency = started.elapsed();
+            metrics.in_flight.decrement(1.0);
+            // The router's route layer puts the template of the route that served the request
+            // in the response.
+            let route = match response.extensions().get::<MatchedPath>() {
+                Some(route) => route.as_str(),
+                None if preflight => "preflight",
+                None => "unmatched",
+            };
+            let status = response.status().as_u16();
+            state.live.end(latency, status);
+            metrics.record(&method, route, status, latency.as_secs_f64());
+            let request_id = id.to_str().unwrap_or("-");
+            if let Some(InternalCause(cause)) = response.extensions().get::<InternalCause>() {
+                tracing::error!(
+                    request_id,
+                    method = %method,
+                    route,
+                    status,
+                    error = format!("{cause:#}"),
+                    "request failed"
+                );
+            }
+            let bytes = response.body().size_hint().exact();
+            let sampled = {
+                let share = state.settings.access_log_sample;
+                share >= 1.0 || status >= 500 || fastrand::f64() < share
+            };
+            if sampled {
+                tracing::info!(
+                    target: "sessiond::access",
+                    request_id,
+                    method = %method,
+                    route,
+                    status,
+                    latency_us = latency.as_micros() as u64,
+                    bytes,
+                    "request"
+                );
+            }
+            response.headers_mut().insert(X_REQUEST_ID, id);
+            Ok(count_body(
+                response,
+                &metrics.sent_bytes,
+                method == Method::HEAD,
+            ))
+        })
+    }
+}
+
+/// Counts the bytes of a response body into `counter`: at once when its size is known (the
+/// body is sent whole), as they flow otherwise (streams, compressed bodies). A response to
+/// `HEAD` sends no body.
+fn count_body(response: Response, counter: &metrics::Counter, head: bool) -> Response {
+    if head {
+        return response;
+    }
+    if let Some(size) = response.body().size_hint().exact() {
+        counter.increment(size);
+        return response;
+    }
+    let counter = counter.clone();
     response.map(|body| {
         Body::new(CountingBody {
             inner: body,
@@ -156,7 +180,11 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
-    count_body(response.map(Body::new), names::HTTP_BODY_BYTES)
+    count_body(
+        response.map(Body::new),
+        &HttpMetrics::get().body_bytes,
+        false,
+    )
 }
 
 struct CountingBody {
@@ -190,15 +218,116 @@ impl HttpBody for CountingBody {
     }
 }
 
+/// tower-http's compression, for requests that name an encoding they accept. A request
+/// without `Accept-Encoding` can only be answered as it is, and passes by: the layer would
+/// still wrap its body and parse its headers (and `encoding_validators` sets `Vary` either
+/// way).
+#[derive(Clone)]
+pub struct CompressionLayer<P>(pub tower_http::compression::CompressionLayer<P>);
+
+impl<S, P: Predicate> Layer<S> for CompressionLayer<P> {
+    type Service = Compress<S, P>;
+
+    fn layer(&self, inner: S) -> Compress<S, P> {
+        Compress(self.0.layer(inner))
+    }
+}
+
+#[derive(Clone)]
+pub struct Compress<S, P>(Compression<S, P>);
+
+impl<S, P> Service<Request> for Compress<S, P>
+where
+    S: Service<Request, Response = Response>,
+    P: Predicate,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<IntoBody<compression::ResponseFuture<S::Future, P>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if request.headers().contains_key(header::ACCEPT_ENCODING) {
+            Either::Left(IntoBody {
+                response: self.0.call(request),
+            })
+        } else {
+            Either::Right(self.0.get_mut().call(request))
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response whose body becomes a [`Body`].
+    pub struct IntoBody<F> {
+        #[pin]
+        response: F,
+    }
+}
+
+impl<F, B, E> Future for IntoBody<F>
+where
+    F: Future<Output = Result<axum::http::Response<B>, E>>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = std::task::ready!(self.project().response.poll(cx))?;
+        Poll::Ready(Ok(response.map(Body::new)))
+    }
+}
+
 /// Refuses what a web page on another site could make the user's browser send (see
 /// [`super::origin`]): with auth off, a request naming a host that is neither a loopback name
 /// nor in `allowed_hosts` (DNS rebinding); in every auth mode, a WebSocket upgrade or a write
 /// whose `Origin` is foreign. `/health` answers any host.
-pub async fn browser_guard(
-    State(state): State<SharedState>,
-    request: Request,
-    next: Next,
-) -> Response {
+#[derive(Clone)]
+pub struct BrowserGuardLayer(pub SharedState);
+
+impl<S> Layer<S> for BrowserGuardLayer {
+    type Service = BrowserGuard<S>;
+
+    fn layer(&self, inner: S) -> BrowserGuard<S> {
+        BrowserGuard {
+            inner,
+            state: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct BrowserGuard<S> {
+    inner: S,
+    state: SharedState,
+}
+
+impl<S> Service<Request> for BrowserGuard<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match refusal(&self.state, &request) {
+            Some(refused) => Either::Left(ready(Ok(refused.into_response()))),
+            None => Either::Right(self.inner.call(request)),
+        }
+    }
+}
+
+/// Why [`BrowserGuard`] refuses `request`, if it does.
+fn refusal(state: &SharedState, request: &Request) -> Option<ApiError> {
     let settings = &state.settings;
     // An absolute-form target names the host the request is for; otherwise `Host` does.
     let host = match request.uri().authority() {
@@ -211,13 +340,12 @@ pub async fn browser_guard(
             None => {}
             Some(Ok(name)) if settings.allowed_hosts.allows(name) => {}
             Some(named) => {
-                return ApiError::Forbidden(format!(
+                return Some(ApiError::Forbidden(format!(
                     "this server runs without authentication and answers only localhost names \
                      (and allowed_hosts); this request named host `{}`. Add the name to \
                      allowed_hosts to serve it, or turn auth on",
                     clip(named.unwrap_or("<not text>"))
-                ))
-                .into_response();
+                )));
             }
         }
     }
@@ -240,15 +368,14 @@ pub async fn browser_guard(
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("<not text>");
-        return ApiError::Forbidden(format!(
+        return Some(ApiError::Forbidden(format!(
             "{} from a web page at origin `{}` is not allowed: the origin is not among \
              cors_origins",
             if upgrade { "a WebSocket" } else { "a change" },
             clip(origin)
-        ))
-        .into_response();
+        )));
     }
-    next.run(request).await
+    None
 }
 
 /// Turns the errors of the load-shedding and timeout layers into problem responses.
@@ -268,8 +395,13 @@ pub async fn limit_errors(error: tower::BoxError) -> Response {
 
 /// Marks a compressed representation's ETag with its coding (`"v3"` becomes `"v3-zstd"`: a
 /// strong validator names one exact byte sequence), and sets `Vary: Accept-Encoding` on every
-/// response, 304s included, so shared caches key by encoding.
-pub fn encoding_validators<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
+/// response, 304s included, so shared caches key by encoding. The body becomes a [`Body`] for
+/// the layers outside, which all take one.
+pub fn encoding_validators<B>(mut response: axum::http::Response<B>) -> Response
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     let headers = response.headers_mut();
     let coding = headers
         .get(header::CONTENT_ENCODING)
@@ -292,7 +424,7 @@ pub fn encoding_validators<B>(mut response: axum::http::Response<B>) -> axum::ht
     if !varies {
         headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
     }
-    response
+    response.map(Body::new)
 }
 
 /// A handler that panicked answers like any other internal error: problem+json 500, the cause

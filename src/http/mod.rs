@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod conditional;
+pub mod cors;
 pub mod events;
 pub mod extract;
 mod keys;
@@ -22,19 +23,21 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use std::convert::Infallible;
+
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::DefaultBodyLimit;
-use axum::http::{
-    Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header,
-};
+use axum::extract::Request;
+use axum::handler::Handler;
+use axum::http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, Version, header};
+use axum::response::Response;
 use axum::routing::{get, post};
-use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::predicate::{Predicate, SizeAbove};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use self::auth::{AuthMode, Cidr, KeyCache, SharedLimiter};
 use crate::cache::ResponseCache;
@@ -147,17 +150,23 @@ impl Drop for StreamGuard<'_> {
 
 pub type SharedState = Arc<AppState>;
 
-/// The whole API as one router.
-pub fn router(state: SharedState) -> Router {
+/// The service every connection is served by: the router behind the layers of every request.
+pub type HttpService = BoxCloneSyncService<Request, Response, Infallible>;
+
+/// The whole API as one service.
+pub fn router(state: SharedState) -> HttpService {
     router_with(state, Router::new())
 }
 
 /// The API with `extra` routes merged in (tests use this for routes that only they need).
 ///
 /// Layers, outermost first: request id and access log; CORS (so 304s and errors carry it);
-/// ETag coding suffixes and `Vary`; compression; then, for everything but `/health`, load
-/// shedding past the concurrency limit and the request timeout.
-pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
+/// the browser guard; ETag coding suffixes and `Vary`; compression; panics as 500s (the body
+/// limit is applied where bodies are read, by `extract::JsonBody`). These wrap the router itself, so a request passes through one stack of them. Inside
+/// the router, every route (and the unknown-path fallback) sits behind authentication and rate
+/// limits, and everything but `/health` and `/metrics` behind load shedding past the
+/// concurrency limit and the request timeout.
+pub fn router_with(state: SharedState, extra: Router<SharedState>) -> HttpService {
     let settings = state.settings.clone();
     let document = openapi::document(settings.auth, state.limiter.is_some());
     let api = Router::new()
@@ -214,38 +223,32 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> Router {
                 .layer(GlobalConcurrencyLimitLayer::new(settings.max_concurrency))
                 .timeout(settings.request_timeout),
         );
-    Router::new()
+    // Unknown paths need a key and are rate limited like any route, so a caller without one
+    // learns nothing from probing them.
+    let unknown = auth::GuardLayer(state.clone()).layer(not_found.with_state(state.clone()));
+    let routes = Router::new()
         // Liveness and metrics are never shed: an orchestrator must not kill a busy instance
         // as dead, and an overload is exactly when operators need to see inside.
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .merge(api)
-        .fallback(not_found)
+        // Before the route layer, which then covers the 405s too.
         .method_not_allowed_fallback(method_not_allowed)
-        // One statically composed stack, outermost first: layered one `Router::layer` at a
-        // time, each layer would box the service again and clone it per request.
-        .layer(
-            ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    middleware::request_context,
-                ))
-                .layer(cors(&settings.cors))
-                .layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    middleware::browser_guard,
-                ))
-                .map_response(middleware::encoding_validators)
-                .layer(compression(&settings))
-                .map_response(middleware::count_uncompressed)
-                .layer(CatchPanicLayer::custom(middleware::panic_response))
-                .layer(DefaultBodyLimit::max(settings.body_limit))
-                .layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    auth::guard,
-                )),
-        )
-        .with_state(state)
+        .route_layer(auth::GuardLayer(state.clone()))
+        .fallback_service(unknown)
+        .with_state(state.clone());
+    // One statically composed stack, outermost first, around the router: as a `Router::layer`
+    // it would wrap every route, and the router clones a route's whole stack per request.
+    let service = ServiceBuilder::new()
+        .layer(middleware::RequestContextLayer(state.clone()))
+        .layer(cors::CorsLayer::new(&settings.cors))
+        .layer(middleware::BrowserGuardLayer(state))
+        .map_response(middleware::encoding_validators)
+        .layer(middleware::CompressionLayer(compression(&settings)))
+        .map_response(middleware::count_uncompressed)
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .service(routes);
+    BoxCloneSyncService::new(service)
 }
 
 /// zstd, br and gzip, negotiated from `Accept-Encoding` (q-values honoured), for JSON and
@@ -267,41 +270,6 @@ fn compression(settings: &HttpSettings) -> CompressionLayer<impl Predicate + use
         .no_deflate()
         .quality(settings.compression_level)
         .compress_when(SizeAbove::new(settings.compression_min_size).and(compressible))
-}
-
-fn cors(origins: &CorsOrigins) -> CorsLayer {
-    let allow_origin = match origins {
-        CorsOrigins::Any => AllowOrigin::any(),
-        CorsOrigins::List(list) => AllowOrigin::list(list.clone()),
-        CorsOrigins::Localhost => {
-            AllowOrigin::predicate(|origin, _| origin::is_localhost_origin(origin))
-        }
-    };
-    CorsLayer::new()
-        .allow_origin(allow_origin)
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::PATCH,
-            Method::DELETE,
-            Method::OPTIONS,
-        ])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            header::IF_NONE_MATCH,
-            HeaderName::from_static("last-event-id"),
-            middleware::X_REQUEST_ID,
-        ])
-        .expose_headers([
-            header::ETAG,
-            header::LOCATION,
-            header::RETRY_AFTER,
-            middleware::X_REQUEST_ID,
-            HeaderName::from_static("ratelimit"),
-            HeaderName::from_static("ratelimit-policy"),
-        ])
-        .max_age(Duration::from_secs(600))
 }
 
 async fn not_found() -> ApiError {

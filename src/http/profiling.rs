@@ -6,22 +6,22 @@
 //! keys exist. Heap profiles also need jemalloc's profiler switched on at start:
 //! `MALLOC_CONF=prof:true,prof_active:true,lg_prof_sample:19`.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::ConnectInfo;
+use axum::Extension;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 
 use super::extract::Query;
 use crate::domain::Invalid;
 use crate::error::{ApiError, ApiResult};
+use crate::server::Connection;
 
 /// Only one CPU profile at a time: the sampler is process-wide.
 static CPU_BUSY: AtomicBool = AtomicBool::new(false);
 
-fn local_only(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> ApiResult<()> {
-    if peer.ip().is_loopback() {
+fn local_only(Extension(connection): Extension<Connection>) -> ApiResult<()> {
+    if connection.peer().ip().is_loopback() {
         Ok(())
     } else {
         Err(ApiError::Forbidden(
@@ -53,7 +53,7 @@ pub struct CpuParams {
 
 /// A CPU profile: samples every thread at 99 Hz for `seconds` (1..=60, default 10).
 pub async fn cpu(
-    peer: ConnectInfo<SocketAddr>,
+    peer: Extension<Connection>,
     Query(params): Query<CpuParams>,
 ) -> ApiResult<Response> {
     local_only(peer)?;
@@ -115,7 +115,7 @@ fn take_cpu_profile(_seconds: u64) -> ApiResult<Vec<u8>> {
 }
 
 /// A heap profile of live allocations (sampled by jemalloc).
-pub async fn heap(peer: ConnectInfo<SocketAddr>) -> ApiResult<Response> {
+pub async fn heap(peer: Extension<Connection>) -> ApiResult<Response> {
     local_only(peer)?;
     #[cfg(feature = "profiling")]
     {

@@ -130,20 +130,12 @@ where
     }
     let key = Key::List { head, path };
     if let Some(entry) = state.cache.get(&key) {
-        return Ok(conditional::fresh(entry.body, &entry.etag));
+        return Ok(conditional::fresh(entry.body, entry.tag));
     }
     let body = load().await?;
-    let etag: Arc<str> = Arc::from(etag);
-    state.cache.insert(
-        key,
-        Entry {
-            body: body.clone(),
-            etag: etag.clone(),
-            session: None,
-            version: head,
-        },
-    );
-    Ok(conditional::fresh(body, &etag))
+    let entry = Entry::new(body, Arc::from(etag), None, head);
+    state.cache.insert(key, entry.clone());
+    Ok(conditional::fresh(entry.body, entry.tag))
 }
 
 fn session_list_query(params: ListParams) -> Result<SessionListQuery, Invalid> {
@@ -192,19 +184,19 @@ pub async fn session_entry(state: &SharedState, id: &SessionId) -> ApiResult<Ent
         return Ok(entry);
     }
     let session = state.storage.get_session(id).await?;
-    let entry = Entry {
-        body: encode(&session)?,
+    let entry = Entry::new(
+        encode(&session)?,
         // The version alone would do; timestamps and count also cover data loaded in bulk.
-        etag: Arc::from(format!(
+        Arc::from(format!(
             "{}-s{}.{}.{}",
             state.storage.identity(),
             session.version,
             session.updated_at,
             session.message_count
         )),
-        session: Some(Arc::from(id.as_str())),
-        version: session.version,
-    };
+        Some(Arc::from(id.as_str())),
+        session.version,
+    );
     state.cache.insert(key, entry.clone());
     Ok(entry)
 }

@@ -181,7 +181,7 @@ fn tagged(headers: &HeaderMap, body: bytes::Bytes) -> Response {
     let etag = format!("w{}", conditional::digest(&String::from_utf8_lossy(&body)));
     match conditional::matching_tag(headers, &etag) {
         Some(tag) => conditional::not_modified(&tag),
-        None => conditional::fresh(body, &etag),
+        None => conditional::fresh(body, crate::cache::quoted(&etag)),
     }
 }
 

@@ -6,7 +6,10 @@
 //! when `/metrics` is scraped, so there is one source of truth for each. Labels are bounded:
 //! route templates (never raw paths or ids), a fixed set of methods, status codes.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
+
+use metrics::{Counter, Gauge, Histogram};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -70,16 +73,187 @@ pub const WEBHOOK_REFUSED: &str = "sessiond_webhook_refused_addresses_total";
 /// Endpoints the server disabled, by `reason` (`gone`, `failing`).
 pub const WEBHOOK_DISABLED: &str = "sessiond_webhook_endpoints_disabled_total";
 
+/// Method labels: a bounded set, anything else is `other`.
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PATCH", "DELETE", "PUT", "HEAD", "OPTIONS", "other",
+];
+
+/// Status labels: a bounded set, anything else is `other` (the slot after the last).
+const STATUSES: [(u16, &str); 17] = [
+    (101, "101"),
+    (200, "200"),
+    (201, "201"),
+    (204, "204"),
+    (304, "304"),
+    (400, "400"),
+    (401, "401"),
+    (403, "403"),
+    (404, "404"),
+    (405, "405"),
+    (408, "408"),
+    (413, "413"),
+    (415, "415"),
+    (429, "429"),
+    (431, "431"),
+    (500, "500"),
+    (503, "503"),
+];
+
+fn method_index(method: &axum::http::Method) -> usize {
+    let name = method.as_str();
+    METHODS
+        .iter()
+        .position(|known| *known == name)
+        .unwrap_or(METHODS.len() - 1)
+}
+
+fn status_index(status: u16) -> usize {
+    STATUSES
+        .iter()
+        .position(|(code, _)| *code == status)
+        .unwrap_or(STATUSES.len())
+}
+
 /// A method label from a bounded set.
 pub fn method_label(method: &axum::http::Method) -> &'static str {
-    match method.as_str() {
-        "GET" => "GET",
-        "POST" => "POST",
-        "PATCH" => "PATCH",
-        "DELETE" => "DELETE",
-        "PUT" => "PUT",
-        "HEAD" => "HEAD",
-        "OPTIONS" => "OPTIONS",
-        _ => "other",
+    METHODS[method_index(method)]
+}
+
+/// A status label from a bounded set.
+pub fn status_label(status: u16) -> &'static str {
+    STATUSES
+        .get(status_index(status))
+        .map_or("other", |(_, label)| label)
+}
+
+/// The handles of the per-request metrics, each registered once, on the first request of its
+/// route, method and status.
+///
+/// Recording through `metrics::counter!` with labels builds the key (the route copied into an
+/// owned label), hashes it and searches the registry on every request; here a request finds
+/// its route's handles by the template and indexes the rest.
+pub struct HttpMetrics {
+    pub in_flight: Gauge,
+    /// Response bytes before compression, and as sent.
+    pub body_bytes: Counter,
+    pub sent_bytes: Counter,
+    routes: RwLock<HashMap<Box<str>, RouteHandles>>,
+}
+
+struct RouteHandles {
+    methods: [MethodHandles; METHODS.len()],
+}
+
+#[derive(Default)]
+struct MethodHandles {
+    duration: OnceLock<Histogram>,
+    requests: [OnceLock<Counter>; STATUSES.len() + 1],
+}
+
+impl HttpMetrics {
+    /// The process's handles (the recorder is process-wide, so are they).
+    pub fn get() -> &'static HttpMetrics {
+        static METRICS: OnceLock<HttpMetrics> = OnceLock::new();
+        METRICS.get_or_init(|| {
+            // Handles taken before the recorder is installed would record nowhere.
+            handle();
+            HttpMetrics {
+                in_flight: metrics::gauge!(HTTP_IN_FLIGHT),
+                body_bytes: metrics::counter!(HTTP_BODY_BYTES),
+                sent_bytes: metrics::counter!(HTTP_SENT_BYTES),
+                routes: RwLock::default(),
+            }
+        })
+    }
+
+    /// Counts a request of `route` (its template, or `unmatched`) and records its latency.
+    pub fn record(&self, method: &axum::http::Method, route: &str, status: u16, seconds: f64) {
+        let method = method_index(method);
+        let status = status_index(status);
+        let record = |handles: &RouteHandles| {
+            let handles = &handles.methods[method];
+            handles.requests[status]
+                .get_or_init(|| {
+                    metrics::counter!(
+                        HTTP_REQUESTS,
+                        "method" => METHODS[method],
+                        "route" => route.to_owned(),
+                        "status" => STATUSES.get(status).map_or("other", |(_, label)| label),
+                    )
+                })
+                .increment(1);
+            handles
+                .duration
+                .get_or_init(|| {
+                    metrics::histogram!(
+                        HTTP_DURATION,
+                        "method" => METHODS[method],
+                        "route" => route.to_owned(),
+                    )
+                })
+                .record(seconds);
+        };
+        if let Some(handles) = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(route)
+        {
+            return record(handles);
+        }
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        let handles = routes.entry(route.into()).or_insert_with(|| RouteHandles {
+            methods: Default::default(),
+        });
+        record(handles);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::OPTIONS), "OPTIONS");
+        assert_eq!(method_label(&Method::TRACE), "other");
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
+        assert_eq!(status_label(200), "200");
+        assert_eq!(status_label(503), "503");
+        assert_eq!(status_label(418), "other");
+    }
+
+    #[test]
+    fn requests_are_counted_by_route_method_and_status() {
+        let metrics = HttpMetrics::get();
+        let route = "/test/metrics/{id}";
+        for _ in 0..3 {
+            metrics.record(&Method::GET, route, 200, 0.001);
+        }
+        metrics.record(&Method::GET, route, 418, 0.001);
+        metrics.record(&Method::POST, route, 201, 0.002);
+        let text = handle().render();
+        let line = |labels: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{HTTP_REQUESTS}{{{labels}}}")))
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+        };
+        assert_eq!(
+            line(&format!(r#"method="GET",route="{route}",status="200""#)).as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            line(&format!(r#"method="GET",route="{route}",status="other""#)).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            line(&format!(r#"method="POST",route="{route}",status="201""#)).as_deref(),
+            Some("1")
+        );
+        assert!(text.contains(&format!(
+            r#"{HTTP_DURATION}_count{{method="POST",route="{route}"}} 1"#
+        )));
     }
 }

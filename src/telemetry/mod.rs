@@ -1,7 +1,8 @@
 //! Telemetry: logging set-up (structured `tracing` output to stderr, human-readable or JSON
-//! lines, written off the request path by [`log_writer`]), Prometheus metrics, process figures
-//! and the live status-page samples.
+//! lines, written off the request path by [`log_writer`], access lines formatted by
+//! [`format`]), Prometheus metrics, process figures and the live status-page samples.
 
+pub mod format;
 pub mod live;
 pub mod log_writer;
 pub mod metrics;
@@ -38,7 +39,7 @@ pub fn init(filter: &str, format: LogFormat) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
     let _ = match format {
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Pretty => builder.event_format(format::Format::default()).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
