@@ -487,6 +487,65 @@ async fn cors_preflight_and_headers_on_errors_and_304() {
     );
 }
 
+/// Responses to requests without an `Origin` take the CORS layer's headers from values made
+/// once; they must be the ones the layer gives a browser's request, but the allowed origin.
+#[tokio::test]
+async fn cors_headers_are_the_same_with_and_without_an_origin() {
+    let app = TestApp::spawn().await;
+    let session = app.create_session("/cors", "same").await;
+    let path = format!("/v1/sessions/{}", session["id"].as_str().unwrap());
+    let values = |response: &reqwest::Response, name: &str| -> Vec<String> {
+        response
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    for (path, accept) in [
+        ("/health", None),
+        (path.as_str(), None),
+        (path.as_str(), Some("gzip")),
+    ] {
+        let mut plain_headers = vec![];
+        if let Some(accept) = accept {
+            plain_headers.push(("accept-encoding", accept));
+        }
+        let mut browser_headers = plain_headers.clone();
+        browser_headers.push(("origin", "http://localhost:5173"));
+        let plain = get_with(&app, path, &plain_headers).await;
+        let browser = get_with(&app, path, &browser_headers).await;
+        assert_eq!(plain.status(), StatusCode::OK);
+        for name in ["vary", "access-control-expose-headers"] {
+            let expected = values(&browser, name);
+            assert!(!expected.is_empty(), "{name} on {path}");
+            assert_eq!(values(&plain, name), expected, "{name} on {path}");
+        }
+        assert!(plain.headers().get("access-control-allow-origin").is_none());
+        assert_eq!(
+            browser.headers()["access-control-allow-origin"],
+            "http://localhost:5173"
+        );
+    }
+    // A preflight is answered before routing, and counted as one.
+    let preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url(&path))
+        .header("origin", "http://localhost:5173")
+        .header("access-control-request-method", "PATCH")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(
+            r#"sessiond_http_requests_total{method="OPTIONS",route="preflight",status="200"}"#
+        ),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn cors_origins_are_configurable() {
     let app = TestApp::spawn_configured(|config| {
