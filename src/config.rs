@@ -63,7 +63,7 @@ pub struct ServeArgs {
     /// Most session text one summary reads [env: SESSIOND_SUMMARIZE_MAX_BYTES] [default: 4MiB]
     #[arg(long, value_name = "SIZE")]
     pub summarize_max_bytes: Option<String>,
-    /// Searches run at once [env: SESSIOND_SEARCH_CONCURRENCY] [default: 2 × CPUs]
+    /// Searches run at once [env: SESSIOND_SEARCH_CONCURRENCY] [default: 8 × CPUs, at most 64]
     #[arg(long, value_name = "N")]
     pub search_concurrency: Option<String>,
     /// Searches that may wait before more are refused with 503 [env: SESSIOND_SEARCH_QUEUE] [default: 256]
@@ -365,12 +365,14 @@ impl Config {
                 "4MiB",
                 parse_size,
             )?,
-            // Two per core: a search is milliseconds of CPU, and a pool of one per core starves
-            // under a mixed load (searches waited seconds for a turn; BENCHMARKS.md).
+            // Eight per core (at most 64): a search is about a millisecond of CPU, but on a busy
+            // server it holds its turn while it waits for a core with every other request, so a
+            // small pool queues searches behind each other (the mixed workload's p99 was 0.7-0.8 s
+            // with two per core, 0.09-0.1 s with eight; BENCHMARKS.md).
             search_concurrency: r.get(
                 "search_concurrency",
                 &args.search_concurrency,
-                &(2 * cpus).to_string(),
+                &(8 * cpus).min(64).to_string(),
                 |v| parse_count(v, 1, 1024),
             )?,
             search_queue: r.get("search_queue", &args.search_queue, "256", |v| {
