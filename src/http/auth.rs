@@ -1,5 +1,5 @@
 //! Who is calling, and may they: API-key authentication, scopes, and rate limiting, as one
-//! layer ([`GuardLayer`]) around every route, in two steps.
+//! layer ([`Guard`]) around every route, in two steps.
 //!
 //! - [`authorize`]: reads `Authorization: Bearer <key>`, finds the key (through a cache:
 //!   60 s for known keys, 5 s for unknown ones, and revocations on this instance take effect
@@ -24,7 +24,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::{BoxFuture, Either};
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::SharedState;
 use crate::domain::keys::{self, ApiKey, Scope};
@@ -157,23 +157,15 @@ fn unauthorized(detail: String) -> Response {
 /// rate limits (the loopback default) there is nothing to check or wait for, and a request goes
 /// straight through.
 #[derive(Clone)]
-pub struct GuardLayer(pub SharedState);
-
-impl<S> Layer<S> for GuardLayer {
-    type Service = Guard<S>;
-
-    fn layer(&self, inner: S) -> Guard<S> {
-        Guard {
-            inner,
-            state: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
 pub struct Guard<S> {
     inner: S,
     state: SharedState,
+}
+
+impl<S> Guard<S> {
+    pub fn new(inner: S, state: SharedState) -> Guard<S> {
+        Guard { inner, state }
+    }
 }
 
 impl<S> Service<Request> for Guard<S>

@@ -45,25 +45,44 @@ fn is_acceptable(value: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b))
 }
 
-/// Gives every request its id, and counts and logs it once it has its response.
+/// A layer whose service reads the shared state: `wrap` makes one around the next service.
 #[derive(Clone)]
-pub struct RequestContextLayer(pub SharedState);
+pub struct StateLayer<F> {
+    state: SharedState,
+    wrap: F,
+}
 
-impl<S> Layer<S> for RequestContextLayer {
-    type Service = RequestContext<S>;
-
-    fn layer(&self, inner: S) -> RequestContext<S> {
-        RequestContext {
-            inner,
-            state: self.0.clone(),
+impl<F> StateLayer<F> {
+    pub fn new(state: &SharedState, wrap: F) -> StateLayer<F> {
+        StateLayer {
+            state: state.clone(),
+            wrap,
         }
     }
 }
 
+impl<S, F, T> Layer<S> for StateLayer<F>
+where
+    F: Fn(S, SharedState) -> T,
+{
+    type Service = T;
+
+    fn layer(&self, inner: S) -> T {
+        (self.wrap)(inner, self.state.clone())
+    }
+}
+
+/// Gives every request its id, and counts and logs it once it has its response.
 #[derive(Clone)]
 pub struct RequestContext<S> {
     inner: S,
     state: SharedState,
+}
+
+impl<S> RequestContext<S> {
+    pub fn new(inner: S, state: SharedState) -> RequestContext<S> {
+        RequestContext { inner, state }
+    }
 }
 
 impl<S> Service<Request> for RequestContext<S>
@@ -287,23 +306,15 @@ where
 /// nor in `allowed_hosts` (DNS rebinding); in every auth mode, a WebSocket upgrade or a write
 /// whose `Origin` is foreign. `/health` answers any host.
 #[derive(Clone)]
-pub struct BrowserGuardLayer(pub SharedState);
-
-impl<S> Layer<S> for BrowserGuardLayer {
-    type Service = BrowserGuard<S>;
-
-    fn layer(&self, inner: S) -> BrowserGuard<S> {
-        BrowserGuard {
-            inner,
-            state: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
 pub struct BrowserGuard<S> {
     inner: S,
     state: SharedState,
+}
+
+impl<S> BrowserGuard<S> {
+    pub fn new(inner: S, state: SharedState) -> BrowserGuard<S> {
+        BrowserGuard { inner, state }
+    }
 }
 
 impl<S> Service<Request> for BrowserGuard<S>

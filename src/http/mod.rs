@@ -32,14 +32,15 @@ use axum::handler::Handler;
 use axum::http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::Response;
 use axum::routing::{get, post};
+use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::predicate::{Predicate, SizeAbove};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 
 use self::auth::{AuthMode, Cidr, KeyCache, SharedLimiter};
+use self::middleware::StateLayer;
 use crate::cache::ResponseCache;
 use crate::telemetry::live::LiveStats;
 
@@ -225,7 +226,7 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> HttpServic
         );
     // Unknown paths need a key and are rate limited like any route, so a caller without one
     // learns nothing from probing them.
-    let unknown = auth::GuardLayer(state.clone()).layer(not_found.with_state(state.clone()));
+    let unknown = auth::Guard::new(not_found.with_state(state.clone()), state.clone());
     let routes = Router::new()
         // Liveness and metrics are never shed: an orchestrator must not kill a busy instance
         // as dead, and an overload is exactly when operators need to see inside.
@@ -234,15 +235,15 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> HttpServic
         .merge(api)
         // Before the route layer, which then covers the 405s too.
         .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(auth::GuardLayer(state.clone()))
+        .route_layer(StateLayer::new(&state, auth::Guard::new))
         .fallback_service(unknown)
         .with_state(state.clone());
     // One statically composed stack, outermost first, around the router: as a `Router::layer`
     // it would wrap every route, and the router clones a route's whole stack per request.
     let service = ServiceBuilder::new()
-        .layer(middleware::RequestContextLayer(state.clone()))
+        .layer(StateLayer::new(&state, middleware::RequestContext::new))
         .layer(cors::CorsLayer::new(&settings.cors))
-        .layer(middleware::BrowserGuardLayer(state))
+        .layer(StateLayer::new(&state, middleware::BrowserGuard::new))
         .map_response(middleware::encoding_validators)
         .layer(middleware::CompressionLayer(compression(&settings)))
         .map_response(middleware::count_uncompressed)
