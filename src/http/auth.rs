@@ -1,6 +1,8 @@
-//! Who is calling, and may they: API-key authentication, scopes, and rate limiting, as one
-//! layer ([`Guard`]) around every route, in two steps.
+//! Who is calling, and may they: the browser guard, API-key authentication, scopes, and rate
+//! limiting, as one layer ([`Guard`]) around every route.
 //!
+//! - [`browser_refusal`]: what a web page on another site could make the user's browser send
+//!   (see [`super::origin`]) gets 403 first.
 //! - [`authorize`]: reads `Authorization: Bearer <key>`, finds the key (through a cache:
 //!   60 s for known keys, 5 s for unknown ones, and revocations on this instance take effect
 //!   at once), and checks the route's scope. Missing or unusable keys get 401, insufficient
@@ -23,10 +25,12 @@ use std::time::Duration;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::future::{BoxFuture, Either};
+use futures_util::future::{BoxFuture, Either, Ready, ready};
 use tower::Service;
 
 use super::SharedState;
+use super::origin::origin_allowed;
+use crate::domain::clip;
 use crate::domain::keys::{self, ApiKey, Scope};
 use crate::domain::wall_clock_ms;
 use crate::error::ApiError;
@@ -153,9 +157,11 @@ fn unauthorized(detail: String) -> Response {
     response
 }
 
-/// Authenticates, then rate-limits: the layer every route sits behind. With auth off and no
-/// rate limits (the loopback default) there is nothing to check or wait for, and a request goes
-/// straight through.
+/// The layer every route (and the unknown-path fallback) sits behind: the browser guard
+/// ([`browser_refusal`]), then authentication, then rate limits. Its responses carry the
+/// template of the route for the access log and metrics outside the router, also when the
+/// handler panics. With auth off and no rate limits (the loopback default) there is nothing to
+/// wait for, and an allowed request goes straight through.
 #[derive(Clone)]
 pub struct Guard<S> {
     inner: S,
@@ -168,6 +174,8 @@ impl<S> Guard<S> {
     }
 }
 
+type Checked = BoxFuture<'static, Result<Response, Infallible>>;
+
 impl<S> Service<Request> for Guard<S>
 where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
@@ -175,7 +183,8 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = WithRoute<Either<S::Future, BoxFuture<'static, Result<Response, Infallible>>>>;
+    type Future =
+        WithRoute<Either<Ready<Result<Response, Infallible>>, Either<S::Future, Checked>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -183,23 +192,27 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let route = request.extensions().get::<MatchedPath>().cloned();
-        let response = if self.state.settings.auth == AuthMode::Off && self.state.limiter.is_none()
-        {
-            Either::Left(self.inner.call(request))
+        let response = if let Some(refused) = browser_refusal(&self.state, &request) {
+            Either::Left(ready(Ok(refused.into_response())))
+        } else if self.state.settings.auth == AuthMode::Off && self.state.limiter.is_none() {
+            Either::Right(Either::Left(self.inner.call(request)))
         } else {
             // The service polled ready serves this request once the checks are done; a clone
             // takes its place.
             let clone = self.inner.clone();
             let inner = std::mem::replace(&mut self.inner, clone);
-            Either::Right(Box::pin(guarded(self.state.clone(), request, inner)) as BoxFuture<_>)
+            Either::Right(Either::Right(
+                Box::pin(guarded(self.state.clone(), request, inner)) as Checked,
+            ))
         };
         WithRoute { response, route }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A response with the template of the route that served it in its extensions, for the
-    /// access log and metrics outside the router.
+    /// A response with the template of the route that served it in its extensions; a handler
+    /// that panics answers like any internal error (`middleware::panic_response`), for that
+    /// route.
     pub struct WithRoute<F> {
         #[pin]
         response: F,
@@ -214,8 +227,16 @@ where
     type Output = Result<Response, Infallible>;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Ok(mut response) = std::task::ready!(this.response.poll(cx));
+        let mut this = self.project();
+        // The future is not polled again after a panic: it is answered here.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            this.response.as_mut().poll(cx)
+        }));
+        let mut response = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Ok(response))) => response,
+            Err(panic) => super::middleware::panic_response(panic),
+        };
         if let Some(route) = this.route.take() {
             response.extensions_mut().insert(route);
         }
@@ -238,11 +259,63 @@ where
     Ok(rate_limit(&state, request, |request| inner.call(request)).await)
 }
 
+/// What a web page on another site could make the user's browser send, refused (see
+/// [`super::origin`]): with auth off, a request naming a host that is neither a loopback name
+/// nor in `allowed_hosts` (DNS rebinding); in every auth mode, a WebSocket upgrade or a write
+/// whose `Origin` is foreign. `/health` answers any host.
+fn browser_refusal(state: &SharedState, request: &Request) -> Option<ApiError> {
+    let settings = &state.settings;
+    // An absolute-form target names the host the request is for; otherwise `Host` does.
+    let host = match request.uri().authority() {
+        Some(authority) => Some(Ok(authority.as_str())),
+        None => request.headers().get(header::HOST).map(HeaderValue::to_str),
+    };
+    if settings.auth == AuthMode::Off && request.uri().path() != "/health" {
+        match host {
+            // No `Host` at all: an HTTP/1.0 program; browsers always send one.
+            None => {}
+            Some(Ok(name)) if settings.allowed_hosts.allows(name) => {}
+            Some(named) => {
+                return Some(ApiError::Forbidden(format!(
+                    "this server runs without authentication and answers only localhost names \
+                     (and allowed_hosts); this request named host `{}`. Add the name to \
+                     allowed_hosts to serve it, or turn auth on",
+                    clip(named.unwrap_or("<not text>"))
+                )));
+            }
+        }
+    }
+    let method = request.method();
+    let upgrade = request
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let writes = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if (upgrade || writes)
+        && !origin_allowed(
+            &settings.cors,
+            &settings.allowed_hosts,
+            request.headers().get(header::ORIGIN),
+            host.and_then(Result::ok),
+        )
+    {
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("<not text>");
+        return Some(ApiError::Forbidden(format!(
+            "{} from a web page at origin `{}` is not allowed: the origin is not among \
+             cors_origins",
+            if upgrade { "a WebSocket" } else { "a change" },
+            clip(origin)
+        )));
+    }
+    None
+}
+
 /// The request with its [`Caller`] in its extensions, or the refusal to answer with.
-pub(crate) async fn authorize(
-    state: &SharedState,
-    mut request: Request,
-) -> Result<Request, Response> {
+async fn authorize(state: &SharedState, mut request: Request) -> Result<Request, Response> {
     let route = request.extensions().get::<MatchedPath>().cloned();
     let needed = required_scope(request.method(), route.as_ref().map(MatchedPath::as_str));
     let caller = match (state.settings.auth, needed) {

@@ -1,5 +1,5 @@
 //! The layers every request passes through around the router: the request context (id,
-//! metrics, access log), the browser guard, and compression for clients that accept it.
+//! metrics, access log) and compression for clients that accept it.
 //!
 //! Every response carries `X-Request-Id`: a valid incoming one is echoed (so a proxy's id
 //! follows the request through), anything else is replaced by a fresh random id. Each request
@@ -21,14 +21,11 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::future::{Either, Ready, ready};
+use futures_util::future::Either;
 use tower::{Layer, Service};
 use tower_http::compression::{self, Compression, Predicate};
 
 use super::SharedState;
-use super::auth::AuthMode;
-use super::origin::origin_allowed;
-use crate::domain::clip;
 use crate::domain::random_token_bytes;
 use crate::error::{ApiError, InternalCause};
 use crate::telemetry::metrics::HttpMetrics;
@@ -98,7 +95,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
         let started = Instant::now();
         let id = request
             .headers()
@@ -110,12 +107,12 @@ where
                     .unwrap_or(HeaderValue::from_static("-"))
             });
         let method = request.method().clone();
-        // The CORS layer answers a preflight before the router sees it.
-        let preflight = method == Method::OPTIONS
-            && request.headers().contains_key(header::ORIGIN)
-            && request
-                .headers()
-                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        // axum drops a HEAD response's body inside the router, before compression would see
+        // it; served as a GET and emptied here, a HEAD gets the very headers a GET gets.
+        let head = method == Method::HEAD;
+        if head {
+            *request.method_mut() = Method::GET;
+        }
         let state = self.state.clone();
         let metrics = HttpMetrics::get();
         state.live.begin();
@@ -123,13 +120,17 @@ where
         let response = self.inner.call(request);
         Box::pin(async move {
             let mut response = response.await?;
+            if head {
+                *response.body_mut() = Body::empty();
+            }
             let latency = started.elapsed();
             metrics.in_flight.decrement(1.0);
             // The router's route layer puts the template of the route that served the request
             // in the response.
             let route = match response.extensions().get::<MatchedPath>() {
                 Some(route) => route.as_str(),
-                None if preflight => "preflight",
+                // The CORS layer answers every OPTIONS before routing.
+                None if method == Method::OPTIONS => "preflight",
                 None => "unmatched",
             };
             let status = response.status().as_u16();
@@ -164,11 +165,7 @@ where
                 );
             }
             response.headers_mut().insert(X_REQUEST_ID, id);
-            Ok(count_body(
-                response,
-                &metrics.sent_bytes,
-                method == Method::HEAD,
-            ))
+            Ok(count_body(response, &metrics.sent_bytes, head))
         })
     }
 }
@@ -299,94 +296,6 @@ where
         let response = std::task::ready!(self.project().response.poll(cx))?;
         Poll::Ready(Ok(response.map(Body::new)))
     }
-}
-
-/// Refuses what a web page on another site could make the user's browser send (see
-/// [`super::origin`]): with auth off, a request naming a host that is neither a loopback name
-/// nor in `allowed_hosts` (DNS rebinding); in every auth mode, a WebSocket upgrade or a write
-/// whose `Origin` is foreign. `/health` answers any host.
-#[derive(Clone)]
-pub struct BrowserGuard<S> {
-    inner: S,
-    state: SharedState,
-}
-
-impl<S> BrowserGuard<S> {
-    pub fn new(inner: S, state: SharedState) -> BrowserGuard<S> {
-        BrowserGuard { inner, state }
-    }
-}
-
-impl<S> Service<Request> for BrowserGuard<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        match refusal(&self.state, &request) {
-            Some(refused) => Either::Left(ready(Ok(refused.into_response()))),
-            None => Either::Right(self.inner.call(request)),
-        }
-    }
-}
-
-/// Why [`BrowserGuard`] refuses `request`, if it does.
-fn refusal(state: &SharedState, request: &Request) -> Option<ApiError> {
-    let settings = &state.settings;
-    // An absolute-form target names the host the request is for; otherwise `Host` does.
-    let host = match request.uri().authority() {
-        Some(authority) => Some(Ok(authority.as_str())),
-        None => request.headers().get(header::HOST).map(HeaderValue::to_str),
-    };
-    if settings.auth == AuthMode::Off && request.uri().path() != "/health" {
-        match host {
-            // No `Host` at all: an HTTP/1.0 program; browsers always send one.
-            None => {}
-            Some(Ok(name)) if settings.allowed_hosts.allows(name) => {}
-            Some(named) => {
-                return Some(ApiError::Forbidden(format!(
-                    "this server runs without authentication and answers only localhost names \
-                     (and allowed_hosts); this request named host `{}`. Add the name to \
-                     allowed_hosts to serve it, or turn auth on",
-                    clip(named.unwrap_or("<not text>"))
-                )));
-            }
-        }
-    }
-    let method = request.method();
-    let upgrade = request
-        .headers()
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    let writes = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
-    if (upgrade || writes)
-        && !origin_allowed(
-            &settings.cors,
-            &settings.allowed_hosts,
-            request.headers().get(header::ORIGIN),
-            host.and_then(Result::ok),
-        )
-    {
-        let origin = request
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("<not text>");
-        return Some(ApiError::Forbidden(format!(
-            "{} from a web page at origin `{}` is not allowed: the origin is not among \
-             cors_origins",
-            if upgrade { "a WebSocket" } else { "a change" },
-            clip(origin)
-        )));
-    }
-    None
 }
 
 /// Turns the errors of the load-shedding and timeout layers into problem responses.

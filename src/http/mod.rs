@@ -161,12 +161,13 @@ pub fn router(state: SharedState) -> HttpService {
 
 /// The API with `extra` routes merged in (tests use this for routes that only they need).
 ///
-/// Layers, outermost first: request id and access log; CORS (so 304s and errors carry it);
-/// the browser guard; ETag coding suffixes and `Vary`; compression; panics as 500s (the body
-/// limit is applied where bodies are read, by `extract::JsonBody`). These wrap the router itself, so a request passes through one stack of them. Inside
-/// the router, every route (and the unknown-path fallback) sits behind authentication and rate
-/// limits, and everything but `/health` and `/metrics` behind load shedding past the
-/// concurrency limit and the request timeout.
+/// Layers around the router, outermost first: request id, metrics and access log; CORS (so
+/// 304s and errors carry it); ETag coding suffixes and `Vary`; compression; panics as 500s.
+/// They wrap the router itself, so a request passes through one stack of them. Inside the
+/// router, every route (and the unknown-path fallback) sits behind `auth::Guard` (the browser
+/// guard, authentication and rate limits), and everything but `/health` and `/metrics` behind
+/// load shedding past the concurrency limit and the request timeout. The body limit is applied
+/// where bodies are read (`extract::JsonBody`).
 pub fn router_with(state: SharedState, extra: Router<SharedState>) -> HttpService {
     let settings = state.settings.clone();
     let document = openapi::document(settings.auth, state.limiter.is_some());
@@ -243,7 +244,6 @@ pub fn router_with(state: SharedState, extra: Router<SharedState>) -> HttpServic
     let service = ServiceBuilder::new()
         .layer(StateLayer::new(&state, middleware::RequestContext::new))
         .layer(cors::CorsLayer::new(&settings.cors))
-        .layer(StateLayer::new(&state, middleware::BrowserGuard::new))
         .map_response(middleware::encoding_validators)
         .layer(middleware::CompressionLayer(compression(&settings)))
         .map_response(middleware::count_uncompressed)

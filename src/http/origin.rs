@@ -15,7 +15,7 @@
 //! their `Origin` is foreign, on top of the JSON content type they need anyway.
 //!
 //! Nothing here knows axum: [`HostPolicy`] and [`origin_allowed`] take header text and answer
-//! yes or no; [`super::middleware::browser_guard`] wires them in at one place.
+//! yes or no; `auth::Guard` (its `browser_refusal`) wires them in at one place.
 
 use axum::http::HeaderValue;
 

@@ -170,6 +170,14 @@ async fn a_rebound_host_name_reaches_nothing_but_health() {
         let response = with_host(&app, get.clone(), path, &evil, None).await;
         assert_eq!(response.status(), StatusCode::FORBIDDEN, "{path}");
     }
+    // Refusals are counted under the route they were refused for.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(
+            r#"sessiond_http_requests_total{method="POST",route="/v1/admin/keys",status="403"} 1"#
+        ),
+        "{metrics}"
+    );
     // Neither write happened.
     let sessions = app.get_json("/v1/sessions").await;
     assert_eq!(sessions["items"].as_array().unwrap().len(), 0);

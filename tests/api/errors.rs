@@ -206,6 +206,14 @@ async fn internal_errors_leak_nothing_and_carry_the_request_id() {
         raw.contains("\"code\":\"internal\"") && !raw.contains("secret"),
         "{raw}"
     );
+    // Counted under its route, as any other answer of it.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(
+            r#"sessiond_http_requests_total{method="GET",route="/test/panic",status="500"} 1"#
+        ),
+        "{metrics}"
+    );
     let response = app
         .client
         .get(app.url("/test/explode"))

@@ -546,6 +546,60 @@ async fn cors_headers_are_the_same_with_and_without_an_origin() {
     );
 }
 
+/// A HEAD answers with the headers the GET would get, compression and validators included,
+/// and no body.
+#[tokio::test]
+async fn head_gets_the_headers_of_get() {
+    let app = TestApp::spawn().await;
+    fill(&app, 30).await;
+    for accept in ["identity", "gzip", "zstd"] {
+        let get = get_with(
+            &app,
+            "/v1/sessions?limit=30",
+            &[("accept-encoding", accept)],
+        )
+        .await;
+        let head = app
+            .client
+            .head(app.url("/v1/sessions?limit=30"))
+            .header("accept-encoding", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), StatusCode::OK);
+        for name in [
+            "content-type",
+            "content-encoding",
+            "content-length",
+            "etag",
+            "vary",
+            "cache-control",
+            "access-control-expose-headers",
+        ] {
+            let values = |response: &reqwest::Response| -> Vec<String> {
+                response
+                    .headers()
+                    .get_all(name)
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .collect()
+            };
+            assert_eq!(values(&head), values(&get), "{name} with {accept}");
+        }
+        if accept != "identity" {
+            assert_eq!(head.headers()["content-encoding"], accept);
+        }
+        assert!(head.bytes().await.unwrap().is_empty());
+    }
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(
+            r#"sessiond_http_requests_total{method="HEAD",route="/v1/sessions",status="200"} 3"#
+        ),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn cors_origins_are_configurable() {
     let app = TestApp::spawn_configured(|config| {
