@@ -598,6 +598,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
             app.data_dir().display()
         );
     }
+    // Before saying it listens: from then on a SIGTERM must find its handler.
+    let shutdown = shutdown_signal();
     match app.local_addr() {
         Ok(addr) => {
             let mut stdout = std::io::stdout();
@@ -609,7 +611,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let code = match app.run_until(shutdown_signal()).await {
+    let code = match app.run_until(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("sessiond: {error:#}");

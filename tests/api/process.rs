@@ -173,7 +173,8 @@ async fn sigterm_drains_commits_and_exits_zero() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(again.terminate().success());
+    let status = again.terminate();
+    assert!(status.success(), "exit status {status:?}");
 }
 
 #[tokio::test]
