@@ -88,7 +88,11 @@ pub fn random_token() -> String {
 
 /// [`random_token`] as bytes, made without an allocation (a request id per request).
 pub fn random_token_bytes() -> [u8; ENCODED_LEN] {
-    let value = fastrand::u128(..);
+    digits(fastrand::u128(..))
+}
+
+/// `value` as its 26 digits, most significant first.
+fn digits(value: u128) -> [u8; ENCODED_LEN] {
     let mut out = [0; ENCODED_LEN];
     for (i, byte) in out.iter_mut().enumerate() {
         let digit = (value >> ((ENCODED_LEN - 1 - i) * 5)) & 0x1f;
@@ -100,10 +104,8 @@ pub fn random_token_bytes() -> [u8; ENCODED_LEN] {
 fn encode(value: u128, prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + ENCODED_LEN);
     out.push_str(prefix);
-    for i in (0..ENCODED_LEN).rev() {
-        let digit = (value >> (i * 5)) & 0x1f;
-        out.push(ALPHABET[digit as usize] as char);
-    }
+    // The digits are ASCII.
+    out.extend(digits(value).iter().map(|&b| b as char));
     out
 }
 

@@ -468,10 +468,8 @@ where
     F: Future<Output = Result<Response, Infallible>>,
 {
     let run = |request| async move {
-        match next(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        }
+        let Ok(response) = next(request).await;
+        response
     };
     let Some(limiter) = state.limiter.as_deref() else {
         return run(request).await;

@@ -315,13 +315,8 @@ pub async fn limit_errors(error: tower::BoxError) -> Response {
 
 /// Marks a compressed representation's ETag with its coding (`"v3"` becomes `"v3-zstd"`: a
 /// strong validator names one exact byte sequence), and sets `Vary: Accept-Encoding` on every
-/// response, 304s included, so shared caches key by encoding. The body becomes a [`Body`] for
-/// the layers outside, which all take one.
-pub fn encoding_validators<B>(mut response: axum::http::Response<B>) -> Response
-where
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
+/// response, 304s included, so shared caches key by encoding.
+pub fn encoding_validators(mut response: Response) -> Response {
     let headers = response.headers_mut();
     let coding = headers
         .get(header::CONTENT_ENCODING)
@@ -344,7 +339,7 @@ where
     if !varies {
         headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
     }
-    response.map(Body::new)
+    response
 }
 
 /// A handler that panicked answers like any other internal error: problem+json 500, the cause

@@ -171,7 +171,7 @@ async fn a_rebound_host_name_reaches_nothing_but_health() {
         assert_eq!(response.status(), StatusCode::FORBIDDEN, "{path}");
     }
     // Refusals are counted under the route they were refused for.
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(
             r#"sessiond_http_requests_total{method="POST",route="/v1/admin/keys",status="403"} 1"#

@@ -207,7 +207,7 @@ async fn internal_errors_leak_nothing_and_carry_the_request_id() {
         "{raw}"
     );
     // Counted under its route, as any other answer of it.
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(
             r#"sessiond_http_requests_total{method="GET",route="/test/panic",status="500"} 1"#

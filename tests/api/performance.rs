@@ -41,6 +41,16 @@ fn decode(coding: &str, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Every value of header `name`, in order.
+fn header_values(response: &reqwest::Response, name: &str) -> Vec<String> {
+    response
+        .headers()
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
 async fn get_with(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut request = app.client.get(app.url(path));
     for (name, value) in headers {
@@ -494,14 +504,6 @@ async fn cors_headers_are_the_same_with_and_without_an_origin() {
     let app = TestApp::spawn().await;
     let session = app.create_session("/cors", "same").await;
     let path = format!("/v1/sessions/{}", session["id"].as_str().unwrap());
-    let values = |response: &reqwest::Response, name: &str| -> Vec<String> {
-        response
-            .headers()
-            .get_all(name)
-            .iter()
-            .map(|v| v.to_str().unwrap().to_owned())
-            .collect()
-    };
     for (path, accept) in [
         ("/health", None),
         (path.as_str(), None),
@@ -517,9 +519,9 @@ async fn cors_headers_are_the_same_with_and_without_an_origin() {
         let browser = get_with(&app, path, &browser_headers).await;
         assert_eq!(plain.status(), StatusCode::OK);
         for name in ["vary", "access-control-expose-headers"] {
-            let expected = values(&browser, name);
+            let expected = header_values(&browser, name);
             assert!(!expected.is_empty(), "{name} on {path}");
-            assert_eq!(values(&plain, name), expected, "{name} on {path}");
+            assert_eq!(header_values(&plain, name), expected, "{name} on {path}");
         }
         assert!(plain.headers().get("access-control-allow-origin").is_none());
         assert_eq!(
@@ -537,7 +539,7 @@ async fn cors_headers_are_the_same_with_and_without_an_origin() {
         .await
         .unwrap();
     assert!(preflight.status().is_success());
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(
             r#"sessiond_http_requests_total{method="OPTIONS",route="preflight",status="200"}"#
@@ -576,22 +578,18 @@ async fn head_gets_the_headers_of_get() {
             "cache-control",
             "access-control-expose-headers",
         ] {
-            let values = |response: &reqwest::Response| -> Vec<String> {
-                response
-                    .headers()
-                    .get_all(name)
-                    .iter()
-                    .map(|v| v.to_str().unwrap().to_owned())
-                    .collect()
-            };
-            assert_eq!(values(&head), values(&get), "{name} with {accept}");
+            assert_eq!(
+                header_values(&head, name),
+                header_values(&get, name),
+                "{name} with {accept}"
+            );
         }
         if accept != "identity" {
             assert_eq!(head.headers()["content-encoding"], accept);
         }
         assert!(head.bytes().await.unwrap().is_empty());
     }
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(
             r#"sessiond_http_requests_total{method="HEAD",route="/v1/sessions",status="200"} 3"#

@@ -421,7 +421,7 @@ async fn the_breaker_opens_sends_one_probe_at_a_time_and_closes_after_two_succes
     assert_eq!(closed["circuit"]["consecutive_failures"], 0);
     assert_eq!(closed["circuit"]["next_attempt_at"], Value::Null);
     assert_eq!(requests, 10, "five failures, then one delivery each");
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("sessiond_webhook_circuit_transitions_total{to=\"open\"}"));
     app.stop().await;
 }
@@ -739,7 +739,7 @@ async fn an_internal_address_is_refused_again_at_delivery_inside_the_resolver() 
         "not the endpoint's fault"
     );
     assert!(receiver.requests.try_recv().is_err(), "nothing was sent");
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("sessiond_webhook_refused_addresses_total{stage=\"deliver\"}"));
     app.stop().await;
 }
