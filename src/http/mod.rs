@@ -170,14 +170,20 @@ pub fn router(state: SharedState) -> HttpService {
 /// where bodies are read (`extract::JsonBody`).
 pub fn router_with(state: SharedState, extra: Router<SharedState>) -> HttpService {
     let settings = state.settings.clone();
-    let document = openapi::document(settings.auth, state.limiter.is_some());
+    // Made on first request: building it allocates some megabytes for a moment, which would
+    // otherwise stay in the heap of every server that never serves it.
+    let document = Arc::new(std::sync::OnceLock::new());
+    let (auth, rate_limited) = (settings.auth, state.limiter.is_some());
     let api = Router::new()
         .route("/", get(ops::status_page))
         .route("/v1/stats", get(ops::stats))
         .route("/ready", get(ops::ready))
         .route(
             "/openapi.json",
-            get(move || ops::openapi_json(document.clone())),
+            get(move || {
+                let document = document.get_or_init(|| openapi::document(auth, rate_limited));
+                ops::openapi_json(document.clone())
+            }),
         )
         .route("/docs", get(ops::docs))
         .route("/docs/{asset}", get(ops::docs_asset))

@@ -44,6 +44,8 @@ const BATCH: usize = 2000;
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// The most expansions of a prefix at the end of a multi-word prefix term.
 const MAX_PREFIX_EXPANSIONS: u32 = 1000;
+/// The in-memory tail's indexing budget.
+const TAIL_WRITER_MEMORY: usize = 20 << 20;
 
 #[derive(Clone, Debug)]
 pub struct IndexOptions {
@@ -60,6 +62,9 @@ pub struct IndexOptions {
     /// one in the background (searches answer 503 meanwhile).
     pub build_in_foreground: i64,
     pub writer_memory: usize,
+    /// The disk index's writer is closed once it had nothing to commit for this long (see
+    /// [`opened`]).
+    pub writer_idle: Duration,
 }
 
 impl IndexOptions {
@@ -72,6 +77,7 @@ impl IndexOptions {
             poll: Duration::from_millis(100),
             build_in_foreground: 20_000,
             writer_memory: 64 << 20,
+            writer_idle: Duration::from_secs(30),
         }
     }
 }
@@ -167,7 +173,10 @@ struct Tail {
     /// The tail holds every message `committed.messages < seq <= fed.messages` and every
     /// deletion `committed.events < seq <= fed.events`.
     fed: Heads,
-    writer: IndexWriter,
+    /// The in-memory index, and its writer once the tail first takes something (see
+    /// [`Tail::writer`]).
+    index: Index,
+    writer: Option<IndexWriter>,
     reader: IndexReader,
     /// The messages the tail index holds (to rebuild it from when the disk index took some).
     docs: Vec<Arc<Waiting>>,
@@ -186,6 +195,13 @@ struct Tail {
 }
 
 impl Tail {
+    /// Forgets what was given to the writer since its last commit.
+    fn rollback(&mut self) {
+        if let Some(writer) = &mut self.writer {
+            let _ = writer.rollback();
+        }
+    }
+
     /// Publishes what the tail holds now.
     fn publish(&self, view: &mut View) {
         view.tail = self.reader.searcher();
@@ -324,6 +340,35 @@ fn background_writer(
             .writer_with_options(writer_options(threads, memory_per_thread, MERGE_THREADS))
             .context("opening the index writer")
     })
+}
+
+/// The writer in `slot`, opened by `open` when there is none.
+///
+/// Both indexes open their writers only when they have something to write, and the disk
+/// index's closes after [`IndexOptions::writer_idle`]: tantivy allocates and fills a queue of 10,000
+/// documents (2.5 MB) for every writer as it opens, and starts its threads, which an idle
+/// server need not hold.
+fn opened(
+    slot: &mut Option<IndexWriter>,
+    open: impl FnOnce() -> anyhow::Result<IndexWriter>,
+) -> anyhow::Result<&mut IndexWriter> {
+    match slot {
+        Some(writer) => Ok(writer),
+        empty => Ok(empty.insert(open()?)),
+    }
+}
+
+fn tail_writer(index: &Index) -> anyhow::Result<IndexWriter> {
+    index
+        .writer_with_options(writer_options(1, TAIL_WRITER_MEMORY, 1))
+        .context("opening the tail index")
+}
+
+/// Closes `writer` once its merges are done (nothing is pending: it was just committed).
+fn release(writer: IndexWriter) {
+    if let Err(error) = writer.wait_merging_threads() {
+        tracing::warn!(%error, "closing the search index writer");
+    }
 }
 
 /// A writer with `threads` indexing threads of `memory_per_thread` bytes each and
@@ -629,7 +674,7 @@ impl TantivyIndex {
                 .ok()?;
             Some((index, writer, reader, committed, false))
         });
-        let (index, mut writer, reader, committed, fresh) = match opened {
+        let (disk, mut writer, reader, committed, fresh) = match opened {
             Some(opened) => opened,
             None => {
                 match std::fs::remove_dir_all(&options.dir) {
@@ -680,7 +725,7 @@ impl TantivyIndex {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
             if threads > 1 {
                 drop(writer);
-                writer = background_writer(&index, threads, options.writer_memory)
+                writer = background_writer(&disk, threads, options.writer_memory)
                     .context("opening the index writer for a build")?;
             }
         } else if !committed.covers(&heads) {
@@ -702,12 +747,17 @@ impl TantivyIndex {
             in_background(|| commit(&mut writer, &options.database, committed))?;
             reader.reload().context("reloading the index reader")?;
         }
+        // Opened above, also to learn that the index can be written; kept only for a build.
+        let writer = match building {
+            Some(_) => Some(writer),
+            None => {
+                release(writer);
+                None
+            }
+        };
 
         let tail_index = Index::create_in_ram(schema);
         register(&tail_index);
-        let tail_writer = tail_index
-            .writer_with_options(writer_options(1, 20 << 20, 1))
-            .context("opening the tail index")?;
         let tail_reader = tail_index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -727,7 +777,8 @@ impl TantivyIndex {
         };
         let tail = Tail {
             fed: committed,
-            writer: tail_writer,
+            index: tail_index,
+            writer: None,
             reader: tail_reader,
             docs: Vec::new(),
             deleted: Vec::new(),
@@ -746,6 +797,7 @@ impl TantivyIndex {
             index: Arc::downgrade(&index),
             stop: index.stop.clone(),
             fields,
+            disk,
             writer,
             reader,
             source,
@@ -835,7 +887,7 @@ impl TantivyIndex {
         }
         let fed = self.feed_tail(tail, &deleted);
         if fed.is_err() {
-            let _ = tail.writer.rollback();
+            tail.rollback();
             return fed;
         }
         metrics::counter!(crate::telemetry::metrics::SEARCH_TAIL_FEEDS, "outcome" => "fed")
@@ -851,8 +903,9 @@ impl TantivyIndex {
     }
 
     fn feed_tail(&self, tail: &mut Tail, deleted: &[(i64, String)]) -> anyhow::Result<()> {
-        add_to_tail(&self.fields, &tail.writer, &tail.waiting, deleted)?;
-        tail.writer.commit().context("committing the tail index")?;
+        let writer = opened(&mut tail.writer, || tail_writer(&tail.index))?;
+        add_to_tail(&self.fields, writer, &tail.waiting, deleted)?;
+        writer.commit().context("committing the tail index")?;
         tail.reader.reload().context("reloading the tail index")?;
         Ok(())
     }
@@ -1051,15 +1104,16 @@ impl SearchIndex for TantivyIndex {
 /// move every score (and a page continuing by rank would skip or repeat hits).
 fn rebuild_tail(fields: &Fields, tail: &mut Tail, kept: &[Arc<Waiting>]) -> anyhow::Result<()> {
     let rebuilt = (|| -> anyhow::Result<()> {
-        tail.writer
+        let writer = opened(&mut tail.writer, || tail_writer(&tail.index))?;
+        writer
             .delete_all_documents()
             .context("emptying the tail index")?;
-        add_to_tail(fields, &tail.writer, kept, &tail.deleted)?;
-        tail.writer.commit().context("rebuilding the tail index")?;
+        add_to_tail(fields, writer, kept, &tail.deleted)?;
+        writer.commit().context("rebuilding the tail index")?;
         Ok(())
     })();
     if rebuilt.is_err() {
-        let _ = tail.writer.rollback();
+        tail.rollback();
     }
     rebuilt?;
     tail.reader.reload().context("reloading the tail index")
@@ -1070,7 +1124,10 @@ struct Indexer {
     index: std::sync::Weak<TantivyIndex>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     fields: Fields,
-    writer: IndexWriter,
+    disk: Index,
+    /// Open while there is something to write, and for `options.writer_idle` after (see
+    /// [`opened`]).
+    writer: Option<IndexWriter>,
     reader: IndexReader,
     source: Box<dyn Source + Send>,
     /// What was given to the writer…
@@ -1114,10 +1171,18 @@ impl Indexer {
                 );
                 // What was fed but not committed is fed again from the last commit.
                 // A rollback starts the writer's threads again: at the lower priority.
-                let writer = &mut self.writer;
-                let _ = in_background(|| writer.rollback().map_err(anyhow::Error::from));
+                if let Some(writer) = &mut self.writer {
+                    let _ = in_background(|| writer.rollback().map_err(anyhow::Error::from));
+                }
                 self.fed = self.committed;
                 self.pending = 0;
+            } else if self.pending == 0 && self.last_commit.elapsed() >= self.options.writer_idle {
+                let building = self.index.upgrade().and_then(|i| lock(&i.view).building);
+                if building.is_none()
+                    && let Some(writer) = self.writer.take()
+                {
+                    release(writer);
+                }
             }
             if stopping || self.index.strong_count() == 0 {
                 return;
@@ -1125,18 +1190,21 @@ impl Indexer {
         }
     }
 
+    /// The disk index's writer, opened again when it was closed for idling.
+    fn writer(&mut self) -> anyhow::Result<&mut IndexWriter> {
+        let (disk, memory) = (&self.disk, self.options.writer_memory);
+        opened(&mut self.writer, || background_writer(disk, 1, memory))
+    }
+
     fn step(&mut self, stopping: bool) -> anyhow::Result<()> {
         let heads = self.source.heads()?;
         let building = self.index.upgrade().and_then(|i| lock(&i.view).building);
         while self.fed.messages < heads.messages {
             let upto = heads.messages.min(self.fed.messages + BATCH as i64 * 10);
-            let added = feed_messages(
-                &self.fields,
-                &self.writer,
-                &*self.source,
-                self.fed.messages,
-                upto,
-            )?;
+            let (disk, memory) = (&self.disk, self.options.writer_memory);
+            let writer = opened(&mut self.writer, || background_writer(disk, 1, memory))?;
+            let added =
+                feed_messages(&self.fields, writer, &*self.source, self.fed.messages, upto)?;
             self.fed.messages = upto;
             self.pending += added.max(1);
             if self.pending >= self.options.commit_changes {
@@ -1147,12 +1215,14 @@ impl Indexer {
             }
         }
         if self.fed.messages >= heads.messages && self.fed.events < heads.events {
-            for (_, session) in self.source.deletions(self.fed.events, heads.events)? {
-                self.writer.delete_term(tantivy::Term::from_field_text(
-                    self.fields.session,
-                    &session,
-                ));
-                self.pending += 1;
+            let deletions = self.source.deletions(self.fed.events, heads.events)?;
+            if !deletions.is_empty() {
+                let session = self.fields.session;
+                let writer = self.writer()?;
+                for (_, deleted) in &deletions {
+                    writer.delete_term(tantivy::Term::from_field_text(session, deleted));
+                }
+                self.pending += deletions.len();
             }
             self.fed.events = heads.events;
         }
@@ -1174,8 +1244,9 @@ impl Indexer {
         // A commit starts the writer's next indexing threads; they inherit the committing
         // thread's priority. This thread keeps the normal one, because it also commits the
         // tail's writer (which searches wait for) and holds the tail's lock meanwhile.
-        let (writer, database, fed) = (&mut self.writer, &self.options.database, self.fed);
-        in_background(|| commit(writer, database, fed))?;
+        let (database, fed) = (self.options.database.clone(), self.fed);
+        let writer = self.writer()?;
+        in_background(|| commit(writer, &database, fed))?;
         self.committed = self.fed;
         self.pending = 0;
         self.last_commit = Instant::now();
@@ -1559,6 +1630,74 @@ mod tests {
         let hits = index.every(&source, newest, &request).unwrap();
         assert_eq!(hits.len(), count(newest.messages));
         assert!(hits.iter().any(|h| h.seq > old.messages));
+        index.close();
+    }
+
+    /// The disk index's writer opens when there is something to write and closes once idle,
+    /// and opens again for the next write; the tail's opens only when a search first feeds it.
+    #[test]
+    fn writers_open_when_needed_and_close_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = Arc::new(Memory::default());
+        let mut options = IndexOptions::new(dir.path().join("search"), "db");
+        options.commit_interval = Duration::ZERO;
+        options.poll = Duration::from_millis(5);
+        options.writer_idle = Duration::ZERO;
+        let index = TantivyIndex::open(
+            options,
+            Box::new(Shared(memory.clone())),
+            Box::new(Shared(memory.clone())),
+        )
+        .unwrap();
+        let source = Shared(memory.clone());
+        assert!(lock(&index.tail).writer.is_none());
+        let until = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !done() {
+                assert!(Instant::now() < deadline, "never {what}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        // Another writer can open only once the index's own has closed.
+        let released = || {
+            until("released", &|| {
+                Index::open_in_dir(dir.path().join("search"))
+                    .and_then(|i| i.writer_with_num_threads::<TantivyDocument>(1, 15_000_000))
+                    .map(drop)
+                    .is_ok()
+            })
+        };
+        let committed = |messages: i64| {
+            until("committed", &|| {
+                index.status().committed.messages == messages
+            })
+        };
+        let add = |seq: i64, text: &str| {
+            lock(&memory.docs).push(Doc {
+                seq,
+                session_id: "s".into(),
+                directory: "/d".into(),
+                role: "user".into(),
+                created_at: seq,
+                text: text.into(),
+            })
+        };
+        released();
+        add(1, "alpha");
+        committed(1);
+        released();
+        add(2, "alpha beta");
+        committed(2);
+        let terms = SearchTerms::parse("alpha").unwrap();
+        let request = Request {
+            terms: &terms,
+            session_id: None,
+            directory: None,
+        };
+        let hits = index
+            .every(&source, source.heads().unwrap(), &request)
+            .unwrap();
+        assert_eq!(hits.len(), 2, "{hits:?}");
         index.close();
     }
 }

@@ -144,12 +144,17 @@ impl SqliteStorage {
             Box::new(indexing::OwnedSource(open_reader(&path, mmap)?)),
             Box::new(indexing::OwnedSource(open_reader(&path, mmap)?)),
         )?;
-        let readers = (0..options.read_connections.max(1))
-            .map(|_| open_reader(&path, mmap))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let heavy = (0..options.heavy_connections.max(1))
-            .map(|_| open_reader(&path, mmap))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let opener: pool::Opener = {
+            let path = path.clone();
+            Arc::new(move || open_reader(&path, mmap))
+        };
+        // One of each at once, so a database that cannot be read fails here.
+        let readers = ReadPool::new(
+            options.read_connections,
+            open_reader(&path, mmap)?,
+            opener.clone(),
+        );
+        let heavy = ReadPool::new(options.heavy_connections, open_reader(&path, mmap)?, opener);
         let (writer, thread) = writer::spawn(
             conn,
             ids,
@@ -165,8 +170,8 @@ impl SqliteStorage {
             rankings: Arc::default(),
             index,
             writer,
-            readers: ReadPool::new(readers),
-            heavy: ReadPool::new(heavy),
+            readers,
+            heavy,
             writer_thread: Mutex::new(Some(thread)),
             _lock: lock,
         })

@@ -4,6 +4,10 @@
 //! reads scale with the pool while writes are being committed. Each read takes a connection
 //! (waiting asynchronously when all are busy), runs on tokio's blocking pool, and puts the
 //! connection back even if the read panics.
+//!
+//! Connections are opened when a read finds none free, up to the pool's size: each holds its
+//! own copy of the schema, a first slab of page cache and its statement cache (~150 KB idle),
+//! and a server that never runs twenty searches at once need not hold twenty.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -14,16 +18,21 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::storage::{StorageError, StorageResult};
 
+/// Opens one more connection for the pool.
+pub type Opener = Arc<dyn Fn() -> anyhow::Result<Connection> + Send + Sync>;
+
 pub struct ReadPool {
     connections: Arc<Mutex<Vec<Connection>>>,
     permits: Arc<Semaphore>,
+    open: Opener,
 }
 
 /// A borrowed connection; returns itself to the pool on drop (also during unwinding).
 struct Lease {
     connection: Option<Connection>,
     pool: Arc<Mutex<Vec<Connection>>>,
-    permit: Option<OwnedSemaphorePermit>,
+    /// Given back after `drop` has put the connection back (fields drop after it).
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for Lease {
@@ -34,11 +43,8 @@ impl Drop for Lease {
             if !connection.is_autocommit()
                 && let Err(error) = connection.execute_batch("ROLLBACK")
             {
+                // The permit goes back with the lease: the next read opens a fresh connection.
                 tracing::error!(%error, "could not end a read transaction; dropping the connection");
-                // One connection fewer: retire its permit too, so no read waits for it.
-                if let Some(permit) = self.permit.take() {
-                    permit.forget();
-                }
                 return;
             }
             // A poisoned lock only means another read panicked; the Vec itself is fine.
@@ -49,11 +55,12 @@ impl Drop for Lease {
 }
 
 impl ReadPool {
-    pub fn new(connections: Vec<Connection>) -> Self {
-        let permits = Arc::new(Semaphore::new(connections.len()));
+    /// A pool of up to `size` connections made by `open`, of which `first` is the first.
+    pub fn new(size: usize, first: Connection, open: Opener) -> Self {
         ReadPool {
-            connections: Arc::new(Mutex::new(connections)),
-            permits,
+            connections: Arc::new(Mutex::new(vec![first])),
+            permits: Arc::new(Semaphore::new(size.max(1))),
+            open,
         }
     }
 
@@ -72,23 +79,25 @@ impl ReadPool {
             .map_err(|_| StorageError::Unavailable("the read pool is closed"))?;
         metrics::histogram!(crate::telemetry::metrics::READ_WAIT)
             .record(waited.elapsed().as_secs_f64());
+        // None free: a permit with no connection behind it, so this read opens one (a failed
+        // open gives the permit back with the lease).
         let connection = self
             .connections
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .context("read pool invariant broken: a permit without a connection")?;
-        let lease = Lease {
-            connection: Some(connection),
+            .pop();
+        let mut lease = Lease {
+            connection,
             pool: self.connections.clone(),
-            permit: Some(permit),
+            _permit: permit,
         };
+        let open = self.open.clone();
         tokio::task::spawn_blocking(move || {
-            let lease = lease;
-            match &lease.connection {
-                Some(connection) => read(connection),
-                None => Err(StorageError::Unavailable("lost a read connection")),
-            }
+            let connection = match lease.connection.take() {
+                Some(connection) => connection,
+                None => open()?,
+            };
+            read(lease.connection.insert(connection))
         })
         .await
         .context("a read task panicked")?
@@ -97,5 +106,94 @@ impl ReadPool {
     /// Stops handing out connections; reads in progress finish.
     pub fn close(&self) {
         self.permits.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Barrier, mpsc};
+
+    use super::*;
+
+    /// A pool of `size` in-memory connections whose opener counts its calls and fails the
+    /// calls `failing` names.
+    fn pool(size: usize, failing: &'static [usize]) -> (ReadPool, Arc<AtomicUsize>) {
+        let opened = Arc::new(AtomicUsize::new(1));
+        let counter = opened.clone();
+        let open: Opener = Arc::new(move || {
+            let call = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            if failing.contains(&call) {
+                anyhow::bail!("opening connection {call} failed");
+            }
+            Ok(Connection::open_in_memory()?)
+        });
+        let first = Connection::open_in_memory().unwrap();
+        (ReadPool::new(size, first, open), opened)
+    }
+
+    /// `n` reads at once, each holding its connection until all of them hold one.
+    async fn together(pool: &ReadPool, n: usize) {
+        let barrier = Arc::new(Barrier::new(n));
+        let reads = (0..n).map(|_| {
+            let barrier = barrier.clone();
+            pool.read(move |conn| {
+                barrier.wait();
+                let one = conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0));
+                Ok(one.map_err(anyhow::Error::from)?)
+            })
+        });
+        for read in futures_util::future::join_all(reads).await {
+            assert_eq!(read.unwrap(), 1);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_open_as_reads_need_them_and_are_reused() {
+        let (pool, opened) = pool(3, &[]);
+        pool.read(|_| Ok(())).await.unwrap();
+        pool.read(|_| Ok(())).await.unwrap();
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+        together(&pool, 3).await;
+        assert_eq!(opened.load(Ordering::SeqCst), 3);
+        together(&pool, 3).await;
+        assert_eq!(opened.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_that_cannot_be_opened_fails_one_read_and_keeps_its_place() {
+        // The second connection's first opening fails.
+        let (pool, opened) = pool(2, &[2]);
+        let pool = Arc::new(pool);
+        let (hold, held) = mpsc::channel::<()>();
+        let (started, start) = tokio::sync::oneshot::channel();
+        let holder = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.read(move |_| {
+                    let _ = started.send(());
+                    let _ = held.recv();
+                    Ok(())
+                })
+                .await
+            }
+        });
+        start.await.unwrap();
+        let failed = pool.read(|_| Ok(())).await;
+        let Err(StorageError::Internal(error)) = failed else {
+            panic!("expected the opening to fail: {failed:?}");
+        };
+        assert!(
+            format!("{error:#}").contains("connection 2 failed"),
+            "{error:#}"
+        );
+        hold.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        // Both places are still there: two reads hold a connection each at once (with one
+        // place lost, the second would wait for ever).
+        tokio::time::timeout(std::time::Duration::from_secs(60), together(&pool, 2))
+            .await
+            .expect("a place in the pool was lost");
+        assert_eq!(opened.load(Ordering::SeqCst), 3);
     }
 }
