@@ -368,10 +368,16 @@ fn read(
         };
         let mut messages = messages;
         messages.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
-        let originals: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
-        let found = runtime
-            .block_on(storage.import_targets(SOURCE, originals))
-            .context("reading the import map")?;
+        // A session and its messages are mapped in one transaction: none of a session that
+        // was never imported can have been (and a fresh import asks nothing per session).
+        let found = if imported_before {
+            let originals: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
+            runtime
+                .block_on(storage.import_targets(SOURCE, originals))
+                .context("reading the import map")?
+        } else {
+            vec![None; messages.len()]
+        };
         let messages_read = messages.len() as u64;
         let mut messages_skipped = 0;
         let mut written = Vec::new();
