@@ -35,7 +35,7 @@ echo "sessiond idle RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$server/status)"
 
 rate() { wrk -t1 -c"$connections" -d"$duration" "$1" | awk '/Requests\/sec/ {print $2}'; }
 printf '%-6s %12s %12s %12s %12s %8s %8s %8s\n' \
-  round bare kept sessiond_h cached_get kept health cached
+  round bare kept sessiond_h cached_get kept_r health_r cached_r
 for round in $(seq "$rounds"); do
   b=$(rate http://127.0.0.1:4097/health)
   k=$(rate http://127.0.0.1:4099/health)

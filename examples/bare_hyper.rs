@@ -6,7 +6,7 @@
 //! line through the same subscriber, format and log writer (standard error). That is the floor
 //! under any router and middleware, as a share of the same ceiling.
 //!
-//! Usage: `cargo run --release --example bare_hyper -- 127.0.0.1:4097 [--kept]`
+//! Usage: `cargo run --release --example bare_hyper -- [127.0.0.1:4097] [--kept]`
 
 use std::convert::Infallible;
 use std::time::Instant;
@@ -55,9 +55,14 @@ fn kept(request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let addr = args.next().unwrap_or_else(|| "127.0.0.1:4097".to_owned());
-    let with_kept = args.next().is_some_and(|flag| flag == "--kept");
+    let (flags, addrs): (Vec<String>, Vec<String>) = std::env::args()
+        .skip(1)
+        .partition(|arg| arg.starts_with("--"));
+    let with_kept = flags.iter().any(|flag| flag == "--kept");
+    let addr = addrs
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:4097".to_owned());
     if with_kept {
         sessiond::telemetry::init("info", sessiond::config::LogFormat::Pretty);
     }

@@ -45,7 +45,7 @@ pub struct ServeArgs {
     /// Share of requests that get an access-log line, 0 < share <= 1 (server errors are always logged) [env: SESSIOND_ACCESS_LOG_SAMPLE] [default: 1]
     #[arg(long, value_name = "SHARE")]
     pub access_log_sample: Option<String>,
-    /// Read-only database connections [env: SESSIOND_READ_CONNECTIONS] [default: 2 × CPUs, at least 8]
+    /// Read-only database connections, at most; each opens when concurrent reads first need it [env: SESSIOND_READ_CONNECTIONS] [default: 2 × CPUs, at least 8]
     #[arg(long, value_name = "N")]
     pub read_connections: Option<String>,
     /// Writes that may queue for the writer before callers wait [env: SESSIOND_WRITER_QUEUE] [default: 4096]

@@ -62,8 +62,8 @@ pub struct IndexOptions {
     /// one in the background (searches answer 503 meanwhile).
     pub build_in_foreground: i64,
     pub writer_memory: usize,
-    /// The disk index's writer is closed once it had nothing to commit for this long (see
-    /// [`opened`]).
+    /// The disk index's writer is closed once it had nothing to commit for this long, and
+    /// opened again for the next write.
     pub writer_idle: Duration,
 }
 
@@ -174,7 +174,7 @@ struct Tail {
     /// deletion `committed.events < seq <= fed.events`.
     fed: Heads,
     /// The in-memory index, and its writer once the tail first takes something (see
-    /// [`Tail::writer`]).
+    /// [`opened`]).
     index: Index,
     writer: Option<IndexWriter>,
     reader: IndexReader,
@@ -345,9 +345,12 @@ fn background_writer(
 /// The writer in `slot`, opened by `open` when there is none.
 ///
 /// Both indexes open their writers only when they have something to write, and the disk
-/// index's closes after [`IndexOptions::writer_idle`]: tantivy allocates and fills a queue of 10,000
-/// documents (2.5 MB) for every writer as it opens, and starts its threads, which an idle
-/// server need not hold.
+/// index's is dropped after [`IndexOptions::writer_idle`] with nothing to commit: tantivy
+/// allocates and fills a queue of 10,000 documents (2.5 MB) for every writer as it opens, and
+/// starts its threads, which an idle server need not hold. Dropping a writer (rather than
+/// waiting for its merges, which after a build can take minutes and would hold the indexer up)
+/// abandons a merge under way: tantivy discards its result, and the next writer's first commit
+/// considers the segments again.
 fn opened(
     slot: &mut Option<IndexWriter>,
     open: impl FnOnce() -> anyhow::Result<IndexWriter>,
@@ -358,17 +361,19 @@ fn opened(
     }
 }
 
+/// The disk index's writer in `slot`, opened again when it was closed for idling.
+fn disk_writer<'a>(
+    slot: &'a mut Option<IndexWriter>,
+    disk: &Index,
+    options: &IndexOptions,
+) -> anyhow::Result<&'a mut IndexWriter> {
+    opened(slot, || background_writer(disk, 1, options.writer_memory))
+}
+
 fn tail_writer(index: &Index) -> anyhow::Result<IndexWriter> {
     index
         .writer_with_options(writer_options(1, TAIL_WRITER_MEMORY, 1))
         .context("opening the tail index")
-}
-
-/// Closes `writer` once its merges are done (nothing is pending: it was just committed).
-fn release(writer: IndexWriter) {
-    if let Err(error) = writer.wait_merging_threads() {
-        tracing::warn!(%error, "closing the search index writer");
-    }
 }
 
 /// A writer with `threads` indexing threads of `memory_per_thread` bytes each and
@@ -748,13 +753,7 @@ impl TantivyIndex {
             reader.reload().context("reloading the index reader")?;
         }
         // Opened above, also to learn that the index can be written; kept only for a build.
-        let writer = match building {
-            Some(_) => Some(writer),
-            None => {
-                release(writer);
-                None
-            }
-        };
+        let writer = building.map(|_| writer);
 
         let tail_index = Index::create_in_ram(schema);
         register(&tail_index);
@@ -1176,13 +1175,15 @@ impl Indexer {
                 }
                 self.fed = self.committed;
                 self.pending = 0;
-            } else if self.pending == 0 && self.last_commit.elapsed() >= self.options.writer_idle {
-                let building = self.index.upgrade().and_then(|i| lock(&i.view).building);
-                if building.is_none()
-                    && let Some(writer) = self.writer.take()
-                {
-                    release(writer);
-                }
+            } else if self.writer.is_some()
+                && self.pending == 0
+                && self.last_commit.elapsed() >= self.options.writer_idle
+                && self
+                    .index
+                    .upgrade()
+                    .is_some_and(|i| lock(&i.view).building.is_none())
+            {
+                self.writer = None;
             }
             if stopping || self.index.strong_count() == 0 {
                 return;
@@ -1190,19 +1191,12 @@ impl Indexer {
         }
     }
 
-    /// The disk index's writer, opened again when it was closed for idling.
-    fn writer(&mut self) -> anyhow::Result<&mut IndexWriter> {
-        let (disk, memory) = (&self.disk, self.options.writer_memory);
-        opened(&mut self.writer, || background_writer(disk, 1, memory))
-    }
-
     fn step(&mut self, stopping: bool) -> anyhow::Result<()> {
         let heads = self.source.heads()?;
         let building = self.index.upgrade().and_then(|i| lock(&i.view).building);
         while self.fed.messages < heads.messages {
             let upto = heads.messages.min(self.fed.messages + BATCH as i64 * 10);
-            let (disk, memory) = (&self.disk, self.options.writer_memory);
-            let writer = opened(&mut self.writer, || background_writer(disk, 1, memory))?;
+            let writer = disk_writer(&mut self.writer, &self.disk, &self.options)?;
             let added =
                 feed_messages(&self.fields, writer, &*self.source, self.fed.messages, upto)?;
             self.fed.messages = upto;
@@ -1218,7 +1212,7 @@ impl Indexer {
             let deletions = self.source.deletions(self.fed.events, heads.events)?;
             if !deletions.is_empty() {
                 let session = self.fields.session;
-                let writer = self.writer()?;
+                let writer = disk_writer(&mut self.writer, &self.disk, &self.options)?;
                 for (_, deleted) in &deletions {
                     writer.delete_term(tantivy::Term::from_field_text(session, deleted));
                 }
@@ -1244,9 +1238,10 @@ impl Indexer {
         // A commit starts the writer's next indexing threads; they inherit the committing
         // thread's priority. This thread keeps the normal one, because it also commits the
         // tail's writer (which searches wait for) and holds the tail's lock meanwhile.
-        let (database, fed) = (self.options.database.clone(), self.fed);
-        let writer = self.writer()?;
-        in_background(|| commit(writer, &database, fed))?;
+        let fed = self.fed;
+        let writer = disk_writer(&mut self.writer, &self.disk, &self.options)?;
+        let database = &self.options.database;
+        in_background(|| commit(writer, database, fed))?;
         self.committed = self.fed;
         self.pending = 0;
         self.last_commit = Instant::now();
@@ -1672,16 +1667,15 @@ mod tests {
                 index.status().committed.messages == messages
             })
         };
-        let add = |seq: i64, text: &str| {
-            lock(&memory.docs).push(Doc {
-                seq,
-                session_id: "s".into(),
-                directory: "/d".into(),
-                role: "user".into(),
-                created_at: seq,
-                text: text.into(),
-            })
+        let doc = |seq: i64, text: &str| Doc {
+            seq,
+            session_id: "s".into(),
+            directory: "/d".into(),
+            role: "user".into(),
+            created_at: seq,
+            text: text.into(),
         };
+        let add = |seq: i64, text: &str| lock(&memory.docs).push(doc(seq, text));
         released();
         add(1, "alpha");
         committed(1);
@@ -1698,6 +1692,23 @@ mod tests {
             .every(&source, source.heads().unwrap(), &request)
             .unwrap();
         assert_eq!(hits.len(), 2, "{hits:?}");
+        // Answered from disk: the tail took nothing.
+        assert!(lock(&index.tail).writer.is_none());
+        index.close();
+
+        // Where the disk index has not taken a message yet, the search that needs it feeds
+        // the tail, which opens its writer then.
+        let other = tempfile::tempdir().unwrap();
+        let memory = Arc::new(Memory::default());
+        let index = open_without_commits(other.path(), &memory);
+        let source = Shared(memory.clone());
+        assert!(lock(&index.tail).writer.is_none());
+        lock(&memory.docs).push(doc(1, "alpha"));
+        let hits = index
+            .every(&source, source.heads().unwrap(), &request)
+            .unwrap();
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert!(lock(&index.tail).writer.is_some());
         index.close();
     }
 }

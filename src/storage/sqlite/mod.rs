@@ -55,10 +55,10 @@ const LOCK_FILE: &str = "sessiond.lock";
 #[derive(Clone)]
 pub struct SqliteOptions {
     pub data_dir: PathBuf,
-    /// Read-only connections in the pool.
+    /// Read-only connections in the pool, at most (opened as concurrent reads need them).
     pub read_connections: usize,
-    /// Read-only connections of the reads that run under a worker turn (searches, and the
-    /// text of a summary), as many as may run at once. A turn is scarce: waiting for a
+    /// Read-only connections, at most, of the reads that run under a worker turn (searches,
+    /// and the text of a summary), as many as may run at once. A turn is scarce: waiting for a
     /// connection in the queue of the cheap reads would hold it tens of milliseconds longer
     /// under a mixed load, and the turns' pools, not the CPU, would become the bottleneck.
     pub heavy_connections: usize,
@@ -148,7 +148,7 @@ impl SqliteStorage {
             let path = path.clone();
             Arc::new(move || open_reader(&path, mmap))
         };
-        // One of each at once, so a database that cannot be read fails here.
+        // One of each at once, so a database that cannot be opened for reading fails here.
         let readers = ReadPool::new(
             options.read_connections,
             open_reader(&path, mmap)?,
