@@ -4,7 +4,8 @@
 # whatever else the machine is doing, so two builds compare without A/B rounds. Kernel time
 # (the socket calls, scheduling) is not counted. Needs valgrind and python3.
 # Usage: bench/instructions-per-request.sh BINARY [health|get] [REQUESTS]
-#   BINARY: a sessiond binary, or bare_hyper (examples/bare_hyper.rs, /health only)
+#   BINARY: a sessiond binary, or bare_hyper (examples/bare_hyper.rs, /health only; with
+#   KEPT=1 it runs as `bare_hyper --kept`, doing only what every sessiond response keeps)
 #   KEEP=1 keeps callgrind's output for callgrind_annotate and prints its directory.
 set -euo pipefail
 bin=${1:?usage: bench/instructions-per-request.sh BINARY [health|get] [REQUESTS]}
@@ -15,7 +16,7 @@ work=$(mktemp -d)
 server=
 trap '[ -n "$server" ] && kill $server 2>/dev/null; [ -z "${KEEP:-}" ] && rm -rf "$work"' EXIT
 case $bin in
-  *bare_hyper*) args=(127.0.0.1:$port) ;;
+  *bare_hyper*) args=(127.0.0.1:$port ${KEPT:+--kept}) ;;
   *) args=(serve --listen 127.0.0.1:$port --data-dir "$work/data") ;;
 esac
 valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" --instr-atstart=no \
