@@ -1688,9 +1688,12 @@ mod tests {
             session_id: None,
             directory: None,
         };
-        let hits = index
-            .every(&source, source.heads().unwrap(), &request)
-            .unwrap();
+        let search = |index: &TantivyIndex, source: &Shared| {
+            index
+                .every(source, source.heads().unwrap(), &request)
+                .unwrap()
+        };
+        let hits = search(&index, &source);
         assert_eq!(hits.len(), 2, "{hits:?}");
         // Answered from disk: the tail took nothing.
         assert!(lock(&index.tail).writer.is_none());
@@ -1704,9 +1707,7 @@ mod tests {
         let source = Shared(memory.clone());
         assert!(lock(&index.tail).writer.is_none());
         lock(&memory.docs).push(doc(1, "alpha"));
-        let hits = index
-            .every(&source, source.heads().unwrap(), &request)
-            .unwrap();
+        let hits = search(&index, &source);
         assert_eq!(hits.len(), 1, "{hits:?}");
         assert!(lock(&index.tail).writer.is_some());
         index.close();
