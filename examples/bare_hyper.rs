@@ -19,8 +19,11 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
+/// sessiond's `/health` body.
+const BODY: &[u8] = b"{\"status\":\"ok\"}";
+
 fn health() -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(b"{\"status\":\"ok\"}")));
+    let mut response = Response::new(Full::new(Bytes::from_static(BODY)));
     response
         .headers_mut()
         .insert("content-type", HeaderValue::from_static("application/json"));
@@ -38,7 +41,7 @@ fn kept(request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let latency = started.elapsed();
     metrics.in_flight.decrement(1.0);
     metrics.record(request.method(), "/health", 200, latency.as_secs_f64());
-    metrics.sent_bytes.increment(15);
+    metrics.sent_bytes.increment(BODY.len() as u64);
     tracing::info!(
         target: "sessiond::access",
         request_id = id.to_str().unwrap_or("-"),
@@ -46,7 +49,7 @@ fn kept(request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         route = "/health",
         status = 200u16,
         latency_us = latency.as_micros() as u64,
-        bytes = Some(15u64),
+        bytes = Some(BODY.len() as u64),
         "request"
     );
     response.headers_mut().insert("x-request-id", id);

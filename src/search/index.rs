@@ -370,10 +370,16 @@ fn disk_writer<'a>(
     opened(slot, || background_writer(disk, 1, options.writer_memory))
 }
 
-fn tail_writer(index: &Index) -> anyhow::Result<IndexWriter> {
-    index
-        .writer_with_options(writer_options(1, TAIL_WRITER_MEMORY, 1))
-        .context("opening the tail index")
+/// The tail's writer in `slot`, opened when the tail first takes something.
+fn tail_writer<'a>(
+    slot: &'a mut Option<IndexWriter>,
+    index: &Index,
+) -> anyhow::Result<&'a mut IndexWriter> {
+    opened(slot, || {
+        index
+            .writer_with_options(writer_options(1, TAIL_WRITER_MEMORY, 1))
+            .context("opening the tail index")
+    })
 }
 
 /// A writer with `threads` indexing threads of `memory_per_thread` bytes each and
@@ -902,7 +908,7 @@ impl TantivyIndex {
     }
 
     fn feed_tail(&self, tail: &mut Tail, deleted: &[(i64, String)]) -> anyhow::Result<()> {
-        let writer = opened(&mut tail.writer, || tail_writer(&tail.index))?;
+        let writer = tail_writer(&mut tail.writer, &tail.index)?;
         add_to_tail(&self.fields, writer, &tail.waiting, deleted)?;
         writer.commit().context("committing the tail index")?;
         tail.reader.reload().context("reloading the tail index")?;
@@ -1103,7 +1109,7 @@ impl SearchIndex for TantivyIndex {
 /// move every score (and a page continuing by rank would skip or repeat hits).
 fn rebuild_tail(fields: &Fields, tail: &mut Tail, kept: &[Arc<Waiting>]) -> anyhow::Result<()> {
     let rebuilt = (|| -> anyhow::Result<()> {
-        let writer = opened(&mut tail.writer, || tail_writer(&tail.index))?;
+        let writer = tail_writer(&mut tail.writer, &tail.index)?;
         writer
             .delete_all_documents()
             .context("emptying the tail index")?;

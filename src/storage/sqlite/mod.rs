@@ -148,13 +148,8 @@ impl SqliteStorage {
             let path = path.clone();
             Arc::new(move || open_reader(&path, mmap))
         };
-        // One of each at once, so a database that cannot be opened for reading fails here.
-        let readers = ReadPool::new(
-            options.read_connections,
-            open_reader(&path, mmap)?,
-            opener.clone(),
-        );
-        let heavy = ReadPool::new(options.heavy_connections, open_reader(&path, mmap)?, opener);
+        let readers = ReadPool::open(options.read_connections, opener.clone())?;
+        let heavy = ReadPool::open(options.heavy_connections, opener)?;
         let (writer, thread) = writer::spawn(
             conn,
             ids,

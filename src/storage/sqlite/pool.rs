@@ -55,13 +55,14 @@ impl Drop for Lease {
 }
 
 impl ReadPool {
-    /// A pool of up to `size` connections made by `open`, of which `first` is the first.
-    pub fn new(size: usize, first: Connection, open: Opener) -> Self {
-        ReadPool {
-            connections: Arc::new(Mutex::new(vec![first])),
+    /// A pool of up to `size` connections made by `open`. The first is opened here, so a
+    /// database that cannot be opened for reading fails at once.
+    pub fn open(size: usize, open: Opener) -> anyhow::Result<Self> {
+        Ok(ReadPool {
+            connections: Arc::new(Mutex::new(vec![open()?])),
             permits: Arc::new(Semaphore::new(size.max(1))),
             open,
-        }
+        })
     }
 
     /// Runs `read` on a pooled connection off the async workers.
@@ -127,7 +128,7 @@ mod tests {
     /// A pool of `size` in-memory connections whose opener counts its calls and fails the
     /// calls `failing` names.
     fn pool(size: usize, failing: &'static [usize]) -> (ReadPool, Arc<AtomicUsize>) {
-        let opened = Arc::new(AtomicUsize::new(1));
+        let opened = Arc::new(AtomicUsize::new(0));
         let counter = opened.clone();
         let open: Opener = Arc::new(move || {
             let call = counter.fetch_add(1, Ordering::SeqCst) + 1;
@@ -136,8 +137,7 @@ mod tests {
             }
             Ok(Connection::open_in_memory()?)
         });
-        let first = Connection::open_in_memory().unwrap();
-        (ReadPool::new(size, first, open), opened)
+        (ReadPool::open(size, open).unwrap(), opened)
     }
 
     /// `n` reads at once, each holding its connection until all of them hold one; whether they
