@@ -109,6 +109,10 @@ def write_db(args):
         CREATE INDEX part_message_id_id_idx ON part (message_id, id);
         CREATE INDEX part_session_idx ON part (session_id);
     """)
+    # opencode keeps `data` as drizzle's JSON mode writes it: JSON.stringify, compact.
+    def compact(value):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
     for session, messages in generate(args):
         s = session
         db.execute("INSERT INTO session VALUES (?,?,NULL,?,?,?,?,NULL,?,?,?,NULL,NULL,NULL,?,?,NULL,NULL)",
@@ -119,11 +123,11 @@ def write_db(args):
             data = {k: v for k, v in info.items() if k not in ("id", "sessionID")}
             at = info["time"]["created"]
             db.execute("INSERT INTO message VALUES (?,?,?,?,?)",
-                       (info["id"], s["id"], at, at, json.dumps(data, ensure_ascii=False)))
+                       (info["id"], s["id"], at, at, compact(data)))
             for part in parts:
                 pdata = {k: v for k, v in part.items() if k not in ("id", "sessionID", "messageID")}
                 db.execute("INSERT INTO part VALUES (?,?,?,?,?,?)",
-                           (part["id"], info["id"], s["id"], at, at, json.dumps(pdata, ensure_ascii=False)))
+                           (part["id"], info["id"], s["id"], at, at, compact(pdata)))
     db.commit()
     db.close()
 

@@ -72,16 +72,12 @@ impl DatabaseArgs {
             .unwrap_or_else(|| "./data".into())
     }
 
-    /// Opens the database; a SQLite data dir a running server holds is refused.
-    async fn open(&self) -> anyhow::Result<Arc<dyn Storage>> {
-        self.open_for(Reads::Random).await
-    }
-
-    async fn open_for(&self, reads: Reads) -> anyhow::Result<Arc<dyn Storage>> {
+    /// Opens the database for `workload`; a SQLite data dir a running server holds is refused.
+    async fn open_for(&self, workload: Workload) -> anyhow::Result<Arc<dyn Storage>> {
         let database =
             Database::parse(&self.database).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
         let data_dir = self.data_dir();
-        open_database_for(&data_dir, &database, reads)
+        open_database_for(&data_dir, &database, workload)
             .await
             .map_err(|error| {
                 if matches!(database, Database::Sqlite) && format!("{error:#}").contains("in use") {
@@ -223,7 +219,7 @@ async fn export_command(args: ExportArgs) -> ExitCode {
     use std::io::IsTerminal;
     telemetry::init("warn", crate::config::LogFormat::Pretty);
     let run = async {
-        let storage = args.database.open_for(Reads::Streaming).await?;
+        let storage = args.database.open_for(Workload::Streaming).await?;
         // A bar drawn between lines of the export on the same terminal would garble both.
         let progress = if args.output.is_none() && std::io::stdout().is_terminal() {
             crate::transfer::Progress::hidden()
@@ -272,7 +268,7 @@ async fn export_command(args: ExportArgs) -> ExitCode {
 async fn import_command(args: ImportArgs) -> ExitCode {
     telemetry::init("warn", crate::config::LogFormat::Pretty);
     let run = async {
-        let storage = args.database.open().await?;
+        let storage = args.database.open_for(Workload::Import).await?;
         let result = match &args.source {
             ImportSource::Jsonl { file } => {
                 if file.as_os_str() == "-" {
@@ -512,14 +508,18 @@ fn keys_command(args: KeysArgs) -> ExitCode {
     }
 }
 
-/// How a command reads the database.
+/// What a command does with the database, which decides how it is opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reads {
-    /// Here and there, again and again (imports, `migrate-data`, `seed`): SQLite's read
+pub enum Workload {
+    /// Reads here and there, again and again (`migrate-data`, `seed`): SQLite's read
     /// connections map the database file, as the server's do.
     Random,
-    /// Once, from end to end (`export`): no map (see [`SqliteOptions::read_mmap_bytes`]).
+    /// Reads once, from end to end (`export`): no map (see [`SqliteOptions::read_mmap_bytes`]).
     Streaming,
+    /// Writes in bulk and ends only when the search index holds what it wrote (the imports):
+    /// as `Random`, and the search index is set for bulk writes (see
+    /// [`SqliteOptions::search_index_bulk`]).
+    Import,
 }
 
 /// Opens `database` (`sqlite`: the database in `data_dir`; or a `postgres://` URL) for a
@@ -528,21 +528,23 @@ pub async fn open_database(
     data_dir: &std::path::Path,
     database: &Database,
 ) -> anyhow::Result<Arc<dyn Storage>> {
-    open_database_for(data_dir, database, Reads::Random).await
+    open_database_for(data_dir, database, Workload::Random).await
 }
 
-/// [`open_database`], for a command that reads as `reads` says.
+/// [`open_database`], for a command whose work is `workload`.
 pub async fn open_database_for(
     data_dir: &std::path::Path,
     database: &Database,
-    reads: Reads,
+    workload: Workload,
 ) -> anyhow::Result<Arc<dyn Storage>> {
     use crate::storage::postgres::{PgOptions, PgStorage};
     match database {
         Database::Sqlite => {
             let mut options = SqliteOptions::new(data_dir);
-            if reads == Reads::Streaming {
-                options.read_mmap_bytes = 0;
+            match workload {
+                Workload::Random => {}
+                Workload::Streaming => options.read_mmap_bytes = 0,
+                Workload::Import => options.search_index_bulk = true,
             }
             let storage = tokio::task::spawn_blocking(move || SqliteStorage::open(options))
                 .await

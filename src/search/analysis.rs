@@ -2,10 +2,13 @@
 //! token is: runs of letters and digits, lowercased and folded to ASCII (the case- and
 //! accent-insensitivity FTS5's `unicode61 remove_diacritics 2` gave).
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use crate::domain::{SearchTerms, Term};
 use tantivy::tokenizer::{
-    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer, Token,
-    TokenFilter, TokenStream, Tokenizer,
+    AsciiFoldingFilter, LowerCaser, RawTokenizer, TextAnalyzer, Token, TokenFilter, TokenStream,
+    Tokenizer,
 };
 
 /// The tokenizer's name in the index.
@@ -15,7 +18,7 @@ pub const PREFIX_TOKENIZER: &str = "sessiond_edge_grams";
 /// The pair field's tokenizer: [`analyzer`] followed by [`Shingles`].
 pub const PAIR_TOKENIZER: &str = "sessiond_pairs";
 
-/// Longer tokens (base64 blobs and the like) are not indexed.
+/// Tokens of this many bytes or more (base64 blobs and the like) are not indexed.
 const MAX_TOKEN_BYTES: usize = 100;
 
 /// The longest edge gram. A `prefix*` whose stem is at most this long is one scored term of the
@@ -29,19 +32,12 @@ pub const MAX_GRAM_CHARS: usize = 5;
 pub const MAX_INDEXED_BYTES: usize = 256 * 1024;
 
 pub fn analyzer() -> TextAnalyzer {
-    TextAnalyzer::builder(SimpleTokenizer::default())
-        .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
-        .filter(LowerCaser)
-        .filter(AsciiFoldingFilter)
-        .build()
+    TextAnalyzer::from(Folded::default())
 }
 
 /// What the prefix field indexes: every leading part of every token of [`analyzer`].
 pub fn prefix_analyzer() -> TextAnalyzer {
-    TextAnalyzer::builder(SimpleTokenizer::default())
-        .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
-        .filter(LowerCaser)
-        .filter(AsciiFoldingFilter)
+    TextAnalyzer::builder(Folded::default())
         .filter(EdgeGrams)
         .build()
 }
@@ -50,12 +46,242 @@ pub fn prefix_analyzer() -> TextAnalyzer {
 /// [`paired`], as one term, so a two-word phrase of them is a single term that prunes like a word
 /// instead of a position check of every document holding both words.
 pub fn pair_analyzer() -> TextAnalyzer {
-    TextAnalyzer::builder(SimpleTokenizer::default())
-        .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
-        .filter(LowerCaser)
-        .filter(AsciiFoldingFilter)
+    TextAnalyzer::builder(Folded::default())
         .filter(Shingles)
         .build()
+}
+
+/// The tokens of all analysis: exactly what tantivy's `SimpleTokenizer`, then
+/// `RemoveLongFilter` (under [`MAX_TOKEN_BYTES`]), `LowerCaser` and `AsciiFoldingFilter` give.
+/// That chain took a fifth of an index build's CPU (BENCHMARKS.md), for two reasons:
+///
+/// - Every message's text is analysed three times, once for each field that indexes it, one
+///   after the other on the same thread. The tokens of the last text (of up to
+///   [`MEMO_MAX_BYTES`]) analysed on a thread are kept, and the same text again replays them.
+/// - Each piece of the chain looks at every token again, and the tokenizer decodes every
+///   character. Here one pass finds and lowercases an ASCII token; only a token with another
+///   character goes through tantivy's own two filters, so the two cannot disagree on folding it.
+#[derive(Clone)]
+pub struct Folded {
+    token: Token,
+    fold: Fold,
+}
+
+/// `LowerCaser` and `AsciiFoldingFilter` over a whole token.
+type Fold = <AsciiFoldingFilter as TokenFilter>::Tokenizer<
+    <LowerCaser as TokenFilter>::Tokenizer<RawTokenizer>,
+>;
+
+/// The longest text whose tokens are kept for the next analysis of the same text. Most
+/// messages are shorter; a longer one is analysed afresh each time, so that a thread never
+/// holds more than this (and its tokens) after analysing a long text.
+const MEMO_MAX_BYTES: usize = 16 * 1024;
+
+impl Default for Folded {
+    fn default() -> Folded {
+        Folded {
+            token: Token::default(),
+            fold: AsciiFoldingFilter.transform(LowerCaser.transform(RawTokenizer::default())),
+        }
+    }
+}
+
+impl Tokenizer for Folded {
+    type TokenStream<'a> = FoldedStream<'a>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> FoldedStream<'a> {
+        self.token.reset();
+        let from = if text.len() <= MEMO_MAX_BYTES {
+            Tokens::Memo(analysed(text, &mut self.fold), 0)
+        } else {
+            Tokens::Scan(Scanner::new(text))
+        };
+        FoldedStream {
+            from,
+            token: &mut self.token,
+            fold: &mut self.fold,
+        }
+    }
+}
+
+pub struct FoldedStream<'a> {
+    from: Tokens<'a>,
+    token: &'a mut Token,
+    fold: &'a mut Fold,
+}
+
+/// Where a stream's tokens come from: a text's kept tokens (and the next one's index), or the
+/// text itself.
+enum Tokens<'a> {
+    Memo(Rc<Analysed>, usize),
+    Scan(Scanner<'a>),
+}
+
+impl TokenStream for FoldedStream<'_> {
+    fn advance(&mut self) -> bool {
+        match &mut self.from {
+            Tokens::Scan(scanner) => scanner.next(self.fold, self.token),
+            Tokens::Memo(analysed, next) => {
+                let Some(kept) = analysed.tokens.get(*next) else {
+                    return false;
+                };
+                *next += 1;
+                self.token.text.clear();
+                self.token
+                    .text
+                    .push_str(&analysed.words[kept.words.clone()]);
+                self.token.offset_from = kept.offset_from;
+                self.token.offset_to = kept.offset_to;
+                self.token.position = kept.position;
+                true
+            }
+        }
+    }
+
+    fn token(&self) -> &Token {
+        self.token
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        self.token
+    }
+}
+
+/// A text and its tokens, their texts one after the other in `words`.
+#[derive(Default)]
+struct Analysed {
+    text: String,
+    words: String,
+    tokens: Vec<Kept>,
+}
+
+struct Kept {
+    words: std::ops::Range<usize>,
+    offset_from: usize,
+    offset_to: usize,
+    position: usize,
+}
+
+thread_local! {
+    static LAST: RefCell<Option<Rc<Analysed>>> = const { RefCell::new(None) };
+}
+
+/// `text`'s tokens: those kept on this thread when it was the text analysed last, else found
+/// now (and kept in their place).
+fn analysed(text: &str, fold: &mut Fold) -> Rc<Analysed> {
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some(kept) = last.as_ref()
+            && kept.text == text
+        {
+            return kept.clone();
+        }
+        // The last one's buffers, unless a stream still replays it.
+        let mut fresh = last
+            .take()
+            .and_then(|kept| Rc::try_unwrap(kept).ok())
+            .unwrap_or_default();
+        fresh.text.clear();
+        fresh.text.push_str(text);
+        fresh.words.clear();
+        fresh.tokens.clear();
+        let (mut scanner, mut token) = (Scanner::new(text), Token::default());
+        while scanner.next(fold, &mut token) {
+            let start = fresh.words.len();
+            fresh.words.push_str(&token.text);
+            fresh.tokens.push(Kept {
+                words: start..fresh.words.len(),
+                offset_from: token.offset_from,
+                offset_to: token.offset_to,
+                position: token.position,
+            });
+        }
+        let fresh = Rc::new(fresh);
+        *last = Some(fresh.clone());
+        fresh
+    })
+}
+
+/// Finds the tokens of a text, one at a time.
+struct Scanner<'a> {
+    text: &'a str,
+    /// Where the next token is looked for.
+    at: usize,
+    /// The last token's position.
+    position: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(text: &'a str) -> Scanner<'a> {
+        Scanner {
+            text,
+            at: 0,
+            position: usize::MAX,
+        }
+    }
+
+    /// The character at byte `at` when it is a letter or digit (`char::is_alphanumeric`), as
+    /// its length and whether it is ASCII; `None` when it is not, or the text ends.
+    fn word_char(&self, at: usize) -> Option<(usize, bool)> {
+        let byte = *self.text.as_bytes().get(at)?;
+        if byte.is_ascii() {
+            return byte.is_ascii_alphanumeric().then_some((1, true));
+        }
+        let c = self.text[at..].chars().next()?;
+        c.is_alphanumeric().then_some((c.len_utf8(), false))
+    }
+
+    /// Writes the next token into `token`; `false` when there is none.
+    fn next(&mut self, fold: &mut Fold, token: &mut Token) -> bool {
+        let bytes = self.text.as_bytes();
+        loop {
+            let start = loop {
+                let byte = *match bytes.get(self.at) {
+                    Some(byte) => byte,
+                    None => return false,
+                };
+                if byte.is_ascii() {
+                    if byte.is_ascii_alphanumeric() {
+                        break self.at;
+                    }
+                    self.at += 1;
+                } else if self.word_char(self.at).is_some() {
+                    break self.at;
+                } else {
+                    self.at += self.text[self.at..]
+                        .chars()
+                        .next()
+                        .map_or(1, char::len_utf8);
+                }
+            };
+            let mut ascii = true;
+            while let Some((len, is_ascii)) = self.word_char(self.at) {
+                ascii &= is_ascii;
+                self.at += len;
+            }
+            // Every token takes a position, also one too long to keep: a phrase never
+            // matches across it.
+            self.position = self.position.wrapping_add(1);
+            let word = &self.text[start..self.at];
+            if word.len() >= MAX_TOKEN_BYTES {
+                continue;
+            }
+            token.offset_from = start;
+            token.offset_to = self.at;
+            token.position = self.position;
+            token.text.clear();
+            if ascii {
+                token.text.push_str(word);
+                token.text.make_ascii_lowercase();
+            } else {
+                let mut folded = fold.token_stream(word);
+                if folded.advance() {
+                    token.text.push_str(&folded.token().text);
+                }
+            }
+            return true;
+        }
+    }
 }
 
 /// Words longer than this are not paired (see [`paired`]).
@@ -317,6 +543,99 @@ mod tests {
             texts("LÚNCH user_id=42 col:x 日本語"),
             ["lunch", "user", "id", "42", "col", "x", "日本語"]
         );
+    }
+
+    /// The chain of tantivy's own pieces that [`Folded`] does in one pass.
+    fn chain() -> TextAnalyzer {
+        use tantivy::tokenizer::{RemoveLongFilter, SimpleTokenizer};
+        TextAnalyzer::builder(SimpleTokenizer::default())
+            .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
+            .filter(LowerCaser)
+            .filter(AsciiFoldingFilter)
+            .build()
+    }
+
+    fn described(analyzer: &mut TextAnalyzer, text: &str) -> Vec<(String, usize, usize, usize)> {
+        tokens(analyzer, text)
+            .into_iter()
+            .map(|t| (t.text, t.offset_from, t.offset_to, t.position))
+            .collect()
+    }
+
+    #[test]
+    fn one_pass_gives_what_tantivys_chain_gives() {
+        // Separators, ASCII, accents and other cases, scripts without case, letters whose
+        // lowercase is longer (İ) or that fold to several (ß, Æ), digits beyond ASCII (², ٣),
+        // combining marks, emoji, and a word near the length limit.
+        let pieces = [
+            " ",
+            ",",
+            "_",
+            "-",
+            "\n",
+            "a",
+            "Z",
+            "7",
+            "é",
+            "Ü",
+            "ß",
+            "İ",
+            "Æ",
+            "ﬁ",
+            "²",
+            "٣",
+            "日本",
+            "テスト",
+            "Σ",
+            "ς",
+            "\u{301}",
+            "😀",
+            "\u{0}",
+            "user_id=42",
+            "ÀÉÎÕÜ",
+        ];
+        let long_word = "x".repeat(MAX_TOKEN_BYTES - 2);
+        let (mut one, mut reference) = (analyzer(), chain());
+        let mut rng = fastrand::Rng::with_seed(7);
+        for round in 0..5000 {
+            let mut text = String::new();
+            for _ in 0..rng.usize(0..40) {
+                text.push_str(pieces[rng.usize(..pieces.len())]);
+                if round % 10 == 0 && rng.u8(..) < 8 {
+                    text.push_str(&long_word);
+                }
+            }
+            let expected = described(&mut reference, &text);
+            assert_eq!(described(&mut one, &text), expected, "{text:?}");
+            // Again, now from the tokens kept.
+            assert_eq!(described(&mut one, &text), expected, "{text:?}");
+        }
+        // A text too long to keep is scanned each time.
+        let mut long = String::new();
+        while long.len() <= MEMO_MAX_BYTES {
+            long.push_str(pieces[rng.usize(..pieces.len())]);
+        }
+        let expected = described(&mut reference, &long);
+        assert_eq!(described(&mut one, &long), expected);
+        assert_eq!(described(&mut one, &long), expected);
+        // Two streams at once, of two texts, on one thread.
+        let (mut first, mut second) = (analyzer(), analyzer());
+        let mut a = first.token_stream("alpha beta");
+        let mut b = second.token_stream("gamma");
+        let mut seen = Vec::new();
+        while a.advance() {
+            seen.push(a.token().text.clone());
+            if b.advance() {
+                seen.push(b.token().text.clone());
+            }
+        }
+        assert_eq!(seen, ["alpha", "gamma", "beta"]);
+        for len in MAX_TOKEN_BYTES - 2..MAX_TOKEN_BYTES + 2 {
+            for word in ["a".repeat(len), format!("é{}", "a".repeat(len - 2))] {
+                let text = format!("b {word} c");
+                assert_eq!(described(&mut one, &text), described(&mut reference, &text));
+            }
+        }
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub struct IndexOptions {
     /// one in the background (searches answer 503 meanwhile).
     pub build_in_foreground: i64,
     pub writer_memory: usize,
+    /// Indexing threads of the disk index's writer as it follows the database: one, which
+    /// keeps a server's other cores for its requests (see [`IndexOptions::bulk`]).
+    pub threads: usize,
     /// The disk index's writer is closed once it had nothing to commit for this long, and
     /// opened again for the next write.
     pub writer_idle: Duration,
@@ -77,8 +80,18 @@ impl IndexOptions {
             poll: Duration::from_millis(100),
             build_in_foreground: 20_000,
             writer_memory: 64 << 20,
+            threads: 1,
             writer_idle: Duration::from_secs(30),
         }
+    }
+
+    /// For a process that writes in bulk and serves nothing (an import, which ends only when
+    /// the index holds what it wrote): an indexing thread per core. Analysis is most of an
+    /// import's CPU, and with one thread the index's last stretch ran on one core alone.
+    /// (Committing less often than every second saved nothing: BENCHMARKS.md.)
+    pub fn bulk(mut self) -> IndexOptions {
+        self.threads = threads_per_core();
+        self
     }
 }
 
@@ -367,7 +380,9 @@ fn disk_writer<'a>(
     disk: &Index,
     options: &IndexOptions,
 ) -> anyhow::Result<&'a mut IndexWriter> {
-    opened(slot, || background_writer(disk, 1, options.writer_memory))
+    opened(slot, || {
+        background_writer(disk, options.threads, options.writer_memory)
+    })
 }
 
 /// The tail's writer in `slot`, opened when the tail first takes something.
@@ -380,6 +395,11 @@ fn tail_writer<'a>(
             .writer_with_options(writer_options(1, TAIL_WRITER_MEMORY, 1))
             .context("opening the tail index")
     })
+}
+
+/// An indexing thread per core, up to four (a thread's segments cost merging later).
+fn threads_per_core() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 /// A writer with `threads` indexing threads of `memory_per_thread` bytes each and
@@ -733,7 +753,7 @@ impl TantivyIndex {
             building = Some(heads);
             // Analysis is most of a build: give it a thread per core (it ends up in as many
             // segments, which the merge policy folds together afterwards).
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+            let threads = threads_per_core();
             if threads > 1 {
                 drop(writer);
                 writer = background_writer(&disk, threads, options.writer_memory)

@@ -11,7 +11,7 @@
 //! the import made of each original id is recorded in the import map in the same transaction as
 //! its session, so a second run imports nothing and a later one only what is new.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,12 +47,88 @@ struct SourceSession {
     extra: Map<String, Value>,
 }
 
+/// A message's or part's record: its fields, each value as the source wrote it (one laid out
+/// over several lines made compact). The import looks into a few fields and copies the rest
+/// through; parsing every value into a `Value` tree, and writing the tree out again, was most of
+/// the reader's work.
+type Record = BTreeMap<String, Box<RawValue>>;
+
+/// Why a record could not be read.
+enum Unreadable {
+    NotAnObject,
+    Broken(serde_json::Error),
+}
+
+/// The record in `json`.
+fn record(json: &str) -> Result<Record, Unreadable> {
+    // From a `str`, not bytes: each value is copied without checking its UTF-8 again.
+    let mut record = match serde_json::from_str::<Record>(json) {
+        Ok(record) => record,
+        // Told apart, and the error worded, as parsing it whole says.
+        Err(error) => {
+            return Err(match serde_json::from_str::<Value>(json) {
+                Ok(Value::Object(_)) => Unreadable::Broken(error),
+                Ok(_) => Unreadable::NotAnObject,
+                Err(error) => Unreadable::Broken(error),
+            });
+        }
+    };
+    for value in record.values_mut() {
+        if let Some(compact) = compacted(value.get()) {
+            *value = RawValue::from_string(compact).map_err(Unreadable::Broken)?;
+        }
+    }
+    Ok(record)
+}
+
+/// Valid JSON `json` without the white space between its tokens (pretty-printed files), or
+/// `None` when it has none.
+fn compacted(json: &str) -> Option<String> {
+    if !json.starts_with(['{', '[']) {
+        return None;
+    }
+    let bytes = json.as_bytes();
+    let (mut in_string, mut escaped) = (false, false);
+    let mut out: Option<Vec<u8>> = None;
+    for (at, &byte) in bytes.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+        } else if byte == b'"' {
+            in_string = true;
+        } else if byte.is_ascii_whitespace() {
+            out.get_or_insert_with(|| bytes[..at].to_vec());
+            continue;
+        }
+        if let Some(out) = &mut out {
+            out.push(byte);
+        }
+    }
+    // Only ASCII white space was left out, so what is left is still UTF-8.
+    out.and_then(|out| String::from_utf8(out).ok())
+}
+
+/// A field of `record` parsed as `T`, when it is there and is one.
+fn field<T: serde::de::DeserializeOwned>(record: &Record, key: &str) -> Option<T> {
+    serde_json::from_str(record.get(key)?.get()).ok()
+}
+
+/// `value` as JSON, straight from it (not parsed again, as `RawValue::from_string` would).
+fn raw_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Box<RawValue>, String> {
+    serde_json::value::to_raw_value(value).map_err(|e| e.to_string())
+}
+
 /// A message's info as read from the source.
 struct SourceMessage {
     id: String,
     location: String,
     created: i64,
-    info: Map<String, Value>,
+    info: Record,
 }
 
 impl SourceMessage {
@@ -62,11 +138,11 @@ impl SourceMessage {
         id: String,
         location: String,
         created: Option<i64>,
-        info: Map<String, Value>,
+        info: Record,
         session: &SourceSession,
     ) -> SourceMessage {
         let created = created
-            .or_else(|| int(info.get("time").and_then(|t| t.get("created"))))
+            .or_else(|| int(field::<Value>(&info, "time")?.get("created")))
             .unwrap_or(session.created);
         SourceMessage {
             id,
@@ -81,7 +157,7 @@ impl SourceMessage {
 struct SourcePart {
     id: String,
     location: String,
-    data: Map<String, Value>,
+    data: Record,
 }
 
 /// One of the two storage forms.
@@ -490,8 +566,8 @@ fn convert_message(
     ids: &mut IdGenerator,
     refused: &mut Vec<Refusal>,
 ) -> Result<ImportMessage, String> {
-    let role = match message.info.get("role").and_then(Value::as_str) {
-        Some(raw) => Role::parse(raw).ok_or_else(|| format!("unknown role {raw:?}"))?,
+    let role = match field::<String>(&message.info, "role") {
+        Some(raw) => Role::parse(&raw).ok_or_else(|| format!("unknown role {raw:?}"))?,
         None => return Err("the message has no role".to_owned()),
     };
     let mut parts = source
@@ -506,9 +582,14 @@ fn convert_message(
         // name nothing here.
         data.remove("sessionID");
         data.remove("messageID");
-        data.insert("id".to_owned(), Value::String(part.id));
-        match add_part_text(&data, &mut text) {
-            Ok(()) => kept.push(Value::Object(data)),
+        data.insert("id".to_owned(), raw_json(&part.id)?);
+        // The two fields the part's search text is made of, as the rule for parts reads them.
+        let looked_at = ["type", "text"]
+            .into_iter()
+            .filter_map(|key| Some((key.to_owned(), field::<Value>(&data, key)?)))
+            .collect();
+        match add_part_text(&looked_at, &mut text) {
+            Ok(()) => kept.push(data),
             Err(why) => refused.push(Refusal {
                 location: part.location,
                 reason: format!("the part: {}", why.0),
@@ -524,21 +605,15 @@ fn convert_message(
     let mut info = message.info;
     info.remove("sessionID");
     info.remove("role");
-    info.insert("id".to_owned(), Value::String(message.id));
-    // Straight from the values, not parsed again as `RawValue::from_string` would.
-    let raw = |value: &Value| serde_json::value::to_raw_value(value).map_err(|e| e.to_string());
-    let parts = Value::Array(kept);
-    let metadata = Value::Object(Map::from_iter([(
-        "opencode".to_owned(),
-        Value::Object(info),
-    )]));
+    info.insert("id".to_owned(), raw_json(&message.id)?);
+    let metadata = BTreeMap::from([("opencode", &info)]);
     Ok(ImportMessage {
         message: Message {
             id: MessageId::from_value(ids.next(message.created).1),
             session_id: session.clone(),
             role,
-            parts: raw(&parts)?,
-            metadata: raw(&metadata)?,
+            parts: raw_json(&kept)?,
+            metadata: raw_json(&metadata)?,
             created_at: message.created,
         },
         text,
@@ -595,6 +670,23 @@ impl Files {
         }
     }
 
+    /// A message's or part's file, or why not (worded as [`Files::object`] words it).
+    fn record(path: &Path) -> Result<Record, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
+            // Worded as the JSON parser words it.
+            let error = serde_json::from_slice::<Value>(&bytes).err();
+            format!(
+                "broken JSON: {}",
+                error.map_or("not UTF-8".to_owned(), |e| e.to_string())
+            )
+        })?;
+        record(text).map_err(|why| match why {
+            Unreadable::NotAnObject => "not a JSON object".to_owned(),
+            Unreadable::Broken(e) => format!("broken JSON: {e}"),
+        })
+    }
+
     fn location(&self, path: &Path) -> String {
         path.strip_prefix(&self.root)
             .unwrap_or(path)
@@ -638,7 +730,7 @@ impl Source for Files {
             let location = self.location(&path);
             let Some(id) = stem(&path) else { continue };
             self.messages.insert(id.clone());
-            match Self::object(&path) {
+            match Self::record(&path) {
                 Ok(info) => messages.push(SourceMessage::new(id, location, None, info, session)),
                 Err(reason) => refused.push(Refusal { location, reason }),
             }
@@ -655,7 +747,7 @@ impl Source for Files {
         for path in Self::json_files(&self.root.join("part").join(&message.id))? {
             let location = self.location(&path);
             let Some(id) = stem(&path) else { continue };
-            match Self::object(&path) {
+            match Self::record(&path) {
                 Ok(data) => parts.push(SourcePart { id, location, data }),
                 Err(reason) => refused.push(Refusal { location, reason }),
             }
@@ -770,6 +862,10 @@ struct Database {
     conn: Connection,
     /// The `session` table's columns (they grow across releases).
     columns: HashSet<String>,
+    /// The parts of the session whose messages were read last, by message id, read with them
+    /// in one query rather than one query per message; a part whose data is unreadable is
+    /// refused when its message asks for it (none of a refused message's parts are read).
+    parts: HashMap<String, Vec<Result<SourcePart, Refusal>>>,
 }
 
 impl Database {
@@ -803,7 +899,11 @@ impl Database {
             .query_map([], |row| row.get::<_, String>(0))?
             .collect::<Result<HashSet<_>, _>>()
             .context("reading the session table's columns")?;
-        Ok(Database { conn, columns })
+        Ok(Database {
+            conn,
+            columns,
+            parts: HashMap::new(),
+        })
     }
 
     /// `column` when the table has it, else NULL.
@@ -817,11 +917,11 @@ impl Database {
 }
 
 /// A `data` column's JSON object, or why not.
-fn data_object(data: Option<String>) -> Result<Map<String, Value>, String> {
-    match data.as_deref().map(serde_json::from_str::<Value>) {
-        Some(Ok(Value::Object(map))) => Ok(map),
-        Some(Ok(_)) => Err("data is not a JSON object".to_owned()),
-        Some(Err(e)) => Err(format!("broken JSON in data: {e}")),
+fn data_object(data: Option<String>) -> Result<Record, String> {
+    match data.as_deref().map(record) {
+        Some(Ok(record)) => Ok(record),
+        Some(Err(Unreadable::NotAnObject)) => Err("data is not a JSON object".to_owned()),
+        Some(Err(Unreadable::Broken(e))) => Err(format!("broken JSON in data: {e}")),
         None => Err("no data".to_owned()),
     }
 }
@@ -950,6 +1050,25 @@ impl Source for Database {
                 Err(reason) => refused.push(Refusal { location, reason }),
             }
         }
+        self.parts.clear();
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT message_id, id, data FROM part \
+                 WHERE message_id IN (SELECT id FROM message WHERE session_id = ?1)",
+            )
+            .context("reading parts")?;
+        let mut rows = statement.query([&session.id]).context("reading parts")?;
+        while let Some(row) = rows.next().context("reading parts")? {
+            let message: String = row.get(0)?;
+            let id: String = row.get(1)?;
+            let location = format!("part row {id}");
+            let part = match data_object(row.get(2)?) {
+                Ok(data) => Ok(SourcePart { id, location, data }),
+                Err(reason) => Err(Refusal { location, reason }),
+            };
+            self.parts.entry(message).or_default().push(part);
+        }
         Ok(messages)
     }
 
@@ -958,18 +1077,11 @@ impl Source for Database {
         message: &SourceMessage,
         refused: &mut Vec<Refusal>,
     ) -> anyhow::Result<Vec<SourcePart>> {
-        let mut statement = self
-            .conn
-            .prepare_cached("SELECT id, data FROM part WHERE message_id = ?1")
-            .context("reading parts")?;
-        let mut rows = statement.query([&message.id]).context("reading parts")?;
         let mut parts = Vec::new();
-        while let Some(row) = rows.next().context("reading parts")? {
-            let id: String = row.get(0)?;
-            let location = format!("part row {id}");
-            match data_object(row.get(1)?) {
-                Ok(data) => parts.push(SourcePart { id, location, data }),
-                Err(reason) => refused.push(Refusal { location, reason }),
+        for part in self.parts.remove(&message.id).unwrap_or_default() {
+            match part {
+                Ok(part) => parts.push(part),
+                Err(refusal) => refused.push(refusal),
             }
         }
         Ok(parts)
@@ -1012,5 +1124,52 @@ impl Source for Database {
             "part",
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_keeps_values_as_written_and_compacts_laid_out_ones() {
+        let pretty = "{\n  \"text\": \"a  b\\n\",\n  \"time\": {\n    \"created\": 1\n  },\n  \
+                      \"list\": [ 1, \"x y\" ],\n  \"n\": 1.50,\n  \"é\": \"\\u00e9\"\n}";
+        let Ok(record) = record(pretty) else {
+            panic!("a valid object was refused");
+        };
+        let fields: Vec<(&str, &str)> = record.iter().map(|(k, v)| (k.as_str(), v.get())).collect();
+        assert_eq!(
+            fields,
+            [
+                ("list", "[1,\"x y\"]"),
+                ("n", "1.50"),
+                ("text", "\"a  b\\n\""),
+                ("time", "{\"created\":1}"),
+                ("é", "\"\\u00e9\""),
+            ]
+        );
+        assert_eq!(compacted(r#"{"a":"x \" y","b":["{ }"]}"#), None);
+        assert_eq!(
+            compacted("{\"a\": \"x \\\\\" ,\"b\" :\n[1 ,\t\"é é\"]}").as_deref(),
+            Some(r#"{"a":"x \\","b":[1,"é é"]}"#)
+        );
+    }
+
+    #[test]
+    fn an_unreadable_record_says_why_as_parsing_it_whole_would() {
+        // JSON's grammar has no limit on numbers: one beyond a double is kept as written.
+        assert!(record("{\"a\": 1e999}").is_ok_and(|r| r["a"].get() == "1e999"));
+        assert!(matches!(record("[1, 2]"), Err(Unreadable::NotAnObject)));
+        assert!(matches!(record("\"text\""), Err(Unreadable::NotAnObject)));
+        for broken in ["{\"a\": ", "{\"a\": 1 2}", "{\"a\": 1} x", "{\"a\": tru}"] {
+            let Err(Unreadable::Broken(error)) = record(broken) else {
+                panic!("{broken:?} was read");
+            };
+            let whole = serde_json::from_str::<Value>(broken)
+                .err()
+                .map(|e| e.to_string());
+            assert_eq!(Some(error.to_string()), whole);
+        }
     }
 }

@@ -75,6 +75,8 @@ pub struct SqliteOptions {
     /// RSS: a command that reads the whole database once (`export`) sets 0, which took the
     /// same time there and a sixth of the memory (BENCHMARKS.md).
     pub read_mmap_bytes: u64,
+    /// This process writes in bulk and searches nothing (see [`IndexOptions::bulk`]).
+    pub search_index_bulk: bool,
 }
 
 impl SqliteOptions {
@@ -88,6 +90,7 @@ impl SqliteOptions {
             on_commit: None,
             search_index_foreground: 20_000,
             read_mmap_bytes: 256 << 20,
+            search_index_bulk: false,
         }
     }
 }
@@ -139,6 +142,9 @@ impl SqliteStorage {
         let mut index_options = IndexOptions::new(dir.join(SEARCH_DIR), database_id);
         index_options.build_in_foreground =
             i64::try_from(options.search_index_foreground).unwrap_or(i64::MAX);
+        if options.search_index_bulk {
+            index_options = index_options.bulk();
+        }
         let index = TantivyIndex::open(
             index_options,
             Box::new(indexing::OwnedSource(open_reader(&path, mmap)?)),
