@@ -73,8 +73,9 @@ type Fold = <AsciiFoldingFilter as TokenFilter>::Tokenizer<
 >;
 
 /// The longest text whose tokens are kept for the next analysis of the same text. Most
-/// messages are shorter; a longer one is analysed afresh each time, so that a thread never
-/// holds more than this (and its tokens) after analysing a long text.
+/// messages are shorter; a longer one is analysed afresh each time. A thread that analysed a
+/// text keeps at most this, its tokens' texts and 40 bytes a token: about 350 KB for a text of
+/// one-letter words, a few tens of KB for prose.
 const MEMO_MAX_BYTES: usize = 16 * 1024;
 
 impl Default for Folded {
@@ -127,9 +128,7 @@ impl TokenStream for FoldedStream<'_> {
                 };
                 *next += 1;
                 self.token.text.clear();
-                self.token
-                    .text
-                    .push_str(&analysed.words[kept.words.clone()]);
+                self.token.text.push_str(&analysed.words[kept.text.clone()]);
                 self.token.offset_from = kept.offset_from;
                 self.token.offset_to = kept.offset_to;
                 self.token.position = kept.position;
@@ -155,8 +154,9 @@ struct Analysed {
     tokens: Vec<Kept>,
 }
 
+/// A kept token: its text (a range of [`Analysed::words`]), its offsets and its position.
 struct Kept {
-    words: std::ops::Range<usize>,
+    text: std::ops::Range<usize>,
     offset_from: usize,
     offset_to: usize,
     position: usize,
@@ -190,7 +190,7 @@ fn analysed(text: &str, fold: &mut Fold) -> Rc<Analysed> {
             let start = fresh.words.len();
             fresh.words.push_str(&token.text);
             fresh.tokens.push(Kept {
-                words: start..fresh.words.len(),
+                text: start..fresh.words.len(),
                 offset_from: token.offset_from,
                 offset_to: token.offset_to,
                 position: token.position,

@@ -584,10 +584,25 @@ fn convert_message(
         data.remove("messageID");
         data.insert("id".to_owned(), raw_json(&part.id)?);
         // The two fields the part's search text is made of, as the rule for parts reads them.
-        let looked_at = ["type", "text"]
-            .into_iter()
-            .filter_map(|key| Some((key.to_owned(), field::<Value>(&data, key)?)))
-            .collect();
+        let mut looked_at = Map::new();
+        let mut broken = None;
+        for key in ["type", "text"] {
+            if let Some(raw) = data.get(key) {
+                match serde_json::from_str::<Value>(raw.get()) {
+                    Ok(value) => {
+                        looked_at.insert(key.to_owned(), value);
+                    }
+                    Err(e) => broken = Some(format!("broken JSON in `{key}`: {e}")),
+                }
+            }
+        }
+        if let Some(reason) = broken {
+            refused.push(Refusal {
+                location: part.location,
+                reason: format!("the part: {reason}"),
+            });
+            continue;
+        }
         match add_part_text(&looked_at, &mut text) {
             Ok(()) => kept.push(data),
             Err(why) => refused.push(Refusal {
@@ -862,10 +877,13 @@ struct Database {
     conn: Connection,
     /// The `session` table's columns (they grow across releases).
     columns: HashSet<String>,
-    /// The parts of the session whose messages were read last, by message id, read with them
-    /// in one query rather than one query per message; a part whose data is unreadable is
-    /// refused when its message asks for it (none of a refused message's parts are read).
+    /// The parts of the session whose messages were read last, by message id: read in one
+    /// query when its first message asks for them, rather than one query per message (and not
+    /// at all when none does, as in a second run). A part whose data is unreadable is refused
+    /// when its message asks for it (none of a refused message's parts are read).
     parts: HashMap<String, Vec<Result<SourcePart, Refusal>>>,
+    /// The session whose parts are still to be read into `parts`.
+    parts_unread: Option<String>,
 }
 
 impl Database {
@@ -903,7 +921,35 @@ impl Database {
             conn,
             columns,
             parts: HashMap::new(),
+            parts_unread: None,
         })
+    }
+
+    /// Reads the parts of `session`'s messages into `parts`.
+    fn read_parts(&mut self, session: &str) -> anyhow::Result<()> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT message_id, id, data FROM part \
+                 WHERE message_id IN (SELECT id FROM message WHERE session_id = ?1)",
+            )
+            .context("reading parts")?;
+        let mut rows = statement.query([session]).context("reading parts")?;
+        while let Some(row) = rows.next().context("reading parts")? {
+            let message: String = row.get(0)?;
+            let id: String = row.get(1)?;
+            let location = format!("part row {id}");
+            let data = match row.get::<_, Option<String>>(2) {
+                Ok(data) => data_object(data),
+                Err(e) => Err(format!("data cannot be read as text: {e}")),
+            };
+            let part = match data {
+                Ok(data) => Ok(SourcePart { id, location, data }),
+                Err(reason) => Err(Refusal { location, reason }),
+            };
+            self.parts.entry(message).or_default().push(part);
+        }
+        Ok(())
     }
 
     /// `column` when the table has it, else NULL.
@@ -1051,24 +1097,7 @@ impl Source for Database {
             }
         }
         self.parts.clear();
-        let mut statement = self
-            .conn
-            .prepare_cached(
-                "SELECT message_id, id, data FROM part \
-                 WHERE message_id IN (SELECT id FROM message WHERE session_id = ?1)",
-            )
-            .context("reading parts")?;
-        let mut rows = statement.query([&session.id]).context("reading parts")?;
-        while let Some(row) = rows.next().context("reading parts")? {
-            let message: String = row.get(0)?;
-            let id: String = row.get(1)?;
-            let location = format!("part row {id}");
-            let part = match data_object(row.get(2)?) {
-                Ok(data) => Ok(SourcePart { id, location, data }),
-                Err(reason) => Err(Refusal { location, reason }),
-            };
-            self.parts.entry(message).or_default().push(part);
-        }
+        self.parts_unread = Some(session.id.clone());
         Ok(messages)
     }
 
@@ -1077,6 +1106,14 @@ impl Source for Database {
         message: &SourceMessage,
         refused: &mut Vec<Refusal>,
     ) -> anyhow::Result<Vec<SourcePart>> {
+        if let Some(session) = self.parts_unread.take()
+            && let Err(error) = self.read_parts(&session)
+        {
+            // Tried again for the next message, as a query per message would be.
+            self.parts.clear();
+            self.parts_unread = Some(session);
+            return Err(error);
+        }
         let mut parts = Vec::new();
         for part in self.parts.remove(&message.id).unwrap_or_default() {
             match part {

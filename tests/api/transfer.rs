@@ -1122,6 +1122,51 @@ async fn import_opencode_refuses_parts_that_break_the_part_rules() {
     app.stop().await;
 }
 
+/// Only the part is refused whose `data` is not text (a BLOB) or whose `text` is not a string
+/// JSON can hold (a lone surrogate): its message and session are imported with the rest.
+#[tokio::test]
+async fn import_opencode_refuses_only_the_part_whose_data_cannot_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("opencode.db");
+    let (s, m) = (oc_id("ses", 0xf00), oc_id("msg", 0xf01));
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(&format!(
+        "CREATE TABLE session (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, slug TEXT NOT NULL,
+             directory TEXT NOT NULL, title TEXT NOT NULL, version TEXT NOT NULL,
+             time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL);
+         CREATE TABLE message (id TEXT PRIMARY KEY, session_id TEXT NOT NULL, time_created INTEGER NOT NULL,
+             time_updated INTEGER NOT NULL, data TEXT NOT NULL);
+         CREATE TABLE part (id TEXT PRIMARY KEY, message_id TEXT NOT NULL, session_id TEXT NOT NULL,
+             time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL, data TEXT NOT NULL);
+         INSERT INTO session VALUES ('{s}', 'global', 's', '/teile', 'Teile', '1.2.0', {T0}, {T0});
+         INSERT INTO message VALUES ('{m}', '{s}', {T0}, {T0}, '{{\"role\":\"user\"}}');
+         INSERT INTO part VALUES ('prt_a', '{m}', '{s}', {T0}, {T0}, '{{\"type\":\"text\",\"text\":\"bleibt\"}}');
+         INSERT INTO part VALUES ('prt_b', '{m}', '{s}', {T0}, {T0}, x'7b7d');
+         INSERT INTO part VALUES ('prt_c', '{m}', '{s}', {T0}, {T0}, '{{\"type\":\"text\",\"text\":\"\\ud800\"}}');"
+    ))
+    .unwrap();
+    drop(conn);
+
+    let data = dir.path().join("data");
+    let out = sessiond(&data, &["import", "opencode", db.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
+    assert_eq!(counts(&out.stdout, "imported:"), (1, 1), "{}", out.stdout);
+    let refused = refused_lines(&out.stdout);
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refusal(&refused, "part row prt_b").contains("data cannot be read as text"));
+    assert!(refusal(&refused, "part row prt_c").contains("broken JSON in `text`"));
+
+    let app = server(&data).await;
+    let sessions = imported_sessions(&app).await;
+    let listed = messages(&app, &sessions[&s]).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        listed[0]["parts"],
+        json!([{"id": "prt_a", "type": "text", "text": "bleibt"}])
+    );
+    app.stop().await;
+}
+
 /// Makes every stored message unreadable (its parts no longer JSON), behind the server's back.
 async fn break_stored_messages(data_dir: &Path) {
     let sql = "UPDATE messages SET parts = 'not json'";
