@@ -233,26 +233,18 @@ impl<'a> Scanner<'a> {
 
     /// Writes the next token into `token`; `false` when there is none.
     fn next(&mut self, fold: &mut Fold, token: &mut Token) -> bool {
-        let bytes = self.text.as_bytes();
         loop {
             let start = loop {
-                let byte = *match bytes.get(self.at) {
-                    Some(byte) => byte,
-                    None => return false,
-                };
-                if byte.is_ascii() {
-                    if byte.is_ascii_alphanumeric() {
-                        break self.at;
-                    }
-                    self.at += 1;
-                } else if self.word_char(self.at).is_some() {
-                    break self.at;
-                } else {
-                    self.at += self.text[self.at..]
-                        .chars()
-                        .next()
-                        .map_or(1, char::len_utf8);
+                if self.at >= self.text.len() {
+                    return false;
                 }
+                if self.word_char(self.at).is_some() {
+                    break self.at;
+                }
+                self.at += self.text[self.at..]
+                    .chars()
+                    .next()
+                    .map_or(1, char::len_utf8);
             };
             let mut ascii = true;
             while let Some((len, is_ascii)) = self.word_char(self.at) {
