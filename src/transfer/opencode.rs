@@ -1091,7 +1091,11 @@ impl Source for Database {
             let id: String = row.get(0)?;
             let location = format!("message row {id}");
             let created: Option<i64> = row.get(1)?;
-            match data_object(row.get(2)?) {
+            let data = match row.get::<_, Option<String>>(2) {
+                Ok(data) => data_object(data),
+                Err(e) => Err(format!("data cannot be read as text: {e}")),
+            };
+            match data {
                 Ok(info) => messages.push(SourceMessage::new(id, location, created, info, session)),
                 Err(reason) => refused.push(Refusal { location, reason }),
             }

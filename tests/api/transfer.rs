@@ -1123,12 +1123,17 @@ async fn import_opencode_refuses_parts_that_break_the_part_rules() {
 }
 
 /// Only the part is refused whose `data` is not text (a BLOB) or whose `text` is not a string
-/// JSON can hold (a lone surrogate): its message and session are imported with the rest.
+/// JSON can hold (a lone surrogate): its message and session are imported with the rest. So is
+/// only the message whose `data` is not text.
 #[tokio::test]
-async fn import_opencode_refuses_only_the_part_whose_data_cannot_be_read() {
+async fn import_opencode_refuses_only_the_record_whose_data_cannot_be_read() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("opencode.db");
-    let (s, m) = (oc_id("ses", 0xf00), oc_id("msg", 0xf01));
+    let (s, m, blob) = (
+        oc_id("ses", 0xf00),
+        oc_id("msg", 0xf01),
+        oc_id("msg", 0xf02),
+    );
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(&format!(
         "CREATE TABLE session (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, slug TEXT NOT NULL,
@@ -1140,6 +1145,7 @@ async fn import_opencode_refuses_only_the_part_whose_data_cannot_be_read() {
              time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL, data TEXT NOT NULL);
          INSERT INTO session VALUES ('{s}', 'global', 's', '/teile', 'Teile', '1.2.0', {T0}, {T0});
          INSERT INTO message VALUES ('{m}', '{s}', {T0}, {T0}, '{{\"role\":\"user\"}}');
+         INSERT INTO message VALUES ('{blob}', '{s}', {T0}, {T0}, x'7b7d');
          INSERT INTO part VALUES ('prt_a', '{m}', '{s}', {T0}, {T0}, '{{\"type\":\"text\",\"text\":\"bleibt\"}}');
          INSERT INTO part VALUES ('prt_b', '{m}', '{s}', {T0}, {T0}, x'7b7d');
          INSERT INTO part VALUES ('prt_c', '{m}', '{s}', {T0}, {T0}, '{{\"type\":\"text\",\"text\":\"\\ud800\"}}');"
@@ -1152,7 +1158,8 @@ async fn import_opencode_refuses_only_the_part_whose_data_cannot_be_read() {
     assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
     assert_eq!(counts(&out.stdout, "imported:"), (1, 1), "{}", out.stdout);
     let refused = refused_lines(&out.stdout);
-    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(refusal(&refused, &format!("message row {blob}")).contains("data cannot be read as text"));
     assert!(refusal(&refused, "part row prt_b").contains("data cannot be read as text"));
     assert!(refusal(&refused, "part row prt_c").contains("broken JSON in `text`"));
 
