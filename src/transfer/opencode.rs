@@ -61,6 +61,8 @@ enum Unreadable {
 
 /// The record in `json`.
 fn record(json: &str) -> Result<Record, Unreadable> {
+    let repaired = well_formed(json);
+    let json = repaired.as_deref().unwrap_or(json);
     // From a `str`, not bytes: each value is copied without checking its UTF-8 again.
     let mut record = match serde_json::from_str::<Record>(json) {
         Ok(record) => record,
@@ -79,6 +81,61 @@ fn record(json: &str) -> Result<Record, Unreadable> {
         }
     }
     Ok(record)
+}
+
+/// `json` with every escaped UTF-16 surrogate that is not half of a pair written as U+FFFD, or
+/// `None` when it has none. JavaScript's `substring` can cut an emoji in two (opencode shortens
+/// titles and tool output with it), and `JSON.stringify` writes the half it kept as `"\ud83d"`.
+/// JSON's grammar allows that, but such a string is not Unicode: no parser that makes Rust
+/// strings takes it, and a title or a part's text would be refused with its whole file. U+FFFD
+/// is what JavaScript itself writes for it when it encodes the string as UTF-8. The length is
+/// unchanged, so a parse error's line and column stay the source's.
+fn well_formed(json: &str) -> Option<String> {
+    if !json.contains("\\u") {
+        return None;
+    }
+    let bytes = json.as_bytes();
+    let unit = |at: usize| -> Option<u16> {
+        let hex = std::str::from_utf8(bytes.get(at..at + 4)?).ok()?;
+        u16::from_str_radix(hex, 16).ok()
+    };
+    let (mut out, mut copied, mut at) = (None::<String>, 0, 0);
+    while at < bytes.len() {
+        if bytes[at] != b'\\' {
+            at += 1;
+            continue;
+        }
+        // `\` and one character, or `\u` and four hex digits (a `\` never starts inside a
+        // multi-byte character, so `at` stays on a character boundary).
+        if bytes.get(at + 1) != Some(&b'u') {
+            at += 2;
+            continue;
+        }
+        let lone = match unit(at + 2) {
+            Some(0xD800..=0xDBFF) => {
+                let paired = bytes.get(at + 6..at + 8) == Some(b"\\u")
+                    && matches!(unit(at + 8), Some(0xDC00..=0xDFFF));
+                if paired {
+                    at += 12;
+                    continue;
+                }
+                true
+            }
+            Some(0xDC00..=0xDFFF) => true,
+            _ => false,
+        };
+        if lone {
+            let out = out.get_or_insert_with(|| String::with_capacity(json.len()));
+            out.push_str(&json[copied..at]);
+            out.push_str("\\ufffd");
+            copied = at + 6;
+        }
+        at += 6;
+    }
+    out.map(|mut out| {
+        out.push_str(&json[copied..]);
+        out
+    })
 }
 
 /// Valid JSON `json` without the white space between its tokens (pretty-printed files), or
@@ -678,7 +735,9 @@ impl Files {
     /// A file's JSON object, or why not.
     fn object(path: &Path) -> Result<Map<String, Value>, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-        match serde_json::from_slice::<Value>(&bytes) {
+        let repaired = std::str::from_utf8(&bytes).ok().and_then(well_formed);
+        let bytes = repaired.as_ref().map_or(&bytes[..], String::as_bytes);
+        match serde_json::from_slice::<Value>(bytes) {
             Ok(Value::Object(map)) => Ok(map),
             Ok(_) => Err("not a JSON object".to_owned()),
             Err(e) => Err(format!("broken JSON: {e}")),
@@ -1194,6 +1253,27 @@ mod tests {
         assert_eq!(
             compacted("{\"a\": \"x \\\\\" ,\"b\" :\n[1 ,\t\"é é\"]}").as_deref(),
             Some(r#"{"a":"x \\","b":[1,"é é"]}"#)
+        );
+    }
+
+    #[test]
+    fn a_cut_surrogate_becomes_a_replacement_character_and_pairs_stay() {
+        assert_eq!(well_formed(r#"{"a":"x"}"#), None);
+        assert_eq!(well_formed(r#"{"a":"\ud83d\ude00 \u00e9 \\ud83d"}"#), None);
+        assert_eq!(
+            well_formed(r#"{"a":"x \ud83d","b":"\uDC00\ud83d\ud83d\ude00 \ud83d\u0041"}"#)
+                .as_deref(),
+            Some(r#"{"a":"x \ufffd","b":"\ufffd\ufffd\ud83d\ude00 \ufffd\u0041"}"#)
+        );
+        // Cut at the end of the text, too.
+        assert_eq!(well_formed(r#""\ud83d"#).as_deref(), Some(r#""\ufffd"#));
+        assert_eq!(well_formed(r#""\ud8"#), None);
+        let Ok(record) = record(r#"{"text":"é \ud83d"}"#) else {
+            panic!("a record with a cut surrogate was refused");
+        };
+        assert_eq!(
+            field::<String>(&record, "text").as_deref(),
+            Some("é \u{fffd}")
         );
     }
 

@@ -1122,9 +1122,10 @@ async fn import_opencode_refuses_parts_that_break_the_part_rules() {
     app.stop().await;
 }
 
-/// Only the part is refused whose `data` is not text (a BLOB) or whose `text` is not a string
-/// JSON can hold (a lone surrogate): its message and session are imported with the rest. So is
-/// only the message whose `data` is not text.
+/// Only the part is refused whose `data` is not text (a BLOB): its message and session are
+/// imported with the rest. So is only the message whose `data` is not text. A `text` holding
+/// half of a surrogate pair (an emoji cut by JavaScript's `substring`) is kept, the half written
+/// as U+FFFD.
 #[tokio::test]
 async fn import_opencode_refuses_only_the_record_whose_data_cannot_be_read() {
     let dir = tempfile::tempdir().unwrap();
@@ -1148,7 +1149,7 @@ async fn import_opencode_refuses_only_the_record_whose_data_cannot_be_read() {
          INSERT INTO message VALUES ('{blob}', '{s}', {T0}, {T0}, x'7b7d');
          INSERT INTO part VALUES ('prt_a', '{m}', '{s}', {T0}, {T0}, '{{\"type\":\"text\",\"text\":\"bleibt\"}}');
          INSERT INTO part VALUES ('prt_b', '{m}', '{s}', {T0}, {T0}, x'7b7d');
-         INSERT INTO part VALUES ('prt_c', '{m}', '{s}', {T0}, {T0}, '{{\"type\":\"text\",\"text\":\"\\ud800\"}}');"
+         INSERT INTO part VALUES ('prt_c', '{m}', '{s}', {T0}, {T0}, '{{\"type\":\"text\",\"text\":\"cut \\ud83d\"}}');"
     ))
     .unwrap();
     drop(conn);
@@ -1158,10 +1159,11 @@ async fn import_opencode_refuses_only_the_record_whose_data_cannot_be_read() {
     assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
     assert_eq!(counts(&out.stdout, "imported:"), (1, 1), "{}", out.stdout);
     let refused = refused_lines(&out.stdout);
-    assert_eq!(refused.len(), 3, "{refused:?}");
-    assert!(refusal(&refused, &format!("message row {blob}")).contains("data cannot be read as text"));
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refusal(&refused, &format!("message row {blob}")).contains("data cannot be read as text")
+    );
     assert!(refusal(&refused, "part row prt_b").contains("data cannot be read as text"));
-    assert!(refusal(&refused, "part row prt_c").contains("broken JSON in `text`"));
 
     let app = server(&data).await;
     let sessions = imported_sessions(&app).await;
@@ -1169,8 +1171,58 @@ async fn import_opencode_refuses_only_the_record_whose_data_cannot_be_read() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(
         listed[0]["parts"],
-        json!([{"id": "prt_a", "type": "text", "text": "bleibt"}])
+        json!([
+            {"id": "prt_a", "type": "text", "text": "bleibt"},
+            {"id": "prt_c", "type": "text", "text": "cut \u{fffd}"}
+        ])
     );
+    app.stop().await;
+}
+
+/// In the JSON files too, half of a surrogate pair (a title or a text cut by JavaScript's
+/// `substring` inside an emoji) is written as U+FFFD, and its session is imported rather than
+/// refused with its messages; a whole pair stays the emoji.
+#[tokio::test]
+async fn import_opencode_writes_half_a_surrogate_pair_as_a_replacement_character() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let (s, m) = (oc_id("ses", 0xe00), oc_id("msg", 0xe01));
+    let write = |path: PathBuf, text: String| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write(
+        storage.join(format!("session/global/{s}.json")),
+        format!(
+            "{{\n  \"id\": \"{s}\",\n  \"projectID\": \"global\",\n  \"directory\": \"/cut\",\n  \
+             \"title\": \"Fix \\ud83d\",\n  \"version\": \"1.0.0\",\n  \
+             \"time\": {{\"created\": {T0}, \"updated\": {T0}}}\n}}"
+        ),
+    );
+    write(
+        storage.join(format!("message/{s}/{m}.json")),
+        format!("{{\"id\": \"{m}\", \"role\": \"user\", \"time\": {{\"created\": {T0}}}}}"),
+    );
+    write(
+        storage.join(format!("part/{m}/prt_a.json")),
+        "{\"type\": \"text\", \"text\": \"\\ud83d\\ude00 gut \\ude00 \\ud83d\"}".to_owned(),
+    );
+
+    let data = dir.path().join("data");
+    let out = sessiond(&data, &["import", "opencode", storage.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(counts(&out.stdout, "imported:"), (1, 1), "{}", out.stdout);
+
+    let app = server(&data).await;
+    let sessions = imported_sessions(&app).await;
+    assert_eq!(sessions[&s]["title"], "Fix \u{fffd}");
+    let listed = messages(&app, &sessions[&s]).await;
+    assert_eq!(
+        listed[0]["parts"][0]["text"],
+        "\u{1f600} gut \u{fffd} \u{fffd}"
+    );
+    let found = app.get_json("/v1/search?q=gut").await;
+    assert_eq!(found["items"].as_array().map(Vec::len), Some(1), "{found}");
     app.stop().await;
 }
 
