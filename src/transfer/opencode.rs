@@ -84,12 +84,12 @@ fn record(json: &str) -> Result<Record, Unreadable> {
 }
 
 /// `json` with every escaped UTF-16 surrogate that is not half of a pair written as U+FFFD, or
-/// `None` when it has none. JavaScript's `substring` can cut an emoji in two (opencode shortens
-/// titles and tool output with it), and `JSON.stringify` writes the half it kept as `"\ud83d"`.
-/// JSON's grammar allows that, but such a string is not Unicode: no parser that makes Rust
-/// strings takes it, and a title or a part's text would be refused with its whole file. U+FFFD
-/// is what JavaScript itself writes for it when it encodes the string as UTF-8. The length is
-/// unchanged, so a parse error's line and column stay the source's.
+/// `None` when it has none. JavaScript's `substring` can cut an emoji in two, and
+/// `JSON.stringify` writes the half it kept as `"\ud83d"`. JSON's grammar allows that, but such
+/// a string is not Unicode: no parser that makes Rust strings takes it, and a title or a part's
+/// text would be refused with its whole file. U+FFFD is what JavaScript itself writes for it
+/// when it encodes the string as UTF-8. The length is unchanged, so a parse error's line and
+/// column stay the source's.
 fn well_formed(json: &str) -> Option<String> {
     if !json.contains("\\u") {
         return None;
