@@ -1058,6 +1058,16 @@ impl Source for Database {
             "time_archived",
             "workspace_id",
             "path",
+            // Later 1.x releases: the session's totals, agent, model and goal.
+            "cost",
+            "tokens_input",
+            "tokens_output",
+            "tokens_reasoning",
+            "tokens_cache_read",
+            "tokens_cache_write",
+            "agent",
+            "model",
+            "goal",
         ];
         let select = names
             .iter()
@@ -1097,7 +1107,25 @@ impl Source for Database {
                         serde_json::json!({"additions": additions, "deletions": deletions, "files": files}),
                     );
                 }
-                for (key, index) in [("revert", 11), ("permission", 12)] {
+                if let Some(cost) = row
+                    .get::<_, Option<f64>>(19)?
+                    .and_then(serde_json::Number::from_f64)
+                {
+                    extra.insert("cost".into(), Value::Number(cost));
+                }
+                let tokens = [number(20)?, number(21)?, number(22)?, number(23)?, number(24)?];
+                if tokens.iter().any(Option::is_some) {
+                    let [input, output, reasoning, read, write] = tokens;
+                    extra.insert(
+                        "tokens".into(),
+                        serde_json::json!({"input": input, "output": output, "reasoning": reasoning,
+                            "cache": {"read": read, "write": write}}),
+                    );
+                }
+                if let Some(agent) = text(25)? {
+                    extra.insert("agent".into(), Value::String(agent));
+                }
+                for (key, index) in [("revert", 11), ("permission", 12), ("model", 26), ("goal", 27)] {
                     if let Some(value) = json_column(text(index)?) {
                         extra.insert(key.into(), value);
                     }

@@ -332,7 +332,10 @@ impl Fixture {
              CREATE TABLE session (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, workspace_id TEXT, parent_id TEXT,
                  slug TEXT NOT NULL, directory TEXT NOT NULL, path TEXT, title TEXT NOT NULL, version TEXT NOT NULL,
                  share_url TEXT, summary_additions INTEGER, summary_deletions INTEGER, summary_files INTEGER,
-                 summary_diffs TEXT, cost REAL NOT NULL DEFAULT 0, revert TEXT, permission TEXT,
+                 summary_diffs TEXT, cost REAL NOT NULL DEFAULT 0, tokens_input INTEGER NOT NULL DEFAULT 0,
+                 tokens_output INTEGER NOT NULL DEFAULT 0, tokens_reasoning INTEGER NOT NULL DEFAULT 0,
+                 tokens_cache_read INTEGER NOT NULL DEFAULT 0, tokens_cache_write INTEGER NOT NULL DEFAULT 0,
+                 revert TEXT, permission TEXT, goal TEXT, agent TEXT, model TEXT,
                  time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL, time_compacting INTEGER, time_archived INTEGER);
              CREATE TABLE message (id TEXT PRIMARY KEY, session_id TEXT NOT NULL, time_created INTEGER NOT NULL,
                  time_updated INTEGER NOT NULL, data TEXT NOT NULL);
@@ -351,6 +354,14 @@ impl Fixture {
             )
             .unwrap();
         }
+        // Later 1.x releases keep a session's totals, agent and model in columns of their own.
+        conn.execute(
+            "UPDATE session SET cost = 0.125, tokens_input = 900, tokens_output = 120,
+             tokens_cache_read = 40, agent = 'build',
+             model = '{\"id\":\"claude-sonnet-4\",\"providerID\":\"anthropic\"}' WHERE id = ?1",
+            [self.session_id(0)],
+        )
+        .unwrap();
         for (session, id, info) in &self.messages {
             let mut data = info.clone();
             let created = data["time"]["created"].as_i64().unwrap();
@@ -507,6 +518,23 @@ async fn check_first_import(app: &TestApp, fixture: &Fixture, report: &str, form
         assert_eq!(oc["slug"], source["slug"]);
         assert_eq!(oc["version"], "1.1.3");
         assert_eq!(oc["summary"]["additions"], 3);
+    }
+    let oc = &s(0)["metadata"]["opencode"];
+    if form == "files" {
+        assert_eq!(oc.get("tokens"), None, "{oc}");
+    } else {
+        assert_eq!(oc["cost"], 0.125);
+        assert_eq!(
+            oc["tokens"],
+            json!({"input": 900, "output": 120, "reasoning": 0, "cache": {"read": 40, "write": 0}})
+        );
+        assert_eq!(oc["agent"], "build");
+        assert_eq!(oc["model"]["providerID"], "anthropic");
+        assert_eq!(
+            s(1)["metadata"]["opencode"]["cost"],
+            0.0,
+            "the column's default"
+        );
     }
     assert_eq!(
         s(1)["parent_id"],
