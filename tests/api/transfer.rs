@@ -420,6 +420,29 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
     files
 }
 
+/// Sets the access time of every file under `dir` to two days ago; returns what each holds.
+fn age_access_times(dir: &Path) -> BTreeMap<PathBuf, std::time::SystemTime> {
+    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+    let mut set = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let file = std::fs::File::options().write(true).open(&path).unwrap();
+                file.set_times(std::fs::FileTimes::new().set_accessed(then))
+                    .unwrap();
+                drop(file);
+                let at = std::fs::metadata(&path).unwrap().accessed().unwrap();
+                set.insert(path, at);
+            }
+        }
+    }
+    set
+}
+
 /// The sessions of the import, by their original opencode id.
 async fn imported_sessions(app: &TestApp) -> BTreeMap<String, Value> {
     app.collect_pages("/v1/sessions?archived=all&limit=1000")
@@ -648,6 +671,8 @@ async fn opencode_import_of(form: &str) {
         (db, Some(conn))
     };
     let before = snapshot(source.parent().unwrap());
+    // Access times older than a day, which a plain read on a `relatime` mount would move.
+    let accessed = (form == "files").then(|| age_access_times(&source));
     let source_arg = source.to_str().unwrap();
 
     let first = sessiond(&data, &["import", "opencode", source_arg]);
@@ -658,6 +683,17 @@ async fn opencode_import_of(form: &str) {
         first.stdout,
         first.stderr
     );
+    if let Some(accessed) = accessed {
+        for (path, at) in accessed {
+            let now = std::fs::metadata(&path).unwrap().accessed().unwrap();
+            assert_eq!(
+                now,
+                at,
+                "{} was read with its access time updated",
+                path.display()
+            );
+        }
+    }
     assert_eq!(
         snapshot(source.parent().unwrap()),
         before,
