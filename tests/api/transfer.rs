@@ -404,16 +404,27 @@ impl Fixture {
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
     use std::hash::{Hash, Hasher};
     let mut files = BTreeMap::new();
+    for path in files_under(dir) {
+        if !path.to_string_lossy().ends_with("-shm") {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            std::fs::read(&path).unwrap().hash(&mut hasher);
+            files.insert(path, hasher.finish());
+        }
+    }
+    files
+}
+
+/// Every file under `dir`, at any depth.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else if !path.to_string_lossy().ends_with("-shm") {
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                std::fs::read(&path).unwrap().hash(&mut hasher);
-                files.insert(path.clone(), hasher.finish());
+            } else {
+                files.push(path);
             }
         }
     }
@@ -424,21 +435,13 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
 fn age_access_times(dir: &Path) -> BTreeMap<PathBuf, std::time::SystemTime> {
     let then = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
     let mut set = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let file = std::fs::File::options().write(true).open(&path).unwrap();
-                file.set_times(std::fs::FileTimes::new().set_accessed(then))
-                    .unwrap();
-                drop(file);
-                let at = std::fs::metadata(&path).unwrap().accessed().unwrap();
-                set.insert(path, at);
-            }
-        }
+    for path in files_under(dir) {
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_times(std::fs::FileTimes::new().set_accessed(then))
+            .unwrap();
+        drop(file);
+        let at = std::fs::metadata(&path).unwrap().accessed().unwrap();
+        set.insert(path, at);
     }
     set
 }
