@@ -760,12 +760,23 @@ impl Files {
         entries(dir, |_, kind| kind.is_dir())
     }
 
+    /// A file's text, or why not (one that is not UTF-8 worded as the JSON parser words it).
+    fn text(path: &Path) -> Result<String, String> {
+        let bytes = read_source(path).map_err(|e| format!("cannot read: {e}"))?;
+        String::from_utf8(bytes).map_err(|e| {
+            let error = serde_json::from_slice::<Value>(e.as_bytes()).err();
+            format!(
+                "broken JSON: {}",
+                error.map_or("not UTF-8".to_owned(), |e| e.to_string())
+            )
+        })
+    }
+
     /// A file's JSON object, or why not.
     fn object(path: &Path) -> Result<Map<String, Value>, String> {
-        let bytes = read_source(path).map_err(|e| format!("cannot read: {e}"))?;
-        let repaired = std::str::from_utf8(&bytes).ok().and_then(well_formed);
-        let bytes = repaired.as_ref().map_or(&bytes[..], String::as_bytes);
-        match serde_json::from_slice::<Value>(bytes) {
+        let text = Self::text(path)?;
+        let repaired = well_formed(&text);
+        match serde_json::from_str::<Value>(repaired.as_deref().unwrap_or(&text)) {
             Ok(Value::Object(map)) => Ok(map),
             Ok(_) => Err("not a JSON object".to_owned()),
             Err(e) => Err(format!("broken JSON: {e}")),
@@ -774,16 +785,7 @@ impl Files {
 
     /// A message's or part's file, or why not (worded as [`Files::object`] words it).
     fn record(path: &Path) -> Result<Record, String> {
-        let bytes = read_source(path).map_err(|e| format!("cannot read: {e}"))?;
-        let text = std::str::from_utf8(&bytes).map_err(|_| {
-            // Worded as the JSON parser words it.
-            let error = serde_json::from_slice::<Value>(&bytes).err();
-            format!(
-                "broken JSON: {}",
-                error.map_or("not UTF-8".to_owned(), |e| e.to_string())
-            )
-        })?;
-        record(text).map_err(|why| match why {
+        record(&Self::text(path)?).map_err(|why| match why {
             Unreadable::NotAnObject => "not a JSON object".to_owned(),
             Unreadable::Broken(e) => format!("broken JSON: {e}"),
         })
@@ -1026,11 +1028,7 @@ impl Database {
             let message: String = row.get(0)?;
             let id: String = row.get(1)?;
             let location = format!("part row {id}");
-            let data = match row.get::<_, Option<String>>(2) {
-                Ok(data) => data_object(data),
-                Err(e) => Err(format!("data cannot be read as text: {e}")),
-            };
-            let part = match data {
+            let part = match data_object(row.get(2)) {
                 Ok(data) => Ok(SourcePart { id, location, data }),
                 Err(reason) => Err(Refusal { location, reason }),
             };
@@ -1049,13 +1047,16 @@ impl Database {
     }
 }
 
-/// A `data` column's JSON object, or why not.
-fn data_object(data: Option<String>) -> Result<Record, String> {
-    match data.as_deref().map(record) {
-        Some(Ok(record)) => Ok(record),
-        Some(Err(Unreadable::NotAnObject)) => Err("data is not a JSON object".to_owned()),
-        Some(Err(Unreadable::Broken(e))) => Err(format!("broken JSON in data: {e}")),
-        None => Err("no data".to_owned()),
+/// A `data` column's JSON object, or why not (a value that is not text, a BLOB, is refused as
+/// its row alone).
+fn data_object(data: rusqlite::Result<Option<String>>) -> Result<Record, String> {
+    match data {
+        Err(e) => Err(format!("data cannot be read as text: {e}")),
+        Ok(None) => Err("no data".to_owned()),
+        Ok(Some(json)) => record(&json).map_err(|why| match why {
+            Unreadable::NotAnObject => "data is not a JSON object".to_owned(),
+            Unreadable::Broken(e) => format!("broken JSON in data: {e}"),
+        }),
     }
 }
 
@@ -1206,11 +1207,7 @@ impl Source for Database {
             let id: String = row.get(0)?;
             let location = format!("message row {id}");
             let created: Option<i64> = row.get(1)?;
-            let data = match row.get::<_, Option<String>>(2) {
-                Ok(data) => data_object(data),
-                Err(e) => Err(format!("data cannot be read as text: {e}")),
-            };
-            match data {
+            match data_object(row.get(2)) {
                 Ok(info) => messages.push(SourceMessage::new(id, location, created, info, session)),
                 Err(reason) => refused.push(Refusal { location, reason }),
             }
