@@ -1293,6 +1293,318 @@ async fn import_opencode_writes_half_a_surrogate_pair_as_a_replacement_character
     app.stop().await;
 }
 
+/// An `opencode.db` that OpenCode 2 has used: its history in `session_v2` and `session_message`
+/// (one row per timeline entry, a message's content inside it), beside the 1.x tables it was
+/// copied from. The 2.x copy of a session is imported and its 1.x copy passed over; a session
+/// only in the 1.x tables, and one whose 2.x copy got no messages, come from the 1.x tables.
+/// Every kind of entry becomes the message and parts 1.x would have written, markers of state
+/// are no messages, and what cannot be read is refused with its row.
+#[tokio::test(flavor = "multi_thread")]
+async fn import_opencode_reads_opencode_2s_session_message_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("opencode.db");
+    let (a, b, c, d) = (
+        oc_id("ses", 0x2a0),
+        oc_id("ses", 0x2b0),
+        oc_id("ses", 0x2c0),
+        oc_id("ses", 0x2d0),
+    );
+    let m = |n: u64| oc_id("msg", 0x2000 + n);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(&format!(
+        "CREATE TABLE session (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, slug TEXT NOT NULL,
+             directory TEXT NOT NULL, title TEXT NOT NULL, version TEXT NOT NULL,
+             time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL);
+         CREATE TABLE message (id TEXT PRIMARY KEY, session_id TEXT NOT NULL, time_created INTEGER NOT NULL,
+             time_updated INTEGER NOT NULL, data TEXT NOT NULL);
+         CREATE TABLE part (id TEXT PRIMARY KEY, message_id TEXT NOT NULL, session_id TEXT NOT NULL,
+             time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL, data TEXT NOT NULL);
+         CREATE TABLE session_v2 (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, workspace_id TEXT,
+             parent_id TEXT, fork_session_id TEXT, fork_boundary TEXT, slug TEXT NOT NULL,
+             directory TEXT NOT NULL, path TEXT, title TEXT, version TEXT NOT NULL, share_url TEXT,
+             summary_additions INTEGER, summary_deletions INTEGER, summary_files INTEGER,
+             summary_diffs TEXT, metadata TEXT, cost REAL DEFAULT 0 NOT NULL,
+             tokens_input INTEGER DEFAULT 0 NOT NULL, tokens_output INTEGER DEFAULT 0 NOT NULL,
+             tokens_reasoning INTEGER DEFAULT 0 NOT NULL, tokens_cache_read INTEGER DEFAULT 0 NOT NULL,
+             tokens_cache_write INTEGER DEFAULT 0 NOT NULL, revert TEXT, permission TEXT, agent TEXT,
+             model TEXT, time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL,
+             time_idle INTEGER, idle_outcome TEXT, time_compacting INTEGER, time_archived INTEGER);
+         CREATE TABLE session_message (id TEXT PRIMARY KEY, session_id TEXT NOT NULL, type TEXT NOT NULL,
+             seq INTEGER NOT NULL, time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL,
+             data TEXT NOT NULL);
+         CREATE UNIQUE INDEX session_message_session_seq_idx ON session_message (session_id, seq);
+
+         -- The 1.x copy of a, passed over; c, made by 1.x after the copy; d, whose 2.x copy has no
+         -- messages.
+         INSERT INTO session VALUES ('{a}', 'global', 'a', '/alt', 'Alte Kopie', '1.14.0', {T0}, {T0});
+         INSERT INTO message VALUES ('{m0}', '{a}', {T0}, {T0}, '{{\"role\":\"user\"}}');
+         INSERT INTO part VALUES ('prt_old', '{m0}', '{a}', {T0}, {T0}, '{{\"type\":\"text\",\"text\":\"Altkopie\"}}');
+         INSERT INTO session VALUES ('{c}', 'global', 'c', '/danach', 'Danach', '1.14.0', {t2}, {t2});
+         INSERT INTO message VALUES ('{m20}', '{c}', {t2}, {t2}, '{{\"role\":\"user\"}}');
+         INSERT INTO part VALUES ('prt_c', '{m20}', '{c}', {t2}, {t2}, '{{\"type\":\"text\",\"text\":\"nach der Kopie\"}}');
+         INSERT INTO session VALUES ('{d}', 'global', 'd', '/leer', 'Leer', '1.14.0', {T0}, {T0});
+         INSERT INTO message VALUES ('{m30}', '{d}', {T0}, {T0}, '{{\"role\":\"user\"}}');
+         INSERT INTO part VALUES ('prt_d', '{m30}', '{d}', {T0}, {T0}, '{{\"type\":\"text\",\"text\":\"nie kopiert\"}}');
+
+         INSERT INTO session_v2 (id, project_id, slug, directory, title, version, metadata, cost,
+             tokens_input, tokens_output, agent, model, fork_session_id, time_created, time_updated)
+             VALUES ('{a}', 'global', 'a', '/zwei', 'Résumé 2.x', '2.0.25', '{{\"k\":1}}', 0.75,
+             100, 20, 'build', '{{\"id\":\"m1\",\"providerID\":\"p\"}}', '{d}', {T0}, {t1});
+         INSERT INTO session_v2 (id, project_id, parent_id, slug, directory, version, time_created, time_updated)
+             VALUES ('{b}', 'global', '{a}', 'b', '/zwei', '2.0.25', {t1}, {t1});
+         INSERT INTO session_v2 (id, project_id, slug, directory, title, version, time_created, time_updated)
+             VALUES ('{d}', 'global', 'd', '/leer', 'Leer', '2.0.25', {T0}, {T0});
+         ",
+        m0 = m(0),
+        m20 = m(20),
+        m30 = m(30),
+        t1 = T0 + 60_000,
+        t2 = T0 + 120_000,
+    ))
+    .unwrap();
+    let entry = |session: &str, n: u64, kind: &str, data: Value| {
+        conn.execute(
+            "INSERT INTO session_message VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+            rusqlite::params![
+                m(n),
+                session,
+                kind,
+                n as i64,
+                T0 + n as i64,
+                data.to_string()
+            ],
+        )
+        .unwrap();
+    };
+    let assistant_content = json!([
+        {"type": "reasoning", "text": "Erst nachsehen."},
+        {"type": "text", "text": "Der Linker findet zstd nicht."},
+        {"type": "tool", "id": "call_1", "name": "shell",
+         "state": {"status": "completed", "input": {"command": "cargo build"},
+                   "content": [{"type": "text", "text": "error: zstd"}]},
+         "time": {"created": T0 + 3}}
+    ]);
+    entry(
+        &a,
+        1,
+        "user",
+        json!({"text": "Warum schlägt der Build fehl?",
+        "files": [{"uri": "file:///p/Cargo.toml", "mime": "text/plain"}], "time": {"created": T0 + 1}}),
+    );
+    entry(
+        &a,
+        2,
+        "agent-switched",
+        json!({"agent": "plan", "time": {"created": T0 + 2}}),
+    );
+    entry(
+        &a,
+        3,
+        "assistant",
+        json!({"agent": "build", "model": {"id": "m1", "providerID": "p"},
+        "content": assistant_content, "finish": "tool-calls", "cost": 0.5,
+        "tokens": {"input": 10, "output": 5, "reasoning": 2, "cache": {"read": 0, "write": 0}},
+        "time": {"created": T0 + 3, "completed": T0 + 4}}),
+    );
+    entry(
+        &a,
+        4,
+        "shell",
+        json!({"shellID": "sh_1", "command": "ls", "status": "exited", "exit": 0,
+        "output": {"output": "Cargo.toml", "truncated": false}, "time": {"created": T0 + 4}}),
+    );
+    entry(
+        &a,
+        5,
+        "compaction",
+        json!({"status": "completed", "reason": "auto",
+        "summary": "Zusammenfassung: zstd fehlte.", "recent": m(4), "time": {"created": T0 + 5}}),
+    );
+    entry(
+        &a,
+        6,
+        "synthetic",
+        json!({"sessionID": a, "text": "Hintergrundjob fertig", "time": {"created": T0 + 6}}),
+    );
+    entry(
+        &a,
+        7,
+        "system",
+        json!({"text": "Plan-Modus", "description": "plan", "time": {"created": T0 + 7}}),
+    );
+    entry(
+        &a,
+        8,
+        "idle",
+        json!({"outcome": "succeeded", "time": {"created": T0 + 8}}),
+    );
+    entry(
+        &a,
+        9,
+        "assistant",
+        json!({"agent": "build", "model": {"id": "m1", "providerID": "p"},
+        "content": [], "error": {"type": "api", "message": "overloaded"}, "time": {"created": T0 + 9}}),
+    );
+    entry(&a, 10, "hologram", json!({"time": {"created": T0 + 10}}));
+    conn.execute(
+        "INSERT INTO session_message VALUES (?1, ?2, 'user', 11, ?3, ?3, '{\"text\": ')",
+        rusqlite::params![m(11), a, T0 + 11],
+    )
+    .unwrap();
+    entry(
+        &b,
+        12,
+        "user",
+        json!({"text": "Unteraufgabe", "time": {"created": T0 + 60_000}}),
+    );
+    entry("ses_gone", 13, "user", json!({"text": "verwaist"}));
+
+    let data = dir.path().join("data");
+    let out = sessiond(&data, &["import", "opencode", db.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
+    assert_eq!(counts(&out.stdout, "imported:"), (4, 9), "{}", out.stdout);
+    let refused = refused_lines(&out.stdout);
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    let row = |n: u64| format!("session_message row {}", m(n));
+    assert!(
+        refusal(&refused, &row(9)).contains("no parts"),
+        "{refused:?}"
+    );
+    assert!(
+        refusal(&refused, &row(10)).contains("\"hologram\""),
+        "{refused:?}"
+    );
+    assert!(
+        refusal(&refused, &row(11)).contains("broken JSON"),
+        "{refused:?}"
+    );
+    assert!(
+        refusal(&refused, &row(13)).contains("its session ses_gone is not in the database"),
+        "{refused:?}"
+    );
+
+    let app = server(&data).await;
+    let sessions = imported_sessions(&app).await;
+    assert_eq!(sessions.len(), 4, "{sessions:?}");
+    let sa = &sessions[&a];
+    assert_eq!(sa["title"], "Résumé 2.x");
+    assert_eq!(sa["directory"], "/zwei");
+    assert_eq!(sa["updated_at"], T0 + 60_000);
+    assert_eq!(sa["message_count"], 6);
+    let meta = &sa["metadata"]["opencode"];
+    assert_eq!(meta["version"], "2.0.25");
+    assert_eq!(meta["cost"], 0.75);
+    assert_eq!(meta["tokens"]["input"], 100);
+    assert_eq!(meta["agent"], "build");
+    assert_eq!(meta["model"], json!({"id": "m1", "providerID": "p"}));
+    assert_eq!(meta["metadata"], json!({"k": 1}));
+    assert_eq!(meta["forkSessionID"], d);
+    assert_eq!(sessions[&b]["parent_id"], sa["id"]);
+    assert_eq!(sessions[&b]["title"], "");
+
+    let listed = messages(&app, sa).await;
+    let roles: Vec<&str> = listed.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(
+        roles,
+        ["user", "assistant", "tool", "assistant", "user", "system"]
+    );
+    assert_eq!(
+        listed[0]["parts"],
+        json!([
+            {"type": "text", "text": "Warum schlägt der Build fehl?"},
+            {"type": "file", "uri": "file:///p/Cargo.toml", "mime": "text/plain"}
+        ])
+    );
+    assert_eq!(listed[0]["created_at"], T0 + 1);
+    assert_eq!(
+        listed[1]["parts"], assistant_content,
+        "content as it was, in order"
+    );
+    let info = &listed[1]["metadata"]["opencode"];
+    assert_eq!(info["id"], m(3));
+    assert_eq!(info["type"], "assistant");
+    assert_eq!(info["seq"], 3);
+    assert_eq!(info["cost"], 0.5);
+    assert_eq!(info["finish"], "tool-calls");
+    assert_eq!(info["tokens"]["reasoning"], 2);
+    assert!(
+        info.get("content").is_none() && info.get("role").is_none(),
+        "{info}"
+    );
+    assert_eq!(
+        listed[2]["parts"],
+        json!([{"type": "shell", "shellID": "sh_1", "command": "ls", "status": "exited", "exit": 0,
+                "output": {"output": "Cargo.toml", "truncated": false}}])
+    );
+    assert_eq!(
+        listed[3]["parts"],
+        json!([
+            {"type": "compaction", "status": "completed", "reason": "auto", "recent": m(4)},
+            {"type": "text", "text": "Zusammenfassung: zstd fehlte."}
+        ])
+    );
+    assert_eq!(
+        listed[4]["parts"],
+        json!([{"type": "text", "text": "Hintergrundjob fertig", "synthetic": true}])
+    );
+    assert_eq!(
+        listed[5]["parts"],
+        json!([{"type": "text", "text": "Plan-Modus"}])
+    );
+    assert_eq!(listed[5]["metadata"]["opencode"]["description"], "plan");
+    assert_eq!(
+        messages(&app, &sessions[&c]).await[0]["parts"][0]["text"],
+        "nach der Kopie"
+    );
+    assert_eq!(
+        messages(&app, &sessions[&d]).await[0]["parts"][0]["text"],
+        "nie kopiert"
+    );
+    for (word, found) in [
+        ("Linker", 1),
+        ("Zusammenfassung", 1),
+        ("Unteraufgabe", 1),
+        ("Altkopie", 0),
+        ("verwaist", 0),
+    ] {
+        let hits = app.get_json(&format!("/v1/search?q={word}")).await;
+        assert_eq!(
+            hits["items"].as_array().map(Vec::len),
+            Some(found),
+            "{word}: {hits}"
+        );
+    }
+    app.stop().await;
+
+    // A second run imports nothing; a new entry of a is appended to it.
+    let again = sessiond(&data, &["import", "opencode", db.to_str().unwrap()]);
+    assert_eq!(
+        counts(&again.stdout, "imported:"),
+        (0, 0),
+        "{}",
+        again.stdout
+    );
+    entry(
+        &a,
+        14,
+        "user",
+        json!({"text": "Noch eine Frage", "time": {"created": T0 + 90_000}}),
+    );
+    let later = sessiond(&data, &["import", "opencode", db.to_str().unwrap()]);
+    assert_eq!(
+        counts(&later.stdout, "imported:"),
+        (0, 1),
+        "{}",
+        later.stdout
+    );
+    let app = server(&data).await;
+    let sessions = imported_sessions(&app).await;
+    assert_eq!(sessions[&a]["message_count"], 7);
+    let listed = messages(&app, &sessions[&a]).await;
+    assert_eq!(listed[6]["parts"][0]["text"], "Noch eine Frage");
+    app.stop().await;
+}
+
 /// Makes every stored message unreadable (its parts no longer JSON), behind the server's back.
 async fn break_stored_messages(data_dir: &Path) {
     let sql = "UPDATE messages SET parts = 'not json'";

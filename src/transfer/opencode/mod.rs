@@ -1,15 +1,17 @@
 //! `sessiond import opencode PATH`: the sessions, messages and parts of an opencode (or
 //! IronCode) installation, from either of its two storage forms (see
 //! `shared/formats/opencode.md`): the JSON files under `…/opencode/storage` (releases before
-//! 1.2) or `opencode.db` (1.2 and later).
+//! 1.2, [`files`]) or `opencode.db` (1.2 and later, with OpenCode 2's tables where they are:
+//! [`database`], [`v2`]).
 //!
 //! The source is only ever opened for reading; a database is read in one read transaction, so a
 //! live opencode writing beside us is seen as of one instant. Every id comes from a file's path
 //! or a row's key, never from inside the JSON (old migrations copied files without updating
 //! the ids in them). Sessions are written in creation order, messages in `(time.created, id)`
-//! order and parts in id order; sessiond ids are made from the original creation times. What
-//! the import made of each original id is recorded in the import map in the same transaction as
-//! its session, so a second run imports nothing and a later one only what is new.
+//! order and parts in id order (OpenCode 2's, which have no ids, in their record's order);
+//! sessiond ids are made from the original creation times. What the import made of each
+//! original id is recorded in the import map in the same transaction as its session, so a
+//! second run imports nothing and a later one only what is new.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -17,7 +19,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use rusqlite::{Connection, OpenFlags};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -28,6 +29,13 @@ use crate::domain::{
     add_part_text,
 };
 use crate::storage::{ImportMapping, ImportMessage, ImportSession, Storage};
+
+mod database;
+mod files;
+mod v2;
+
+use database::Database;
+use files::Files;
 
 /// The import map's name for opencode ids (the same in both forms: opencode's own migration
 /// keeps them, so moving from files to the database imports nothing twice).
@@ -185,6 +193,9 @@ struct SourceMessage {
     id: String,
     location: String,
     created: i64,
+    /// The source's own order among messages created in the same millisecond, where it has
+    /// one (OpenCode 2's `seq`); 0 where not.
+    seq: i64,
     info: Record,
 }
 
@@ -205,6 +216,7 @@ impl SourceMessage {
             id,
             location,
             created,
+            seq: 0,
             info,
         }
     }
@@ -212,7 +224,9 @@ impl SourceMessage {
 
 /// A part as read from the source.
 struct SourcePart {
-    id: String,
+    /// Its id, by which the parts of a message are ordered; `None` for a part that has none
+    /// (OpenCode 2 keeps a message's content in order inside its record).
+    id: Option<String>,
     location: String,
     data: Record,
 }
@@ -528,7 +542,7 @@ fn read(
             }
         };
         let mut messages = messages;
-        messages.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        messages.sort_by(|a, b| (a.created, a.seq, &a.id).cmp(&(b.created, b.seq, &b.id)));
         // A session and its messages are mapped in one transaction: none of a session that
         // was never imported can have been (and a fresh import asks nothing per session).
         let found = if imported_before {
@@ -658,6 +672,7 @@ fn convert_message(
     let mut parts = source
         .parts(&message, refused)
         .map_err(|e| format!("its parts cannot be read: {e:#}"))?;
+    // Stable: parts without ids stay in the order they came in.
     parts.sort_by(|a, b| a.id.cmp(&b.id));
     let mut kept = Vec::with_capacity(parts.len());
     let mut text = String::new();
@@ -667,7 +682,9 @@ fn convert_message(
         // name nothing here.
         data.remove("sessionID");
         data.remove("messageID");
-        data.insert("id".to_owned(), raw_json(&part.id)?);
+        if let Some(id) = &part.id {
+            data.insert("id".to_owned(), raw_json(id)?);
+        }
         // The two fields the part's search text is made of, as the rule for parts reads them.
         let mut looked_at = Map::new();
         let mut broken = None;
@@ -730,553 +747,11 @@ fn stem(path: &Path) -> Option<String> {
     name.strip_suffix(".json").map(str::to_owned)
 }
 
-/// The JSON files of storage releases before 1.2.
-struct Files {
-    root: PathBuf,
-    /// Message ids seen, to find parts whose message is missing.
-    messages: HashSet<String>,
-    /// Session files that were refused, by id: their messages are refused for that reason,
-    /// not as if their session did not exist.
-    refused_sessions: HashMap<String, String>,
-}
-
-impl Files {
-    fn new(root: PathBuf) -> Files {
-        Files {
-            root,
-            messages: HashSet::new(),
-            refused_sessions: HashMap::new(),
-        }
-    }
-
-    /// `*.json` files directly in `dir` (none when it does not exist).
-    fn json_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        entries(dir, |path, kind| {
-            kind.is_file() && path.extension().is_some_and(|e| e == "json")
-        })
-    }
-
-    fn subdirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        entries(dir, |_, kind| kind.is_dir())
-    }
-
-    /// A file's text, or why not (one that is not UTF-8 worded as the JSON parser words it).
-    fn text(path: &Path) -> Result<String, String> {
-        let bytes = read_source(path).map_err(|e| format!("cannot read: {e}"))?;
-        String::from_utf8(bytes).map_err(|e| {
-            let error = serde_json::from_slice::<Value>(e.as_bytes()).err();
-            format!(
-                "broken JSON: {}",
-                error.map_or("not UTF-8".to_owned(), |e| e.to_string())
-            )
-        })
-    }
-
-    /// A file's JSON object, or why not.
-    fn object(path: &Path) -> Result<Map<String, Value>, String> {
-        let text = Self::text(path)?;
-        let repaired = well_formed(&text);
-        match serde_json::from_str::<Value>(repaired.as_deref().unwrap_or(&text)) {
-            Ok(Value::Object(map)) => Ok(map),
-            Ok(_) => Err("not a JSON object".to_owned()),
-            Err(e) => Err(format!("broken JSON: {e}")),
-        }
-    }
-
-    /// A message's or part's file, or why not (worded as [`Files::object`] words it).
-    fn record(path: &Path) -> Result<Record, String> {
-        record(&Self::text(path)?).map_err(|why| match why {
-            Unreadable::NotAnObject => "not a JSON object".to_owned(),
-            Unreadable::Broken(e) => format!("broken JSON: {e}"),
-        })
-    }
-
-    fn location(&self, path: &Path) -> String {
-        path.strip_prefix(&self.root)
-            .unwrap_or(path)
-            .display()
-            .to_string()
-    }
-}
-
-impl Source for Files {
-    fn sessions(&mut self, refused: &mut Vec<Refusal>) -> anyhow::Result<Vec<SourceSession>> {
-        let mut sessions = Vec::new();
-        for project_dir in Self::subdirs(&self.root.join("session"))? {
-            let Some(project) = project_dir.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            let project = project.to_owned();
-            for path in Self::json_files(&project_dir)? {
-                let location = self.location(&path);
-                let Some(id) = stem(&path) else { continue };
-                match Self::object(&path) {
-                    Ok(data) => {
-                        sessions.push(session_from_json(id, project.clone(), location, data))
-                    }
-                    Err(reason) => {
-                        self.refused_sessions.insert(id, location.clone());
-                        refused.push(Refusal { location, reason });
-                    }
-                }
-            }
-        }
-        Ok(sessions)
-    }
-
-    fn messages(
-        &mut self,
-        session: &SourceSession,
-        refused: &mut Vec<Refusal>,
-    ) -> anyhow::Result<Vec<SourceMessage>> {
-        let mut messages = Vec::new();
-        for path in Self::json_files(&self.root.join("message").join(&session.id))? {
-            let location = self.location(&path);
-            let Some(id) = stem(&path) else { continue };
-            self.messages.insert(id.clone());
-            match Self::record(&path) {
-                Ok(info) => messages.push(SourceMessage::new(id, location, None, info, session)),
-                Err(reason) => refused.push(Refusal { location, reason }),
-            }
-        }
-        Ok(messages)
-    }
-
-    fn parts(
-        &mut self,
-        message: &SourceMessage,
-        refused: &mut Vec<Refusal>,
-    ) -> anyhow::Result<Vec<SourcePart>> {
-        let mut parts = Vec::new();
-        for path in Self::json_files(&self.root.join("part").join(&message.id))? {
-            let location = self.location(&path);
-            let Some(id) = stem(&path) else { continue };
-            match Self::record(&path) {
-                Ok(data) => parts.push(SourcePart { id, location, data }),
-                Err(reason) => refused.push(Refusal { location, reason }),
-            }
-        }
-        Ok(parts)
-    }
-
-    fn orphans(
-        &mut self,
-        sessions: &HashSet<String>,
-        refused: &mut Vec<Refusal>,
-    ) -> anyhow::Result<()> {
-        let mut refused_messages: HashMap<String, String> = HashMap::new();
-        for dir in Self::subdirs(&self.root.join("message"))? {
-            let Some(session) = dir.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            if sessions.contains(session) {
-                continue;
-            }
-            let reason = match self.refused_sessions.get(session) {
-                Some(file) => format!("its session's file {file} was refused"),
-                None => format!("its session {session} is not in the storage"),
-            };
-            for path in Self::json_files(&dir)? {
-                let location = self.location(&path);
-                // Its parts are refused with it, for the same reason.
-                if let Some(id) = stem(&path) {
-                    refused_messages.insert(id, location.clone());
-                }
-                refused.push(Refusal {
-                    location,
-                    reason: reason.clone(),
-                });
-            }
-        }
-        for dir in Self::subdirs(&self.root.join("part"))? {
-            let Some(message) = dir.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            if self.messages.contains(message) {
-                continue;
-            }
-            let reason = match refused_messages.get(message) {
-                Some(file) => format!("its message's file {file} was refused"),
-                None => format!("its message {message} is not in the storage"),
-            };
-            for path in Self::json_files(&dir)? {
-                refused.push(Refusal {
-                    location: self.location(&path),
-                    reason: reason.clone(),
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A session file's record, its ids taken from the path.
-fn session_from_json(
-    id: String,
-    project: String,
-    location: String,
-    mut data: Map<String, Value>,
-) -> SourceSession {
-    let time = data.get("time").cloned().unwrap_or(Value::Null);
-    let created = int(time.get("created")).unwrap_or(0);
-    let updated = int(time.get("updated")).unwrap_or(created);
-    let archived = int(time.get("archived"));
-    let parent = data
-        .get("parentID")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let directory = data
-        .remove("directory")
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| "/".to_owned());
-    let title = data
-        .remove("title")
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    // Migration 2 moved these out of session files; an old file may still hold them.
-    if let Some(Value::Object(summary)) = data.get_mut("summary") {
-        summary.remove("diffs");
-    }
-    data.insert("id".to_owned(), Value::String(id.clone()));
-    data.insert("projectID".to_owned(), Value::String(project));
-    SourceSession {
-        id,
-        location,
-        parent,
-        directory,
-        title: clip_title(title),
-        created,
-        updated,
-        archived,
-        extra: data,
-    }
-}
-
 /// opencode titles have no limit; sessiond's do.
 fn clip_title(title: String) -> String {
     match title.char_indices().nth(crate::domain::MAX_TITLE_CHARS) {
         Some((at, _)) => title[..at].to_owned(),
         None => title,
-    }
-}
-
-/// `opencode.db` (releases 1.2 and later), read in one read transaction.
-struct Database {
-    conn: Connection,
-    /// The `session` table's columns (they grow across releases).
-    columns: HashSet<String>,
-    /// The parts of the session whose messages were read last, by message id: read in one
-    /// query when its first message asks for them, rather than one query per message (and not
-    /// at all when none does, as in a second run). A part whose data is unreadable is refused
-    /// when its message asks for it (none of a refused message's parts are read).
-    parts: HashMap<String, Vec<Result<SourcePart, Refusal>>>,
-    /// The session whose parts are still to be read into `parts`.
-    parts_unread: Option<String>,
-}
-
-impl Database {
-    fn open(path: &Path) -> anyhow::Result<Database> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("opening {} read-only", path.display()))?;
-        conn.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")
-            .context("configuring the source connection")?;
-        let tables: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN \
-                 ('session', 'message', 'part')",
-                [],
-                |row| row.get(0),
-            )
-            .with_context(|| format!("{} is not a readable SQLite database", path.display()))?;
-        if tables != 3 {
-            anyhow::bail!(
-                "{} is not an opencode database (no session, message and part tables)",
-                path.display()
-            );
-        }
-        // Every later read sees the database as of this one (a live opencode may be writing).
-        conn.execute_batch("BEGIN")
-            .context("starting the read transaction")?;
-        let columns = conn
-            .prepare("SELECT name FROM pragma_table_info('session')")?
-            .query_map([], |row| row.get::<_, String>(0))?
-            .collect::<Result<HashSet<_>, _>>()
-            .context("reading the session table's columns")?;
-        Ok(Database {
-            conn,
-            columns,
-            parts: HashMap::new(),
-            parts_unread: None,
-        })
-    }
-
-    /// Reads the parts of `session`'s messages into `parts`.
-    fn read_parts(&mut self, session: &str) -> anyhow::Result<()> {
-        let mut statement = self
-            .conn
-            .prepare_cached(
-                "SELECT message_id, id, data FROM part \
-                 WHERE message_id IN (SELECT id FROM message WHERE session_id = ?1)",
-            )
-            .context("reading parts")?;
-        let mut rows = statement.query([session]).context("reading parts")?;
-        while let Some(row) = rows.next().context("reading parts")? {
-            let message: String = row.get(0)?;
-            let id: String = row.get(1)?;
-            let location = format!("part row {id}");
-            let part = match data_object(row.get(2)) {
-                Ok(data) => Ok(SourcePart { id, location, data }),
-                Err(reason) => Err(Refusal { location, reason }),
-            };
-            self.parts.entry(message).or_default().push(part);
-        }
-        Ok(())
-    }
-
-    /// `column` when the table has it, else NULL.
-    fn column(&self, column: &str) -> String {
-        if self.columns.contains(column) {
-            format!("\"{column}\"")
-        } else {
-            "NULL".to_owned()
-        }
-    }
-}
-
-/// A `data` column's JSON object, or why not (a value that is not text, a BLOB, is refused as
-/// its row alone).
-fn data_object(data: rusqlite::Result<Option<String>>) -> Result<Record, String> {
-    match data {
-        Err(e) => Err(format!("data cannot be read as text: {e}")),
-        Ok(None) => Err("no data".to_owned()),
-        Ok(Some(json)) => record(&json).map_err(|why| match why {
-            Unreadable::NotAnObject => "data is not a JSON object".to_owned(),
-            Unreadable::Broken(e) => format!("broken JSON in data: {e}"),
-        }),
-    }
-}
-
-/// The text of a JSON column, parsed; text that is not JSON stays a string.
-fn json_column(raw: Option<String>) -> Option<Value> {
-    raw.map(|text| serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
-impl Source for Database {
-    fn sessions(&mut self, _refused: &mut Vec<Refusal>) -> anyhow::Result<Vec<SourceSession>> {
-        let names = [
-            "id",
-            "project_id",
-            "parent_id",
-            "slug",
-            "directory",
-            "title",
-            "version",
-            "share_url",
-            "summary_additions",
-            "summary_deletions",
-            "summary_files",
-            "revert",
-            "permission",
-            "time_created",
-            "time_updated",
-            "time_compacting",
-            "time_archived",
-            "workspace_id",
-            "path",
-            // Later 1.x releases: the session's totals, agent, model and goal.
-            "cost",
-            "tokens_input",
-            "tokens_output",
-            "tokens_reasoning",
-            "tokens_cache_read",
-            "tokens_cache_write",
-            "agent",
-            "model",
-            "goal",
-        ];
-        let select = names
-            .iter()
-            .map(|c| self.column(c))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut statement = self
-            .conn
-            .prepare(&format!("SELECT {select} FROM session"))
-            .context("reading sessions")?;
-        let rows = statement
-            .query_map([], |row| {
-                let text = |i: usize| row.get::<_, Option<String>>(i);
-                let number = |i: usize| row.get::<_, Option<i64>>(i);
-                let id: String = row.get(0)?;
-                let mut extra = Map::new();
-                extra.insert("id".into(), Value::String(id.clone()));
-                for (key, index) in [
-                    ("projectID", 1),
-                    ("parentID", 2),
-                    ("slug", 3),
-                    ("version", 6),
-                    ("workspaceID", 17),
-                    ("path", 18),
-                ] {
-                    if let Some(value) = text(index)? {
-                        extra.insert(key.into(), Value::String(value));
-                    }
-                }
-                if let Some(url) = text(7)? {
-                    extra.insert("share".into(), serde_json::json!({ "url": url }));
-                }
-                let (additions, deletions, files) = (number(8)?, number(9)?, number(10)?);
-                if additions.is_some() || deletions.is_some() || files.is_some() {
-                    extra.insert(
-                        "summary".into(),
-                        serde_json::json!({"additions": additions, "deletions": deletions, "files": files}),
-                    );
-                }
-                if let Some(cost) = row
-                    .get::<_, Option<f64>>(19)?
-                    .and_then(serde_json::Number::from_f64)
-                {
-                    extra.insert("cost".into(), Value::Number(cost));
-                }
-                let tokens = [number(20)?, number(21)?, number(22)?, number(23)?, number(24)?];
-                if tokens.iter().any(Option::is_some) {
-                    let [input, output, reasoning, read, write] = tokens;
-                    extra.insert(
-                        "tokens".into(),
-                        serde_json::json!({"input": input, "output": output, "reasoning": reasoning,
-                            "cache": {"read": read, "write": write}}),
-                    );
-                }
-                if let Some(agent) = text(25)? {
-                    extra.insert("agent".into(), Value::String(agent));
-                }
-                for (key, index) in [("revert", 11), ("permission", 12), ("model", 26), ("goal", 27)] {
-                    if let Some(value) = json_column(text(index)?) {
-                        extra.insert(key.into(), value);
-                    }
-                }
-                let created = number(13)?.unwrap_or(0);
-                let updated = number(14)?.unwrap_or(created);
-                let compacting = number(15)?;
-                let archived = number(16)?;
-                let mut time = Map::new();
-                time.insert("created".into(), created.into());
-                time.insert("updated".into(), updated.into());
-                if let Some(at) = compacting {
-                    time.insert("compacting".into(), at.into());
-                }
-                if let Some(at) = archived {
-                    time.insert("archived".into(), at.into());
-                }
-                extra.insert("time".into(), Value::Object(time));
-                Ok(SourceSession {
-                    location: format!("session row {id}"),
-                    parent: text(2)?,
-                    directory: text(4)?
-                        .filter(|d| !d.is_empty())
-                        .unwrap_or_else(|| "/".to_owned()),
-                    title: clip_title(text(5)?.unwrap_or_default()),
-                    id,
-                    created,
-                    updated,
-                    archived,
-                    extra,
-                })
-            })
-            .context("reading sessions")?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .context("reading sessions")
-    }
-
-    fn messages(
-        &mut self,
-        session: &SourceSession,
-        refused: &mut Vec<Refusal>,
-    ) -> anyhow::Result<Vec<SourceMessage>> {
-        let mut statement = self
-            .conn
-            .prepare_cached("SELECT id, time_created, data FROM message WHERE session_id = ?1")
-            .context("reading messages")?;
-        let mut rows = statement.query([&session.id]).context("reading messages")?;
-        let mut messages = Vec::new();
-        while let Some(row) = rows.next().context("reading messages")? {
-            let id: String = row.get(0)?;
-            let location = format!("message row {id}");
-            let created: Option<i64> = row.get(1)?;
-            match data_object(row.get(2)) {
-                Ok(info) => messages.push(SourceMessage::new(id, location, created, info, session)),
-                Err(reason) => refused.push(Refusal { location, reason }),
-            }
-        }
-        self.parts.clear();
-        self.parts_unread = Some(session.id.clone());
-        Ok(messages)
-    }
-
-    fn parts(
-        &mut self,
-        message: &SourceMessage,
-        refused: &mut Vec<Refusal>,
-    ) -> anyhow::Result<Vec<SourcePart>> {
-        if let Some(session) = self.parts_unread.take()
-            && let Err(error) = self.read_parts(&session)
-        {
-            // Tried again for the next message, as a query per message would be.
-            self.parts.clear();
-            self.parts_unread = Some(session);
-            return Err(error);
-        }
-        let mut parts = Vec::new();
-        for part in self.parts.remove(&message.id).unwrap_or_default() {
-            match part {
-                Ok(part) => parts.push(part),
-                Err(refusal) => refused.push(refusal),
-            }
-        }
-        Ok(parts)
-    }
-
-    fn orphans(
-        &mut self,
-        _sessions: &HashSet<String>,
-        refused: &mut Vec<Refusal>,
-    ) -> anyhow::Result<()> {
-        let mut push = |sql: &str, what: &str| -> anyhow::Result<()> {
-            let mut statement = self.conn.prepare(sql).context("finding orphans")?;
-            let mut rows = statement.query([]).context("finding orphans")?;
-            while let Some(row) = rows.next().context("finding orphans")? {
-                let id: String = row.get(0)?;
-                let owner: Option<String> = row.get(1)?;
-                refused.push(Refusal {
-                    location: format!("{what} row {id}"),
-                    reason: format!(
-                        "its {} {} is not in the database",
-                        if what == "message" {
-                            "session"
-                        } else {
-                            "message"
-                        },
-                        owner.unwrap_or_default()
-                    ),
-                });
-            }
-            Ok(())
-        };
-        push(
-            "SELECT m.id, m.session_id FROM message m \
-             WHERE NOT EXISTS (SELECT 1 FROM session s WHERE s.id = m.session_id) ORDER BY m.id",
-            "message",
-        )?;
-        push(
-            "SELECT p.id, p.message_id FROM part p \
-             WHERE NOT EXISTS (SELECT 1 FROM message m WHERE m.id = p.message_id) ORDER BY p.id",
-            "part",
-        )?;
-        Ok(())
     }
 }
 
