@@ -3,7 +3,9 @@
 
 Both storage forms of shared/formats/opencode.md: `--form files` writes the JSON-file storage
 (one file per session, message and part, pretty-printed as opencode writes them) under
-OUT/storage; `--form db` writes OUT/opencode.db (WAL mode). The same seed makes the same data.
+OUT/storage; `--form db` writes OUT/opencode.db (WAL mode); `--form db2` writes the same
+history as OpenCode 2.x keeps it in OUT/opencode.db (`session_v2`, and a `session_message` row
+per message with its content inside). The same seed makes the same data.
 
     bench/opencode-installation.py --out /tmp/oc --form db --sessions 10000 --messages 20
 """
@@ -132,15 +134,72 @@ def write_db(args):
     db.close()
 
 
+def write_db2(args):
+    os.makedirs(args.out, exist_ok=True)
+    db = sqlite3.connect(os.path.join(args.out, "opencode.db"))
+    db.executescript("""
+        PRAGMA journal_mode = WAL;
+        CREATE TABLE session_v2 (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, workspace_id TEXT,
+            parent_id TEXT, fork_session_id TEXT, fork_boundary TEXT, slug TEXT NOT NULL,
+            directory TEXT NOT NULL, path TEXT, title TEXT, version TEXT NOT NULL, share_url TEXT,
+            summary_additions INTEGER, summary_deletions INTEGER, summary_files INTEGER,
+            summary_diffs TEXT, metadata TEXT, cost REAL DEFAULT 0 NOT NULL,
+            tokens_input INTEGER DEFAULT 0 NOT NULL, tokens_output INTEGER DEFAULT 0 NOT NULL,
+            tokens_reasoning INTEGER DEFAULT 0 NOT NULL, tokens_cache_read INTEGER DEFAULT 0 NOT NULL,
+            tokens_cache_write INTEGER DEFAULT 0 NOT NULL, revert TEXT, permission TEXT, agent TEXT,
+            model TEXT, time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL,
+            time_idle INTEGER, time_viewed INTEGER, idle_outcome TEXT, time_compacting INTEGER,
+            time_archived INTEGER, time_suspended INTEGER, resume_attempts INTEGER DEFAULT 0 NOT NULL);
+        CREATE INDEX session_v2_parent_idx ON session_v2 (parent_id);
+        CREATE TABLE session_message (id TEXT PRIMARY KEY, session_id TEXT NOT NULL, type TEXT NOT NULL,
+            seq INTEGER NOT NULL, time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL,
+            data TEXT NOT NULL);
+        CREATE UNIQUE INDEX session_message_session_seq_idx ON session_message (session_id, seq);
+        CREATE INDEX session_message_session_type_seq_idx ON session_message (session_id, type, seq);
+        CREATE INDEX session_message_session_time_created_id_idx ON session_message (session_id, time_created, id);
+    """)
+    def compact(value):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+    for session, messages in generate(args):
+        s = session
+        db.execute("INSERT INTO session_v2 (id, project_id, slug, directory, title, version, "
+                   "summary_additions, summary_deletions, summary_files, time_created, time_updated) "
+                   "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                   (s["id"], s["projectID"], s["slug"], s["directory"], s["title"], "2.0.25",
+                    s["summary"]["additions"], s["summary"]["deletions"], s["summary"]["files"],
+                    s["time"]["created"], s["time"]["updated"]))
+        for seq, (info, parts) in enumerate(messages):
+            at = info["time"]["created"]
+            if info["role"] == "user":
+                kind, data = "user", {"text": parts[0]["text"], "time": {"created": at}}
+            else:
+                content = [{"type": "text", "text": parts[0]["text"]}]
+                for tool in parts[1:]:
+                    state = tool["state"]
+                    content.append({"type": "tool", "id": tool["callID"], "name": tool["tool"],
+                                    "state": {"status": "completed", "input": state["input"],
+                                              "content": [{"type": "text", "text": state["output"]}]},
+                                    "time": {"created": at, "completed": at + 50}})
+                kind, data = "assistant", {
+                    "agent": "build", "model": {"id": info["modelID"], "providerID": info["providerID"]},
+                    "content": content, "finish": "stop", "cost": info["cost"], "tokens": info["tokens"],
+                    "time": info["time"]}
+            db.execute("INSERT INTO session_message VALUES (?,?,?,?,?,?,?)",
+                       (info["id"], s["id"], kind, seq, at, at, compact(data)))
+    db.commit()
+    db.close()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--form", choices=("files", "db"), required=True)
+    parser.add_argument("--form", choices=("files", "db", "db2"), required=True)
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--messages", type=int, default=20, help="messages per session")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
-    (write_files if args.form == "files" else write_db)(args)
+    {"files": write_files, "db": write_db, "db2": write_db2}[args.form](args)
 
 
 if __name__ == "__main__":
