@@ -1189,6 +1189,15 @@ async fn import_opencode_refuses_parts_that_break_the_part_rules() {
     app.stop().await;
 }
 
+/// The columns of opencode 1.x's `session`, `message` and `part` tables that the import needs.
+const V1_TABLES: &str = "CREATE TABLE session (id TEXT PRIMARY KEY, project_id TEXT NOT NULL,
+         slug TEXT NOT NULL, directory TEXT NOT NULL, title TEXT NOT NULL, version TEXT NOT NULL,
+         time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL);
+     CREATE TABLE message (id TEXT PRIMARY KEY, session_id TEXT NOT NULL, time_created INTEGER NOT NULL,
+         time_updated INTEGER NOT NULL, data TEXT NOT NULL);
+     CREATE TABLE part (id TEXT PRIMARY KEY, message_id TEXT NOT NULL, session_id TEXT NOT NULL,
+         time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL, data TEXT NOT NULL);";
+
 /// Only the part is refused whose `data` is not text (a BLOB): its message and session are
 /// imported with the rest. So is only the message whose `data` is not text. A `text` holding
 /// half of a surrogate pair (an emoji cut by JavaScript's `substring`) is kept, the half written
@@ -1204,13 +1213,7 @@ async fn import_opencode_refuses_only_the_record_whose_data_cannot_be_read() {
     );
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(&format!(
-        "CREATE TABLE session (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, slug TEXT NOT NULL,
-             directory TEXT NOT NULL, title TEXT NOT NULL, version TEXT NOT NULL,
-             time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL);
-         CREATE TABLE message (id TEXT PRIMARY KEY, session_id TEXT NOT NULL, time_created INTEGER NOT NULL,
-             time_updated INTEGER NOT NULL, data TEXT NOT NULL);
-         CREATE TABLE part (id TEXT PRIMARY KEY, message_id TEXT NOT NULL, session_id TEXT NOT NULL,
-             time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL, data TEXT NOT NULL);
+        "{V1_TABLES}
          INSERT INTO session VALUES ('{s}', 'global', 's', '/teile', 'Teile', '1.2.0', {T0}, {T0});
          INSERT INTO message VALUES ('{m}', '{s}', {T0}, {T0}, '{{\"role\":\"user\"}}');
          INSERT INTO message VALUES ('{blob}', '{s}', {T0}, {T0}, x'7b7d');
@@ -1312,13 +1315,7 @@ async fn import_opencode_reads_opencode_2s_session_message_history() {
     let m = |n: u64| oc_id("msg", 0x2000 + n);
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(&format!(
-        "CREATE TABLE session (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, slug TEXT NOT NULL,
-             directory TEXT NOT NULL, title TEXT NOT NULL, version TEXT NOT NULL,
-             time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL);
-         CREATE TABLE message (id TEXT PRIMARY KEY, session_id TEXT NOT NULL, time_created INTEGER NOT NULL,
-             time_updated INTEGER NOT NULL, data TEXT NOT NULL);
-         CREATE TABLE part (id TEXT PRIMARY KEY, message_id TEXT NOT NULL, session_id TEXT NOT NULL,
-             time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL, data TEXT NOT NULL);
+        "{V1_TABLES}
          CREATE TABLE session_v2 (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, workspace_id TEXT,
              parent_id TEXT, fork_session_id TEXT, fork_boundary TEXT, slug TEXT NOT NULL,
              directory TEXT NOT NULL, path TEXT, title TEXT, version TEXT NOT NULL, share_url TEXT,

@@ -448,30 +448,29 @@ impl Source for Database {
             }
             Ok(())
         };
-        if self.v1 {
-            push(
-                "SELECT m.id, m.session_id FROM message m \
-                 WHERE NOT EXISTS (SELECT 1 FROM session s WHERE s.id = m.session_id) \
-                 ORDER BY m.id",
-                "message",
-                "session",
-            )?;
-            push(
-                "SELECT p.id, p.message_id FROM part p \
-                 WHERE NOT EXISTS (SELECT 1 FROM message m WHERE m.id = p.message_id) \
-                 ORDER BY p.id",
-                "part",
-                "message",
-            )?;
-        }
-        if self.v2 {
-            push(
-                "SELECT m.id, m.session_id FROM session_message m \
-                 WHERE NOT EXISTS (SELECT 1 FROM session_v2 s WHERE s.id = m.session_id) \
-                 ORDER BY m.id",
+        // (tables there, the rows, their owner's column, the owner's table, what it is)
+        let checks = [
+            (self.v1, "message", "session_id", "session", "session"),
+            (self.v1, "part", "message_id", "message", "message"),
+            (
+                self.v2,
                 "session_message",
+                "session_id",
+                "session_v2",
                 "session",
-            )?;
+            ),
+        ];
+        for (there, rows, column, owners, owner) in checks {
+            if there {
+                push(
+                    &format!(
+                        "SELECT r.id, r.{column} FROM {rows} r WHERE NOT EXISTS \
+                         (SELECT 1 FROM {owners} o WHERE o.id = r.{column}) ORDER BY r.id"
+                    ),
+                    rows,
+                    owner,
+                )?;
+            }
         }
         Ok(())
     }
