@@ -1300,17 +1300,18 @@ async fn import_opencode_writes_half_a_surrogate_pair_as_a_replacement_character
 /// (one row per timeline entry, a message's content inside it), beside the 1.x tables it was
 /// copied from. The 2.x copy of a session is imported and its 1.x copy passed over; a session
 /// only in the 1.x tables, and one whose 2.x copy got no messages, come from the 1.x tables.
-/// Every kind of entry becomes the message and parts 1.x would have written, markers of state
-/// are no messages, and what cannot be read is refused with its row.
+/// Every kind of entry becomes a message with a role and parts, in the order of the records' own
+/// times, markers of state are no messages, and what cannot be read is refused with its row.
 #[tokio::test(flavor = "multi_thread")]
 async fn import_opencode_reads_opencode_2s_session_message_history() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("opencode.db");
-    let (a, b, c, d) = (
+    let (a, b, c, d, e) = (
         oc_id("ses", 0x2a0),
         oc_id("ses", 0x2b0),
         oc_id("ses", 0x2c0),
         oc_id("ses", 0x2d0),
+        oc_id("ses", 0x2e0),
     );
     let m = |n: u64| oc_id("msg", 0x2000 + n);
     let conn = rusqlite::Connection::open(&db).unwrap();
@@ -1331,8 +1332,8 @@ async fn import_opencode_reads_opencode_2s_session_message_history() {
              data TEXT NOT NULL);
          CREATE UNIQUE INDEX session_message_session_seq_idx ON session_message (session_id, seq);
 
-         -- The 1.x copy of a, passed over; c, made by 1.x after the copy; d, whose 2.x copy has no
-         -- messages.
+         -- The 1.x copy of a, passed over; c, made by 1.x after the copy; d and e, whose 2.x
+         -- copies have no messages (e only a marker).
          INSERT INTO session VALUES ('{a}', 'global', 'a', '/alt', 'Alte Kopie', '1.14.0', {T0}, {T0});
          INSERT INTO message VALUES ('{m0}', '{a}', {T0}, {T0}, '{{\"role\":\"user\"}}');
          INSERT INTO part VALUES ('prt_old', '{m0}', '{a}', {T0}, {T0}, '{{\"type\":\"text\",\"text\":\"Altkopie\"}}');
@@ -1342,6 +1343,9 @@ async fn import_opencode_reads_opencode_2s_session_message_history() {
          INSERT INTO session VALUES ('{d}', 'global', 'd', '/leer', 'Leer', '1.14.0', {T0}, {T0});
          INSERT INTO message VALUES ('{m30}', '{d}', {T0}, {T0}, '{{\"role\":\"user\"}}');
          INSERT INTO part VALUES ('prt_d', '{m30}', '{d}', {T0}, {T0}, '{{\"type\":\"text\",\"text\":\"nie kopiert\"}}');
+         INSERT INTO session VALUES ('{e}', 'global', 'e', '/marke', 'Marke', '1.14.0', {T0}, {T0});
+         INSERT INTO message VALUES ('{m40}', '{e}', {T0}, {T0}, '{{\"role\":\"user\"}}');
+         INSERT INTO part VALUES ('prt_e', '{m40}', '{e}', {T0}, {T0}, '{{\"type\":\"text\",\"text\":\"nur markiert\"}}');
 
          INSERT INTO session_v2 (id, project_id, slug, directory, title, version, metadata, cost,
              tokens_input, tokens_output, agent, model, fork_session_id, time_created, time_updated)
@@ -1350,11 +1354,13 @@ async fn import_opencode_reads_opencode_2s_session_message_history() {
          INSERT INTO session_v2 (id, project_id, parent_id, slug, directory, version, time_created, time_updated)
              VALUES ('{b}', 'global', '{a}', 'b', '/zwei', '2.0.25', {t1}, {t1});
          INSERT INTO session_v2 (id, project_id, slug, directory, title, version, time_created, time_updated)
-             VALUES ('{d}', 'global', 'd', '/leer', 'Leer', '2.0.25', {T0}, {T0});
+             VALUES ('{d}', 'global', 'd', '/leer', 'Leer', '2.0.25', {T0}, {T0}),
+                    ('{e}', 'global', 'e', '/marke', 'Marke', '2.0.25', {T0}, {T0});
          ",
         m0 = m(0),
         m20 = m(20),
         m30 = m(30),
+        m40 = m(40),
         t1 = T0 + 60_000,
         t2 = T0 + 120_000,
     ))
@@ -1421,7 +1427,9 @@ async fn import_opencode_reads_opencode_2s_session_message_history() {
         &a,
         6,
         "synthetic",
-        json!({"sessionID": a, "text": "Hintergrundjob fertig", "time": {"created": T0 + 6}}),
+        // Queued while the assistant was busy: created before it, after it in the timeline. Its
+        // own time places it (messages are ordered by their times); `seq` says the rest.
+        json!({"sessionID": a, "text": "Hintergrundjob fertig", "time": {"created": T0 + 2}}),
     );
     entry(
         &a,
@@ -1455,11 +1463,16 @@ async fn import_opencode_reads_opencode_2s_session_message_history() {
         json!({"text": "Unteraufgabe", "time": {"created": T0 + 60_000}}),
     );
     entry("ses_gone", 13, "user", json!({"text": "verwaist"}));
+    entry("ses_gone", 14, "idle", json!({"outcome": "succeeded"}));
+    entry(&e, 15, "idle", json!({"outcome": "succeeded"}));
+    // Written by a 1.x opencode beside its own tables (an experimental setting): c is read from
+    // those.
+    entry(&c, 16, "user", json!({"text": "doppelt"}));
 
     let data = dir.path().join("data");
     let out = sessiond(&data, &["import", "opencode", db.to_str().unwrap()]);
     assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
-    assert_eq!(counts(&out.stdout, "imported:"), (4, 9), "{}", out.stdout);
+    assert_eq!(counts(&out.stdout, "imported:"), (5, 10), "{}", out.stdout);
     let refused = refused_lines(&out.stdout);
     assert_eq!(refused.len(), 4, "{refused:?}");
     let row = |n: u64| format!("session_message row {}", m(n));
@@ -1482,7 +1495,7 @@ async fn import_opencode_reads_opencode_2s_session_message_history() {
 
     let app = server(&data).await;
     let sessions = imported_sessions(&app).await;
-    assert_eq!(sessions.len(), 4, "{sessions:?}");
+    assert_eq!(sessions.len(), 5, "{sessions:?}");
     let sa = &sessions[&a];
     assert_eq!(sa["title"], "Résumé 2.x");
     assert_eq!(sa["directory"], "/zwei");
@@ -1503,7 +1516,7 @@ async fn import_opencode_reads_opencode_2s_session_message_history() {
     let roles: Vec<&str> = listed.iter().map(|m| m["role"].as_str().unwrap()).collect();
     assert_eq!(
         roles,
-        ["user", "assistant", "tool", "assistant", "user", "system"]
+        ["user", "user", "assistant", "tool", "assistant", "system"]
     );
     assert_eq!(
         listed[0]["parts"],
@@ -1514,10 +1527,10 @@ async fn import_opencode_reads_opencode_2s_session_message_history() {
     );
     assert_eq!(listed[0]["created_at"], T0 + 1);
     assert_eq!(
-        listed[1]["parts"], assistant_content,
+        listed[2]["parts"], assistant_content,
         "content as it was, in order"
     );
-    let info = &listed[1]["metadata"]["opencode"];
+    let info = &listed[2]["metadata"]["opencode"];
     assert_eq!(info["id"], m(3));
     assert_eq!(info["type"], "assistant");
     assert_eq!(info["seq"], 3);
@@ -1529,21 +1542,23 @@ async fn import_opencode_reads_opencode_2s_session_message_history() {
         "{info}"
     );
     assert_eq!(
-        listed[2]["parts"],
+        listed[3]["parts"],
         json!([{"type": "shell", "shellID": "sh_1", "command": "ls", "status": "exited", "exit": 0,
                 "output": {"output": "Cargo.toml", "truncated": false}}])
     );
     assert_eq!(
-        listed[3]["parts"],
+        listed[4]["parts"],
         json!([
             {"type": "compaction", "status": "completed", "reason": "auto", "recent": m(4)},
             {"type": "text", "text": "Zusammenfassung: zstd fehlte."}
         ])
     );
     assert_eq!(
-        listed[4]["parts"],
+        listed[1]["parts"],
         json!([{"type": "text", "text": "Hintergrundjob fertig", "synthetic": true}])
     );
+    assert_eq!(listed[1]["created_at"], T0 + 2, "the record's own time");
+    assert_eq!(listed[1]["metadata"]["opencode"]["seq"], 6);
     assert_eq!(
         listed[5]["parts"],
         json!([{"type": "text", "text": "Plan-Modus"}])
@@ -1557,12 +1572,19 @@ async fn import_opencode_reads_opencode_2s_session_message_history() {
         messages(&app, &sessions[&d]).await[0]["parts"][0]["text"],
         "nie kopiert"
     );
+    assert_eq!(sessions[&d]["metadata"]["opencode"]["version"], "2.0.25");
+    assert_eq!(
+        messages(&app, &sessions[&e]).await[0]["parts"][0]["text"],
+        "nur markiert"
+    );
+    assert_eq!(sessions[&c]["message_count"], 1);
     for (word, found) in [
         ("Linker", 1),
         ("Zusammenfassung", 1),
         ("Unteraufgabe", 1),
         ("Altkopie", 0),
         ("verwaist", 0),
+        ("doppelt", 0),
     ] {
         let hits = app.get_json(&format!("/v1/search?q={word}")).await;
         assert_eq!(
@@ -1581,9 +1603,10 @@ async fn import_opencode_reads_opencode_2s_session_message_history() {
         "{}",
         again.stdout
     );
+    assert_eq!(refused_lines(&again.stdout).len(), 4, "{}", again.stdout);
     entry(
         &a,
-        14,
+        17,
         "user",
         json!({"text": "Noch eine Frage", "time": {"created": T0 + 90_000}}),
     );

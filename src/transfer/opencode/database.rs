@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use super::v2::{self, Entry};
 use super::{
     Record, Refusal, Source, SourceMessage, SourcePart, SourceSession, Unreadable, clip_title,
-    record,
+    raw_json, record, record_created,
 };
 
 /// The 1.x tables.
@@ -276,8 +276,8 @@ impl Database {
             .context("reading sessions")
     }
 
-    /// The messages of a session of `session_v2`, their parts kept in `parts`; `None` when it
-    /// has no rows at all.
+    /// The messages of a session of `session_v2`, their parts kept in `parts`;
+    /// `None` when it has no rows but markers (none of its messages were copied there).
     fn v2_messages(
         &mut self,
         session: &SourceSession,
@@ -295,42 +295,56 @@ impl Database {
         let mut rows = statement.query([&session.id]).context("reading messages")?;
         let (mut any, mut messages) = (false, Vec::new());
         while let Some(row) = rows.next().context("reading messages")? {
-            any = true;
             let id: String = row.get(0)?;
             let location = format!("session_message row {id}");
-            let kind: Option<String> = row.get(1).unwrap_or(None);
-            let seq: Option<i64> = row.get(2).unwrap_or(None);
-            let created: Option<i64> = row.get(3).unwrap_or(None);
-            let entry = data_object(row.get(4)).and_then(|data| match kind {
-                Some(kind) => v2::entry(&kind, seq, data),
-                None => Err("no type".to_owned()),
+            let kind = match row.get::<_, Option<String>>(1) {
+                Ok(Some(kind)) => Ok(kind),
+                Ok(None) => Err("no type".to_owned()),
+                Err(e) => Err(format!("type cannot be read as text: {e}")),
+            };
+            let seq = match row.get::<_, Option<i64>>(2) {
+                Ok(Some(seq)) => Ok(seq),
+                _ => Err("seq is not an integer".to_owned()),
+            };
+            let column: Option<i64> = row.get(3).unwrap_or(None);
+            let entry = kind.and_then(|kind| {
+                let data = data_object(row.get(4))?;
+                Ok((v2::entry(&kind, data)?, seq?))
             });
-            let (info, parts) = match entry {
-                Ok(Entry::Message { info, parts }) => (info, parts),
-                Ok(Entry::Marker) => continue,
+            let (mut info, parts, seq) = match entry {
+                Ok((Entry::Marker, _)) => continue,
+                Ok((Entry::Message { info, parts }, seq)) => (info, parts, seq),
                 Err(reason) => {
+                    any = true;
                     refused.push(Refusal { location, reason });
                     continue;
                 }
             };
+            any = true;
+            // Its place in the session's timeline, kept with the rest of the row.
+            if let Ok(seq) = raw_json(&seq) {
+                info.insert("seq".to_owned(), seq);
+            }
             let parts = parts
                 .into_iter()
                 .enumerate()
-                .map(|(at, part)| match part {
-                    Ok(data) => Ok(SourcePart {
-                        id: None,
-                        location: format!("{location}, part {at}"),
-                        data,
-                    }),
-                    Err(reason) => Err(Refusal {
-                        location: location.clone(),
-                        reason,
-                    }),
+                .map(|(at, part)| {
+                    let location = format!("{location}, part {at}");
+                    match part {
+                        Ok(data) => Ok(SourcePart {
+                            id: None,
+                            location,
+                            data,
+                        }),
+                        Err(reason) => Err(Refusal { location, reason }),
+                    }
                 })
                 .collect();
             self.parts.insert(id.clone(), parts);
+            // The record's own time: a copy's row may have been made when it was copied.
+            let created = record_created(&info).or(column);
             let mut message = SourceMessage::new(id, location, created, info, session);
-            message.seq = seq.unwrap_or(0);
+            message.order = Some(seq);
             messages.push(message);
         }
         Ok(any.then_some(messages))
@@ -448,20 +462,12 @@ impl Source for Database {
             }
             Ok(())
         };
-        // (tables there, the rows, their owner's column, the owner's table, what it is)
-        let checks = [
-            (self.v1, "message", "session_id", "session", "session"),
-            (self.v1, "part", "message_id", "message", "message"),
-            (
-                self.v2,
-                "session_message",
-                "session_id",
-                "session_v2",
-                "session",
-            ),
-        ];
-        for (there, rows, column, owners, owner) in checks {
-            if there {
+        if self.v1 {
+            // (the rows, their owner's column, the owner's table, what it is)
+            for (rows, column, owners, owner) in [
+                ("message", "session_id", "session", "session"),
+                ("part", "message_id", "message", "message"),
+            ] {
                 push(
                     &format!(
                         "SELECT r.id, r.{column} FROM {rows} r WHERE NOT EXISTS \
@@ -471,6 +477,25 @@ impl Source for Database {
                     owner,
                 )?;
             }
+        }
+        if self.v2 {
+            // Rows a 1.x opencode wrote beside its own tables (an experimental setting) belong
+            // to a session of `session`; markers would not have been messages.
+            let of_v1 = if self.v1 {
+                " AND NOT EXISTS (SELECT 1 FROM session o WHERE o.id = r.session_id)"
+            } else {
+                ""
+            };
+            let markers = v2::MARKERS.map(|m| format!("'{m}'")).join(", ");
+            push(
+                &format!(
+                    "SELECT r.id, r.session_id FROM session_message r WHERE NOT EXISTS \
+                     (SELECT 1 FROM session_v2 o WHERE o.id = r.session_id){of_v1} \
+                     AND r.type NOT IN ({markers}) ORDER BY r.id"
+                ),
+                "session_message",
+                "session",
+            )?;
         }
         Ok(())
     }

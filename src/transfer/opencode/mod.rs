@@ -193,9 +193,9 @@ struct SourceMessage {
     id: String,
     location: String,
     created: i64,
-    /// The source's own order among messages created in the same millisecond, where it has
-    /// one (OpenCode 2's `seq`); 0 where not.
-    seq: i64,
+    /// The source's own order of a session's messages, where it keeps one (OpenCode 2's
+    /// `seq`): it orders messages created in the same millisecond, before their ids do.
+    order: Option<i64>,
     info: Record,
 }
 
@@ -210,16 +210,21 @@ impl SourceMessage {
         session: &SourceSession,
     ) -> SourceMessage {
         let created = created
-            .or_else(|| int(field::<Value>(&info, "time")?.get("created")))
+            .or_else(|| record_created(&info))
             .unwrap_or(session.created);
         SourceMessage {
             id,
             location,
             created,
-            seq: 0,
+            order: None,
             info,
         }
     }
+}
+
+/// A record's own `time.created`.
+fn record_created(info: &Record) -> Option<i64> {
+    int(field::<Value>(info, "time")?.get("created"))
 }
 
 /// A part as read from the source.
@@ -542,7 +547,7 @@ fn read(
             }
         };
         let mut messages = messages;
-        messages.sort_by(|a, b| (a.created, a.seq, &a.id).cmp(&(b.created, b.seq, &b.id)));
+        messages.sort_by(|a, b| (a.created, a.order, &a.id).cmp(&(b.created, b.order, &b.id)));
         // A session and its messages are mapped in one transaction: none of a session that
         // was never imported can have been (and a fresh import asks nothing per session).
         let found = if imported_before {

@@ -1,10 +1,11 @@
 //! OpenCode 2.x's history: a `session_message` row per entry of a session's timeline, its `type`
 //! in a column and the rest in `data` (`packages/schema/src/session-message.ts` in opencode's
 //! sources). A message's content sits inside its record instead of in `part` rows, so each
-//! record is turned here into what a 1.x message and its parts would have been: a role, parts
-//! in the record's own order (typed as 1.x types them, text parts searchable), and every field
-//! not made into a part kept in the message's info. Entries that only mark a change of the
-//! session's state (agent, model or place switched; the session went idle) are not messages.
+//! record is turned here into a role and parts, in the record's own order: every text becomes a
+//! `text` part (so it is searchable, as 1.x's text parts are), an assistant's content entries
+//! stay as 2.x wrote them, and every field not made into a part stays in the message's info.
+//! Entries that only mark a change of the session's state (agent, model or place switched; the
+//! session went idle) are not messages.
 
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -23,13 +24,19 @@ pub(super) enum Entry {
     Marker,
 }
 
+/// The types of entry that only mark a change of the session's state.
+pub(super) const MARKERS: [&str; 4] = [
+    "agent-switched",
+    "model-switched",
+    "location-switched",
+    "idle",
+];
+
 /// The entry a row of type `kind` with `data` is, or why it is none the import knows.
-pub(super) fn entry(kind: &str, seq: Option<i64>, mut data: Record) -> Result<Entry, String> {
+pub(super) fn entry(kind: &str, mut data: Record) -> Result<Entry, String> {
     let mut parts = Vec::new();
     let role = match kind {
-        "agent-switched" | "model-switched" | "location-switched" | "idle" => {
-            return Ok(Entry::Marker);
-        }
+        marker if MARKERS.contains(&marker) => return Ok(Entry::Marker),
         "user" => {
             text_part(&mut data, "text", &[], &mut parts)?;
             for (key, kind) in [("files", "file"), ("agents", "agent"), ("skills", "skill")] {
@@ -88,9 +95,6 @@ pub(super) fn entry(kind: &str, seq: Option<i64>, mut data: Record) -> Result<En
     };
     data.insert("role".to_owned(), raw_json(role)?);
     data.insert("type".to_owned(), raw_json(kind)?);
-    if let Some(seq) = seq {
-        data.insert("seq".to_owned(), raw_json(&seq)?);
-    }
     Ok(Entry::Message { info: data, parts })
 }
 
@@ -169,7 +173,7 @@ mod tests {
     }
 
     fn message(kind: &str, json: &str) -> (Value, Vec<Result<Value, String>>) {
-        match entry(kind, Some(7), record(json)).unwrap() {
+        match entry(kind, record(json)).unwrap() {
             Entry::Message { info, parts } => (
                 serde_json::to_value(&info).unwrap(),
                 parts
@@ -190,7 +194,7 @@ mod tests {
         );
         assert_eq!(
             info,
-            serde_json::json!({"role": "user", "type": "user", "seq": 7,
+            serde_json::json!({"role": "user", "type": "user", 
                 "time": {"created": 5}, "metadata": {"k": 1}})
         );
         let parts: Vec<Value> = parts.into_iter().map(Result::unwrap).collect();
@@ -233,7 +237,7 @@ mod tests {
         let (info, parts) = message("shell", r#"{"command":"ls","exit":0,"time":{"created":1}}"#);
         assert_eq!(
             info,
-            serde_json::json!({"role": "tool", "type": "shell", "seq": 7, "time": {"created": 1}})
+            serde_json::json!({"role": "tool", "type": "shell",  "time": {"created": 1}})
         );
         assert_eq!(
             parts,
@@ -258,19 +262,11 @@ mod tests {
 
     #[test]
     fn markers_are_no_messages_and_unknown_types_are_refused() {
-        for kind in [
-            "agent-switched",
-            "model-switched",
-            "location-switched",
-            "idle",
-        ] {
-            assert!(matches!(
-                entry(kind, None, Record::new()),
-                Ok(Entry::Marker)
-            ));
+        for kind in MARKERS {
+            assert!(matches!(entry(kind, Record::new()), Ok(Entry::Marker)));
         }
         assert!(matches!(
-            entry("hologram", None, Record::new()),
+            entry("hologram", Record::new()),
             Err(why) if why.contains("\"hologram\"")
         ));
     }
