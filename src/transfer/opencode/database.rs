@@ -5,9 +5,11 @@
 //! `part`. OpenCode 2.x keeps them in `session_v2` and `session_message` ([`super::v2`]); on
 //! its first start it copies the 1.x history there under the same ids, and leaves the 1.x
 //! tables as they were. A session in both is therefore read from `session_v2`, and the 1.x copy
-//! is passed over; a session only in `session` (made by a 1.x opencode after that copy) is read
-//! from the 1.x tables. A 1.x release can also write `session_message` beside `message` (an
-//! experimental setting), but it has no `session_v2`: there the 1.x tables are the history.
+//! is passed over, as OpenCode 2 passes it over (messages a 1.x opencode adds to it later are
+//! not read); only when its copy holds no message at all are its messages read from the 1.x
+//! tables. A session only in `session` (made by a 1.x opencode after that copy) is read from the
+//! 1.x tables. A 1.x release can also write `session_message` beside `message` (an experimental
+//! setting): those rows belong to a session of `session`, and its 1.x tables are its history.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

@@ -70,11 +70,7 @@ pub(super) fn entry(kind: &str, mut data: Record) -> Result<Entry, String> {
                         serde_json::from_str::<Record>(entry.get())
                             .map_err(|_| format!("content[{at}] is not a JSON object"))
                     })),
-                    // Kept as it was: the message is refused for having no parts, and says
-                    // why.
-                    Err(_) => {
-                        data.insert("content".to_owned(), content);
-                    }
+                    Err(_) => return Err("`content` is not an array".to_owned()),
                 }
             }
             "assistant"
@@ -224,6 +220,10 @@ mod tests {
         assert_eq!(parts[1].as_ref().unwrap()["id"], "call_1");
         assert_eq!(parts[2].as_ref().unwrap()["text"], "Done.");
         assert_eq!(parts[3], Err("content[3] is not a JSON object".to_owned()));
+        assert!(matches!(
+            entry("assistant", record(r#"{"content":"Done."}"#)),
+            Err(why) if why.contains("not an array")
+        ));
     }
 
     #[test]
