@@ -1625,6 +1625,96 @@ async fn import_opencode_reads_opencode_2s_session_message_history() {
     app.stop().await;
 }
 
+/// An installation imported under 1.x and imported again after OpenCode 2 copied its history
+/// (under the same ids) into its own tables: the second import continues the first, adding
+/// only what was said since, not the copied history a second time.
+#[tokio::test(flavor = "multi_thread")]
+async fn import_opencode_continues_across_the_upgrade_to_opencode_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("opencode.db");
+    let s = oc_id("ses", 0x3a0);
+    let (m1, m2, m3) = (
+        oc_id("msg", 0x3a1),
+        oc_id("msg", 0x3a2),
+        oc_id("msg", 0x3a3),
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(&format!(
+        "{V1_TABLES}
+         INSERT INTO session VALUES ('{s}', 'global', 's', '/upgrade', 'Vorher', '1.14.0', {T0}, {T0});
+         INSERT INTO message VALUES ('{m1}', '{s}', {t1}, {t1}, '{{\"role\":\"user\"}}');
+         INSERT INTO part VALUES ('prt_1', '{m1}', '{s}', {t1}, {t1}, '{{\"type\":\"text\",\"text\":\"vorher gefragt\"}}');
+         INSERT INTO message VALUES ('{m2}', '{s}', {t2}, {t2}, '{{\"role\":\"assistant\"}}');
+         INSERT INTO part VALUES ('prt_2', '{m2}', '{s}', {t2}, {t2}, '{{\"type\":\"text\",\"text\":\"vorher geantwortet\"}}');",
+        t1 = T0 + 1,
+        t2 = T0 + 2,
+    ))
+    .unwrap();
+    let data = dir.path().join("data");
+    let first = sessiond(&data, &["import", "opencode", db.to_str().unwrap()]);
+    assert_eq!(first.code, Some(0), "{}{}", first.stdout, first.stderr);
+    assert_eq!(
+        counts(&first.stdout, "imported:"),
+        (1, 2),
+        "{}",
+        first.stdout
+    );
+
+    // OpenCode 2's first start: the session and its messages copied under the same ids, the 1.x
+    // tables left as they were; then one more exchange under 2.x.
+    conn.execute_batch(&format!(
+        "CREATE TABLE session_v2 (id TEXT PRIMARY KEY, project_id TEXT NOT NULL, parent_id TEXT,
+             slug TEXT NOT NULL, directory TEXT NOT NULL, title TEXT, version TEXT NOT NULL,
+             time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL);
+         CREATE TABLE session_message (id TEXT PRIMARY KEY, session_id TEXT NOT NULL, type TEXT NOT NULL,
+             seq INTEGER NOT NULL, time_created INTEGER NOT NULL, time_updated INTEGER NOT NULL,
+             data TEXT NOT NULL);
+         INSERT INTO session_v2 VALUES ('{s}', 'global', NULL, 's', '/upgrade', 'Vorher', '2.0.25', {T0}, {t3});
+         INSERT INTO session_message VALUES ('{m1}', '{s}', 'user', 1, {t1}, {t1},
+             '{{\"text\":\"vorher gefragt\",\"time\":{{\"created\":{t1}}}}}');
+         INSERT INTO session_message VALUES ('{m2}', '{s}', 'assistant', 2, {t2}, {t2},
+             '{{\"content\":[{{\"type\":\"text\",\"text\":\"vorher geantwortet\"}}],\"time\":{{\"created\":{t2}}}}}');
+         INSERT INTO session_message VALUES ('{m3}', '{s}', 'user', 3, {t3}, {t3},
+             '{{\"text\":\"nachher gefragt\",\"time\":{{\"created\":{t3}}}}}');",
+        t1 = T0 + 1,
+        t2 = T0 + 2,
+        t3 = T0 + 3,
+    ))
+    .unwrap();
+    let second = sessiond(&data, &["import", "opencode", db.to_str().unwrap()]);
+    assert_eq!(second.code, Some(0), "{}{}", second.stdout, second.stderr);
+    assert_eq!(
+        counts(&second.stdout, "imported:"),
+        (0, 1),
+        "{}",
+        second.stdout
+    );
+    assert_eq!(
+        counts(&second.stdout, "skipped:"),
+        (1, 2),
+        "{}",
+        second.stdout
+    );
+
+    let app = server(&data).await;
+    let sessions = imported_sessions(&app).await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let texts: Vec<Value> = messages(&app, &sessions[&s])
+        .await
+        .iter()
+        .map(|m| m["parts"][0]["text"].clone())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            json!("vorher gefragt"),
+            json!("vorher geantwortet"),
+            json!("nachher gefragt")
+        ]
+    );
+    app.stop().await;
+}
+
 /// Makes every stored message unreadable (its parts no longer JSON), behind the server's back.
 async fn break_stored_messages(data_dir: &Path) {
     let sql = "UPDATE messages SET parts = 'not json'";
