@@ -76,6 +76,11 @@ def generate(args):
         yield session, messages
 
 
+def compact(value):
+    """A `data` column as drizzle's JSON mode writes it: JSON.stringify, compact."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def write_files(args):
     root = os.path.join(args.out, "storage")
     def put(path, value):
@@ -111,10 +116,6 @@ def write_db(args):
         CREATE INDEX part_message_id_id_idx ON part (message_id, id);
         CREATE INDEX part_session_idx ON part (session_id);
     """)
-    # opencode keeps `data` as drizzle's JSON mode writes it: JSON.stringify, compact.
-    def compact(value):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
     for session, messages in generate(args):
         s = session
         db.execute("INSERT INTO session VALUES (?,?,NULL,?,?,?,?,NULL,?,?,?,NULL,NULL,NULL,?,?,NULL,NULL)",
@@ -158,9 +159,6 @@ def write_db2(args):
         CREATE INDEX session_message_session_type_seq_idx ON session_message (session_id, type, seq);
         CREATE INDEX session_message_session_time_created_id_idx ON session_message (session_id, time_created, id);
     """)
-    def compact(value):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
     for session, messages in generate(args):
         s = session
         db.execute("INSERT INTO session_v2 (id, project_id, slug, directory, title, version, "

@@ -313,16 +313,15 @@ impl Database {
                 let data = data_object(row.get(4))?;
                 Ok((v2::entry(&kind, data)?, seq?))
             });
+            any |= !matches!(entry, Ok((Entry::Marker, _)));
             let (mut info, parts, seq) = match entry {
                 Ok((Entry::Marker, _)) => continue,
                 Ok((Entry::Message { info, parts }, seq)) => (info, parts, seq),
                 Err(reason) => {
-                    any = true;
                     refused.push(Refusal { location, reason });
                     continue;
                 }
             };
-            any = true;
             // Its place in the session's timeline, kept with the rest of the row.
             if let Ok(seq) = raw_json(&seq) {
                 info.insert("seq".to_owned(), seq);
